@@ -1,0 +1,73 @@
+"""Shared test set-up: offline, isolated caches, tiny configs. Every test runs on CPU in seconds."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="slmkit-tests-"))
+_REPO = Path(__file__).resolve().parent.parent
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    HF_HOME=str(_TMP / "hf"),
+    HF_DATASETS_CACHE=str(_TMP / "hf" / "datasets"),
+    TORCHINDUCTOR_CACHE_DIR=str(_TMP / "inductor"),
+    TRACKIO_DIR=str(_TMP / "trackio"),
+    WANDB_MODE="offline",
+    WANDB_DIR=str(_TMP / "wandb"),
+    TOKENIZERS_PARALLELISM="false",
+)
+os.environ.setdefault("SLM_DATA_DIR", str(_REPO.parent / "shared" / "data"))
+DATA_DIR = Path(os.environ["SLM_DATA_DIR"])
+if "TIKTOKEN_CACHE_DIR" not in os.environ and (DATA_DIR / "tiktoken_cache").is_dir():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA_DIR / "tiktoken_cache")
+
+STDLIB_DIR = Path(os.__file__).parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$SLM_DATA_DIR: the shared data (TinyShakespeare, eval sets, ...). CI always sets it."""
+    if not DATA_DIR.is_dir():
+        pytest.fail(f"SLM_DATA_DIR={DATA_DIR} does not exist; data-dependent tests need it")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def stdlib_dir() -> Path:
+    return STDLIB_DIR
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Call `slm ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from slmkit.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    """A small multi-document text corpus (a folder of .py files copied from the stdlib)."""
+    out = tmp_path / "corpus"
+    out.mkdir()
+    for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "colorsys.py", "keyword.py", "glob.py",
+                 "heapq.py", "sched.py", "queue.py", "string.py", "numbers.py"):  # fmt: skip
+        src = STDLIB_DIR / name
+        if src.exists():
+            (out / name).write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    return out
+
+
+sys.dont_write_bytecode = True
