@@ -167,7 +167,8 @@ class OptimConfig:
     min_lr: float = 1e-4
     """Learning rate at the end of the decay."""
     weight_decay: float = 0.1
-    """Decoupled weight decay; applied to 2-D weight matrices only, never to norms, biases or embeddings."""
+    """Decoupled weight decay (nanoGPT's rule): applied to every parameter with >= 2 dims (weight matrices,
+    embeddings, the head; the Muon matrices under muon), never to norms or biases."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
@@ -238,9 +239,17 @@ class TrainConfig:
     """Keep the last K checkpoints (plus the best by val loss)."""
     threads: int = 0
     """CPU threads for torch; 0 lets torch decide."""
+    doctor: bool = True
+    """Watch loss and gradient norm live: console warnings and doctor/* events in metrics.jsonl."""
+    on_spike: str = "none"
+    """Guard against loss spikes (needs train.doctor): none | skip (skip that update) | rollback (restore the last
+    good checkpoint's weights and optimizer, keep reading new data so the bad window is skipped)."""
 
     def __post_init__(self) -> None:
         _check_choice("train", "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        _check_choice("train", "on_spike", self.on_spike, ("none", "skip", "rollback"))
+        if self.on_spike != "none" and not self.doctor:
+            raise ConfigError(f"train.on_spike = {self.on_spike!r} needs train.doctor = true (it detects the spikes)")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")

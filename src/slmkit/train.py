@@ -1,0 +1,481 @@
+"""Training: `train(cfg)` and its parts (`train_step`, `evaluate_loss`, the loop in `Trainer.run`).
+
+Read top to bottom: resolve the config against the tokenizer and device, make or reopen the run dir, build model,
+optimizer and loaders, then loop: set the LR from the pure schedule, accumulate micro-batches, clip, step, log
+every step, evaluate and checkpoint on schedule. Ctrl-C saves a checkpoint and exits cleanly; a NaN/inf loss stops
+the run naming the step and the last good checkpoint. Resume restores weights, optimizer, loader position and RNG,
+so N steps equal N/2 + resume + N/2 exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slmkit import checkpoint as ckpt_io
+from slmkit.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict, load_config, save_config
+from slmkit.errors import SlmError
+from slmkit.metrics import MetricsLogger
+from slmkit.runs import process_info
+from slmkit.runtime import Runtime, peak_flops, resolve_runtime
+from slmkit.tokenizer import Tokenizer
+
+VAL_SEED = 1234  # every evaluation reads the same val batches, so val losses are comparable across steps
+
+
+class TrainingDiverged(SlmError):
+    """The loss became NaN or infinite."""
+
+
+def say(msg: str) -> None:
+    """Console output of the trainer (stderr, so stdout stays clean for pipes)."""
+    from tqdm import tqdm
+
+    tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resolving a config: vocabulary, batch accounting, run name.
+
+
+def derive_run_name(cfg: RunConfig, overrides: list[str]) -> str:
+    """`<preset>.<field>=<value>...` from the overrides, e.g. shakespeare-char.lr=3e-4."""
+    base = cfg.preset or "run"
+    parts = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() in ("train.name", "train.out_dir", "train.device", "train.threads", "data.dir"):
+            continue
+        parts.append(f"{key.strip().rsplit('.', 1)[-1]}={value.strip().replace('/', '_')}")
+    return ".".join([base, *parts])[:120]
+
+
+def resolve_batch(cfg: RunConfig, world_size: int = 1) -> RunConfig:
+    """Derive grad_accum from train.tokens_per_step when given; validate the batch arithmetic."""
+    t, block = cfg.train, cfg.model.block_size
+    per_micro = t.batch_size * block * world_size
+    if t.tokens_per_step:
+        if t.tokens_per_step % per_micro:
+            raise ConfigError(
+                f"train.tokens_per_step ({t.tokens_per_step}) must be a multiple of batch_size*block_size*world_size "
+                f"= {t.batch_size}*{block}*{world_size} = {per_micro}"
+            )
+        cfg = cfg.replace(**{"train.grad_accum": t.tokens_per_step // per_micro})
+    return cfg
+
+
+def tokens_per_step(cfg: RunConfig, world_size: int = 1) -> int:
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size * world_size
+
+
+def lr_scaling_hint(cfg: RunConfig) -> str | None:
+    """Warn when tokens/update changed against the preset but the LR did not (square-root rule suggestion)."""
+    if not cfg.preset:
+        return None
+    try:
+        parent = resolve_batch(load_config(cfg.preset))
+    except SlmError:
+        return None
+    ours, theirs = tokens_per_step(resolve_batch(cfg)), tokens_per_step(parent)
+    if ours != theirs and cfg.optim.lr == parent.optim.lr:
+        suggested = cfg.optim.lr * math.sqrt(ours / theirs)
+        return (f"tokens per update is {ours:,} but preset {cfg.preset} uses {theirs:,} with the same optim.lr "
+                f"({cfg.optim.lr:g}); the square-root rule suggests optim.lr={suggested:.3g}")  # fmt: skip
+    return None
+
+
+def resolve_vocab(cfg: RunConfig, tokenizer: Tokenizer) -> RunConfig:
+    if cfg.model.vocab_size == 0:
+        return cfg.replace(**{"model.vocab_size": tokenizer.vocab_size})
+    if cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                          f"({tokenizer.vocab_size}); set it to 0 to take the tokenizer's")  # fmt: skip
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One optimizer step and one evaluation.
+
+
+def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runtime: Runtime, grad_clip: float,
+               skip_if: Callable[[float], bool] | None = None):  # fmt: skip
+    """Accumulate `accum` micro-batches, clip, step. Returns (mean loss, pre-clip grad norm) as floats.
+
+    `skip_if(loss)` True drops this update (the doctor's train.on_spike = skip guard)."""
+    total = torch.zeros((), device=runtime.device)
+    for micro in range(accum):
+        x, y = batches()
+        x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+        sync = getattr(model, "no_sync", None)
+        ctx = sync() if sync is not None and micro < accum - 1 else _null()
+        with ctx, runtime.autocast():
+            _, loss = model(x, y)
+        (loss / accum).backward()
+        total += loss.detach()
+    loss = (total / accum).item()
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss, float("nan")
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+    if skip_if is not None and skip_if(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return loss, float(norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, float(norm)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@torch.inference_mode()
+def evaluate_loss(model, loader, n_batches: int, runtime: Runtime) -> float:
+    """Mean loss over `n_batches` batches of `loader` (model put back in train mode afterwards)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(n_batches):
+        x, y = loader.next_batch()
+        with runtime.autocast():
+            _, loss = model(x.to(runtime.device), y.to(runtime.device))
+        losses.append(loss.float().item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens_seen: int = 0
+    best_val: float | None = None
+    elapsed: float = 0.0
+    last_ckpt: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Holds what one run needs; `run()` is the loop. Built by `train()`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer: Tokenizer, dataset_dir: Path, runtime: Runtime,
+                 progress: bool = True):  # fmt: skip
+        from slmkit.data.loader import TokenLoader
+        from slmkit.model import GPT
+        from slmkit.optim import build_optimizer, describe_groups
+
+        self.cfg, self.run_dir, self.tokenizer, self.rt = cfg, run_dir, tokenizer, runtime
+        self.dataset_dir, self.progress = dataset_dir, progress
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        self.model = GPT(cfg.model).to(runtime.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.groups = describe_groups(self.optimizer)
+        self.compiled = torch.compile(self.model) if runtime.compile else self.model
+        data_seed = t.data_seed if t.data_seed >= 0 else t.seed
+        self.loader = TokenLoader(dataset_dir, "train", t.batch_size, cfg.model.block_size, seed=data_seed,
+                                  align_to_docs=cfg.data.align_to_docs, rank=runtime.rank,
+                                  world_size=runtime.world_size)  # fmt: skip
+        self.state = TrainState()
+        self.tokens_per_step = tokens_per_step(cfg, runtime.world_size)
+        self.flops_per_token = self.model.flops_per_token()
+        self.peak = peak_flops(runtime.device.type, runtime.dtype)
+        self.bytes_per_token = _bytes_per_token(dataset_dir)
+        self.logger = MetricsLogger(run_dir, cfg.log.backends, cfg.log.project, cfg.to_dict(), enabled=runtime.is_main)
+        self._stop_requested = False
+        self.doctor = _live_doctor(cfg) if t.doctor else None
+        guard = t.on_spike if self.doctor is not None and runtime.world_size == 1 else "none"
+        self._skip_if = self.doctor.guard if guard == "skip" else None
+        self._rollback_pending = False
+
+    # -- resume -------------------------------------------------------------------------------------------
+    def restore(self, ckpt: Path) -> None:
+        state = ckpt_io.read_state(ckpt)
+        ckpt_io.load_weights(self.model, ckpt)
+        ckpt_io.load_optimizer(self.optimizer, ckpt)
+        self.loader.load_state_dict(state["loader"])
+        ckpt_io.set_rng_state(state["rng"])
+        self.state = TrainState(step=state["step"], tokens_seen=state["tokens_seen"], best_val=state.get("best_val"),
+                                elapsed=state.get("elapsed", 0.0), last_ckpt=str(ckpt))  # fmt: skip
+
+    # -- pieces of the loop ---------------------------------------------------------------------------------
+    def evaluate(self) -> float:
+        from slmkit.data.loader import TokenLoader
+
+        val = TokenLoader(self.dataset_dir, "val", self.cfg.train.batch_size, self.cfg.model.block_size, seed=VAL_SEED)
+        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt)
+
+    def save(self, val_loss: float | None = None) -> Path | None:
+        if not self.rt.is_main:
+            return None
+        s = self.state
+        state = {"tokens_seen": s.tokens_seen, "best_val": s.best_val, "elapsed": s.elapsed,
+                 "loader": self.loader.state_dict(), "rng": ckpt_io.rng_state()}  # fmt: skip
+        path = ckpt_io.save_checkpoint(self.run_dir, s.step, self.model, self.optimizer, state, self.cfg,
+                                       self.tokenizer, val_loss=val_loss, keep_last=self.cfg.train.keep_last)  # fmt: skip
+        s.last_ckpt = str(path)
+        self._last_save = time.time()
+        return path
+
+    def _eval_and_save(self, final: bool = False) -> None:
+        t, s = self.cfg.train, self.state
+        val = self.evaluate()
+        s.best_val = val if s.best_val is None else min(s.best_val, val)
+        metrics = {"val/loss": val, "val/ppl": math.exp(min(val, 50))}
+        if self.bytes_per_token:
+            metrics["val/bpb"] = val / math.log(2) / self.bytes_per_token
+        self.logger.log(s.step, metrics)
+        say(f"step {s.step:>6} | val loss {val:.4f}" + (f" | bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""))
+        if final or t.ckpt_every == 0 and s.step > 0:
+            self.save(val)
+
+    def _should_eval(self) -> bool:
+        return self.state.step % self.cfg.train.eval_every == 0
+
+    def _should_save(self) -> bool:
+        t = self.cfg.train
+        if t.ckpt_every and self.state.step % t.ckpt_every == 0:
+            return True
+        return bool(t.ckpt_minutes) and time.time() - self._last_save >= 60 * t.ckpt_minutes
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        say("Ctrl-C: finishing this step, saving a checkpoint, then stopping (press again to abort at once)")
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> str:
+        """Train to train.max_steps (or `stop_after` more steps). Returns the final status."""
+        from tqdm import tqdm
+
+        from slmkit.optim import set_lr
+
+        cfg, t, s = self.cfg, self.cfg.train, self.state
+        self._last_save = time.time()
+        end = t.max_steps if stop_after is None else min(t.max_steps, s.step + stop_after)
+        if s.step == 0:
+            self._eval_and_save()
+        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        bar = tqdm(total=t.max_steps, initial=s.step, disable=not (self.progress and self.rt.is_main),
+                   unit="step", dynamic_ncols=True, file=sys.stderr)  # fmt: skip
+        status = "finished"
+        try:
+            while s.step < end:
+                lr = set_lr(self.optimizer, s.step, cfg.optim, t.max_steps)
+                t0 = time.perf_counter()
+                loss, gnorm = train_step(self.compiled, self.optimizer, self.loader.next_batch, t.grad_accum, self.rt,
+                                         cfg.optim.grad_clip, skip_if=self._skip_if)  # fmt: skip
+                self.rt.synchronize()
+                dt = time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    self._diverged(loss)
+                s.step += 1
+                s.tokens_seen += self.tokens_per_step
+                s.elapsed += dt
+                self._log_step(loss, gnorm, lr, dt)
+                if self._rollback_pending:
+                    self._rollback()
+                    continue
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.tokens_per_step / dt:,.0f}", refresh=False)
+                if self._should_eval() or s.step == t.max_steps:
+                    self._eval_and_save(final=s.step == t.max_steps)
+                elif self._should_save():
+                    self.save()
+                if self._stop_requested:
+                    status = "interrupted"
+                    break
+            if s.step < t.max_steps and status == "finished":
+                status = "interrupted"  # stopped by stop_after
+            if status == "interrupted" and (s.last_ckpt is None or not s.last_ckpt.endswith(f"{s.step:06d}")):
+                self.save()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            say("aborted without saving the current step; the last checkpoint is " + str(s.last_ckpt))
+        finally:
+            bar.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            self.logger.close()
+        return status
+
+    def _log_step(self, loss: float, gnorm: float, lr: float, dt: float) -> None:
+        import psutil
+
+        t, s = self.cfg.train, self.state
+        tok_s = self.tokens_per_step / dt
+        metrics = {"train/loss": loss, "train/grad_norm": gnorm, "train/lr": lr, "train/tokens": s.tokens_seen,
+                   "train/clipped": int(self.cfg.optim.grad_clip > 0 and gnorm > self.cfg.optim.grad_clip),
+                   "perf/step_ms": 1000 * dt, "perf/tok_per_s": tok_s,
+                   "perf/mfu": self.flops_per_token * tok_s / self.peak / self.rt.world_size,
+                   "mem/rss_mb": psutil.Process().memory_info().rss / 2**20}  # fmt: skip
+        self.logger.log(s.step, metrics)
+        if self.doctor is not None:
+            self._doctor_observe(metrics)
+        if s.step % t.log_every == 0 or s.step == 1:
+            say(f"step {s.step:>6} | loss {loss:.4f} | grad norm {gnorm:.3f} | lr {lr:.2e} | "
+                f"{tok_s:,.0f} tok/s | mfu {100 * metrics['perf/mfu']:.1f}%")  # fmt: skip
+
+    def _doctor_observe(self, metrics: dict) -> None:
+        """Live doctor: each new episode once on the console and as doctor/<rule> in metrics; train.on_spike."""
+        s, on_spike = self.state, self.cfg.train.on_spike
+        if on_spike == "rollback" and self.rt.world_size == 1:
+            self.doctor.guard(metrics["train/loss"])
+        for f in self.doctor.observe(s.step, metrics):
+            self.logger.log(s.step, {f"doctor/{f.rule}": f.value, "doctor/message": f.what})
+            say(f"doctor: {f.headline()} | try: {f.fix}")
+        if self.doctor.guarded:
+            self.doctor.guarded = False
+            if on_spike == "skip":
+                self.logger.log(s.step, {"doctor/skip": 1})
+            else:
+                self._rollback_pending = True
+
+    def _rollback(self) -> None:
+        """Restore the last checkpoint before this step (weights + optimizer, not the data position: the batches
+        that caused the spike are skipped) and record a doctor/rollback event."""
+        self._rollback_pending = False
+        s = self.state
+        before = [(step, path) for step, path in ckpt_io.checkpoints(self.run_dir) if step < s.step]
+        if not before:
+            say(f"doctor: no checkpoint before step {s.step} to roll back to; continuing")
+            return
+        step, path = before[-1]
+        ckpt_io.load_weights(self.model, path)
+        ckpt_io.load_optimizer(self.optimizer, path)
+        self.logger.log(step, {"doctor/rollback": s.step})
+        say(f"doctor: rolled back from step {s.step} to checkpoint step {step}; the data that caused it is skipped")
+        s.step, s.tokens_seen = step, ckpt_io.read_state(path)["tokens_seen"]
+
+    def _diverged(self, loss: float) -> None:
+        s = self.state
+        self.logger.log(s.step + 1, {"train/loss": loss, "doctor/divergence": 1})
+        ckpt_io.write_run_info(self.run_dir, status="crashed", error=f"loss {loss} at step {s.step + 1}")
+        where = s.last_ckpt or "none (no checkpoint was saved yet)"
+        raise TrainingDiverged(
+            f"loss became {loss} at step {s.step + 1}; last good checkpoint: {where}. Lower optim.lr, raise "
+            f"optim.warmup or keep optim.grad_clip on, then resume with `slm train --resume {self.run_dir} "
+            "--allow-changed optim.lr=...`"
+        )
+
+
+def _live_doctor(cfg: RunConfig):
+    from slmkit.doctor import LiveDoctor
+    from slmkit.optim import warmup_steps
+
+    return LiveDoctor(cfg.optim.grad_clip, warmup_steps(cfg.optim, cfg.train.max_steps))
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _bytes_per_token(dataset_dir: Path) -> float | None:
+    from slmkit.data.dataset import read_meta
+
+    val = read_meta(dataset_dir).get("splits", {}).get("val", {})
+    if val.get("bytes") and val.get("tokens"):
+        return val["bytes"] / val["tokens"]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point.
+
+_RESUME_FROZEN = ("model.", "tokenizer.", "data.")
+_RESUME_NEEDS_FLAG = ("optim.", "train.batch_size", "train.grad_accum", "train.tokens_per_step", "train.seed",
+                      "train.data_seed")  # fmt: skip
+
+
+def _check_resume_changes(old: RunConfig, new: RunConfig, allow_changed: bool) -> None:
+    changed = diff_configs(old, new)
+    frozen = {k: v for k, v in changed.items() if k.startswith(_RESUME_FROZEN)}
+    if frozen:
+        desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in frozen.items())
+        raise ConfigError(f"cannot resume with a different model, tokenizer or data ({desc}); start a new run")
+    guarded = {k: v for k, v in changed.items() if k.startswith(_RESUME_NEEDS_FLAG)}
+    if guarded and not allow_changed:
+        desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in guarded.items())
+        raise ConfigError(f"resuming with changed optimizer/schedule/batch fields ({desc}); pass --allow-changed "
+                          "if that is what you mean")  # fmt: skip
+
+
+def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: str | Path | None = None,
+          allow_changed: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:  # fmt: skip
+    """Train a model; returns the run dir. `resume` continues runs/<name> from its latest checkpoint."""
+    from slmkit.data.dataset import check_tokenizer, ensure_prepared, load_dataset_tokenizer
+
+    overrides = list(overrides)
+    if resume is not None:
+        run_dir = ckpt_io.check_run_dir(resume)
+        old = ckpt_io.read_run_config(run_dir)
+        cfg = from_dict(apply_overrides(old.to_dict(), overrides))
+        _check_resume_changes(old, cfg, allow_changed)
+    elif cfg is None:
+        cfg = load_config(None, overrides)
+    runtime = resolve_runtime(cfg.train)
+    dataset_dir = ensure_prepared(cfg.data, cfg.tokenizer.kind)
+    tokenizer = load_dataset_tokenizer(dataset_dir)
+    cfg = resolve_batch(resolve_vocab(cfg, tokenizer), runtime.world_size)
+    if resume is not None:
+        tokenizer_run = ckpt_io.run_tokenizer(run_dir)
+        check_tokenizer(dataset_dir, tokenizer_run)
+        ckpt = ckpt_io.resolve_checkpoint(run_dir, "latest")
+    else:
+        name = cfg.train.name or derive_run_name(cfg, overrides)
+        run_dir = ckpt_io.new_run_dir(cfg.train.out_dir, name, explicit=bool(cfg.train.name))
+        cfg = cfg.replace(**{"train.name": run_dir.name})
+    say(runtime.describe())
+    trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress)
+    if resume is not None:
+        trainer.restore(ckpt)
+        save_config(cfg, run_dir / ckpt_io.CONFIG_FILE)
+        ckpt_io.write_run_info(run_dir, status="running", resumed_from=str(ckpt), **process_info())
+        say(f"resuming {run_dir} from step {trainer.state.step}")
+    else:
+        ckpt_io.init_run_dir(run_dir, cfg, tokenizer, dataset=str(dataset_dir), parent=None,
+                             num_params=trainer.model.num_params(), **process_info())  # fmt: skip
+    _announce(trainer)
+    status = trainer.run(stop_after=stop_after)
+    ckpt_io.write_run_info(run_dir, status=status, step=trainer.state.step, tokens_seen=trainer.state.tokens_seen,
+                           best_val_loss=trainer.state.best_val)  # fmt: skip
+    say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {trainer.state.best_val:.4f}). "
+        f"Next: slm sample {run_dir}")  # fmt: skip
+    return run_dir
+
+
+def _announce(tr: Trainer) -> None:
+    cfg, m = tr.cfg, tr.model
+    t = cfg.train
+    say(f"run: {tr.run_dir}")
+    say(f"model: {m.num_params():,} parameters ({m.num_params(non_embedding=True):,} non-embedding), "
+        f"{cfg.model.n_layer} layers x {cfg.model.n_embd} dims, vocab {cfg.model.vocab_size} ({tr.tokenizer.name})")  # fmt: skip
+    say(f"tokens per update: {t.batch_size} (micro-batch) x {t.grad_accum} (accumulation) x {cfg.model.block_size} "
+        f"(sequence) x {tr.rt.world_size} (processes) = {tr.tokens_per_step:,}; "
+        f"{t.max_steps} steps = {tr.tokens_per_step * t.max_steps:,} tokens")  # fmt: skip
+    say("optimizer groups: " + ", ".join(f"{g['name']} ({g['tensors']} tensors, {g['params']:,} params)"
+                                         for g in tr.groups))  # fmt: skip
+    hint = lr_scaling_hint(cfg)
+    if hint:
+        say("warning: " + hint)

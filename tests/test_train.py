@@ -1,0 +1,172 @@
+"""The training loop end to end on tiny CPU runs: run dirs, metrics, checkpoints, exact resume, stops."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+
+from slmkit import checkpoint as ckpt_io
+from slmkit.config import ConfigError, load_config
+from slmkit.metrics import read_metrics, series
+from slmkit.train import TrainingDiverged, derive_run_name, lr_scaling_hint, train
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
+        "train.eval_every=5", "train.eval_batches=2", "train.log_every=5", "optim.warmup=2", "train.max_steps=10",
+        "tokenizer.kind=char"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, stdlib_dir):
+    from slmkit.data.prepare import prepare
+
+    src = tmp_path_factory.mktemp("corpus")
+    for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "colorsys.py", "heapq.py", "glob.py"):
+        (src / name).write_text((stdlib_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path_factory.mktemp("data") / "tiny-char"
+    prepare(str(src), tokenizer="char", out=out, val_fraction=0.3, progress=False)
+    return out
+
+
+def tiny(dataset, tmp_path, *extra):
+    overrides = [*TINY, f"data.dir={dataset}", f"train.out_dir={tmp_path / 'runs'}", *extra]
+    return load_config(None, overrides), overrides
+
+
+def test_train_writes_a_complete_run_dir(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.name=first")
+    run = train(cfg, overrides=ov, progress=False)
+    assert run.name == "first"
+    info = ckpt_io.read_run_info(run)
+    assert info["status"] == "finished" and info["step"] == 10
+    saved = ckpt_io.read_run_config(run)
+    assert saved.model.vocab_size > 0 and saved.train.name == "first"
+    events = list(read_metrics(run))
+    keys = set().union(*events)
+    for k in ("train/loss", "train/grad_norm", "train/lr", "val/loss", "perf/tok_per_s", "perf/mfu", "perf/step_ms",
+              "mem/rss_mb"):  # fmt: skip
+        assert k in keys, k
+    steps, losses = series(run, "train/loss")
+    assert steps == list(range(1, 11)) and all(math.isfinite(v) for v in losses)
+    val_steps, _ = series(run, "val/loss")
+    assert val_steps == [0, 5, 10]
+    ckpts = ckpt_io.checkpoints(run)
+    assert [s for s, _ in ckpts] == [5, 10]
+    last = ckpts[-1][1]
+    for f in ("model.safetensors", "optimizer.pt", "state.json", "config.toml", "tokenizer"):
+        assert (last / f).exists(), f
+    state = json.loads((last / "state.json").read_text())
+    for k in ("format_version", "step", "tokens_seen", "loader", "rng", "tokenizer_fingerprint"):
+        assert k in state, k
+    assert state["tokens_seen"] == 10 * 4 * 32
+
+
+def test_a_run_is_never_overwritten(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.max_steps=2", "train.name=same")
+    train(cfg, overrides=ov, progress=False)
+    with pytest.raises(Exception, match="already exists"):
+        train(cfg, overrides=ov, progress=False)
+
+
+def test_derived_names_get_suffixes(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.max_steps=1")
+    cfg = cfg.replace(preset="shakespeare-char")
+    cfg = cfg.replace(**{"optim.lr": 3e-4})
+    a = train(cfg, overrides=["optim.lr=3e-4"], progress=False)
+    b = train(cfg, overrides=["optim.lr=3e-4"], progress=False)
+    assert a.name.startswith("shakespeare-char.") and "lr=3e-4" in a.name and b.name == a.name + "-2"
+
+
+def test_run_name_from_preset_and_overrides():
+    cfg = load_config("shakespeare-char", ["optim.lr=3e-4"])
+    assert derive_run_name(cfg, ["optim.lr=3e-4"]) == "shakespeare-char.lr=3e-4"
+    assert derive_run_name(cfg, []) == "shakespeare-char"
+
+
+def test_resume_is_exact(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.name=full", "model.dropout=0.1")
+    full = train(cfg, overrides=ov, progress=False)
+    cfg2, ov2 = tiny(dataset, tmp_path, "train.name=half", "model.dropout=0.1")
+    half = train(cfg2, overrides=ov2, progress=False, stop_after=5)
+    assert ckpt_io.read_run_info(half)["status"] == "interrupted"
+    train(resume=half, progress=False)
+    assert ckpt_io.read_run_info(half)["status"] == "finished"
+    _, a = series(full, "train/loss")
+    _, b = series(half, "train/loss")
+    assert a == b, f"max abs diff {max(abs(x - y) for x, y in zip(a, b))}"
+    assert series(full, "val/loss")[1] == series(half, "val/loss")[1]
+
+
+def test_resume_refuses_a_different_model(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.name=r", "train.max_steps=4")
+    run = train(cfg, overrides=ov, progress=False, stop_after=2)
+    with pytest.raises(ConfigError, match="model.n_layer"):
+        train(resume=run, overrides=["model.n_layer=3"], progress=False)
+    with pytest.raises(ConfigError, match="--allow-changed"):
+        train(resume=run, overrides=["optim.lr=5e-4"], progress=False)
+    train(resume=run, overrides=["optim.lr=5e-4"], allow_changed=True, progress=False)
+    assert ckpt_io.read_run_config(run).optim.lr == 5e-4
+
+
+def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
+    import slmkit.train as tr
+
+    real, calls = tr.train_step, []
+
+    def poisoned(*a, **k):
+        calls.append(1)
+        return (float("nan"), float("nan")) if len(calls) == 7 else real(*a, **k)
+
+    monkeypatch.setattr(tr, "train_step", poisoned)
+    cfg, ov = tiny(dataset, tmp_path, "train.name=nan")
+    with pytest.raises(TrainingDiverged, match=r"step 7; last good checkpoint: .*step-000005"):
+        train(cfg, overrides=ov, progress=False)
+    assert ckpt_io.read_run_info(tmp_path / "runs" / "nan")["status"] == "crashed"
+
+
+def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path, monkeypatch):
+    import slmkit.train as tr
+
+    real, calls = tr.train_step, []
+
+    def interrupting(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "train_step", interrupting)
+    cfg, ov = tiny(dataset, tmp_path, "train.name=ctrlc")
+    run = train(cfg, overrides=ov, progress=False)
+    assert ckpt_io.read_run_info(run)["status"] == "interrupted"
+    assert [s for s, _ in ckpt_io.checkpoints(run)] == [3]
+
+
+def test_bf16_autocast_trains(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.dtype=bf16", "train.max_steps=3", "train.eval_every=3")
+    run = train(cfg, overrides=ov, progress=False)
+    assert all(math.isfinite(v) for v in series(run, "train/loss")[1])
+
+
+def test_tokens_per_step_derives_accumulation(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.tokens_per_step=512", "train.max_steps=2", "train.name=acc")
+    run = train(cfg, overrides=ov, progress=False)
+    assert ckpt_io.read_run_config(run).train.grad_accum == 4  # 512 / (4 * 32)
+    with pytest.raises(ConfigError, match="multiple of"):
+        cfg, ov = tiny(dataset, tmp_path, "train.tokens_per_step=500")
+        train(cfg, overrides=ov, progress=False)
+
+
+def test_sqrt_rule_warning():
+    cfg = load_config("shakespeare-char", ["train.batch_size=48"])
+    hint = lr_scaling_hint(cfg)
+    assert hint and "optim.lr=0.002" in hint
+    assert lr_scaling_hint(load_config("shakespeare-char", ["train.batch_size=48", "optim.lr=2e-3"])) is None
+
+
+def test_model_learns(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.max_steps=60", "train.eval_every=60", "optim.lr=3e-3")
+    run = train(cfg, overrides=ov, progress=False)
+    _, val = series(run, "val/loss")
+    assert val[-1] < val[0] - 0.8, val
