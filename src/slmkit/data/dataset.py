@@ -1,0 +1,113 @@
+"""A prepared dataset directory: reading its meta, its tokenizer and its shards; preparing it on first use.
+
+Layout (written by `slmkit.data.prepare.prepare`, built under a hidden temporary name and renamed into place):
+
+    meta.json             written last: its presence means the directory is complete
+    tokenizer/            the tokenizer (Tokenizer.save), fingerprint recorded in meta.json
+    train/000000.bin ...  raw little-endian token ids (dtype in meta.json), no header
+    train/doc_starts.u64  uint64 offsets (into the split's concatenated tokens) of each document's end-of-text
+    val/...               the same for the validation split
+
+End-of-text is put *before* every document, so a document start is the position of its end-of-text token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.data.sources import DataError
+from slmkit.tokenizer import Tokenizer, TokenizerError, check_fingerprint, is_tokenizer_dir, load_tokenizer
+
+META_FILE = "meta.json"
+TOKENIZER_DIR = "tokenizer"
+DOC_STARTS_FILE = "doc_starts.u64"
+SPLITS = ("train", "val")
+
+
+def read_meta(dir: str | Path) -> dict:
+    """The meta of a complete dataset directory; DataError saying what to do when it is missing or incomplete."""
+    dir = Path(dir)
+    if not dir.is_dir():
+        raise DataError(f"no dataset directory {dir}; make it with `slm prepare SOURCE --out {dir}`")
+    path = dir / META_FILE
+    if not path.is_file():
+        raise DataError(f"{dir} is incomplete (no {META_FILE}): re-run `slm prepare SOURCE --out {dir} --force`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is damaged ({e}); re-run `slm prepare ... --out {dir} --force`") from None
+
+
+def find_tokenizer(path: str | Path) -> Tokenizer:
+    """Load the tokenizer of a tokenizer directory, a dataset directory or a run directory (both keep `tokenizer/`)."""
+    path = Path(path)
+    for candidate in (path, path / TOKENIZER_DIR):
+        if is_tokenizer_dir(candidate):
+            return load_tokenizer(candidate)
+    raise TokenizerError(f"no tokenizer in {path}: expected a tokenizer, dataset or run directory")
+
+
+def load_dataset_tokenizer(dir: str | Path) -> Tokenizer:
+    """The tokenizer a dataset was made with, checked against the fingerprint in its meta."""
+    meta = read_meta(dir)
+    tok = find_tokenizer(Path(dir) / TOKENIZER_DIR)
+    check_fingerprint(meta["tokenizer"]["fingerprint"], tok.fingerprint, f"the tokenizer copy in {dir}")
+    return tok
+
+
+def check_tokenizer(dir: str | Path, tokenizer: Tokenizer) -> None:
+    """TokenizerError, showing both fingerprints, unless `dir` was made with `tokenizer`."""
+    meta = read_meta(dir)
+    check_fingerprint(meta["tokenizer"]["fingerprint"], tokenizer.fingerprint, f"dataset {dir}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "data"
+
+
+def default_dataset_dir(source: str, tokenizer_kind: str, root: str | Path = "data") -> Path:
+    """Where a source prepared with a tokenizer goes by default: e.g. data/python-stdlib-bpe4096."""
+    if source.startswith("hf:"):
+        name = source[3:].split("/", 1)[-1]
+    elif "*" in source or "?" in source or "[" in source:
+        name = source
+    else:
+        name = Path(source.rstrip("/")).name
+        for ext in (".jsonl", ".parquet", ".txt"):
+            name = name.removesuffix(ext)
+    tok = Path(tokenizer_kind.rstrip("/")).name if Path(tokenizer_kind).is_dir() else tokenizer_kind.replace(":", "")
+    return Path(root) / f"{_slug(name)}-{_slug(tok)}"
+
+
+def ensure_prepared(data_cfg, tokenizer_kind: str) -> Path:
+    """The dataset directory for a run's data config: `data.dir` as it is when complete, else prepared (with a
+    progress bar) on first use and reused afterwards."""
+    from slmkit.data.prepare import prepare
+
+    explicit = bool(data_cfg.dir)
+    out = Path(data_cfg.dir) if explicit else default_dataset_dir(data_cfg.source, tokenizer_kind)
+    if explicit and (out / META_FILE).is_file():
+        return out
+    return prepare(data_cfg.source, tokenizer=tokenizer_kind, out=out, val_fraction=data_cfg.val_fraction,
+                   seed=data_cfg.seed, text_field=data_cfg.text_field, include=tuple(data_cfg.include),
+                   exclude=tuple(data_cfg.exclude), progress=True)  # fmt: skip
+
+
+def split_shards(dir: str | Path, split: str, meta: dict | None = None) -> list[tuple[Path, int]]:
+    """(path, tokens) of each shard of `split`, in order."""
+    meta = meta or read_meta(dir)
+    if split not in meta["splits"]:
+        raise DataError(f"{dir} has no split {split!r}; splits are {', '.join(meta['splits'])}")
+    return [(Path(dir) / s["file"], s["tokens"]) for s in meta["splits"][split]["shards"]]
+
+
+def doc_starts(dir: str | Path, split: str) -> np.ndarray:
+    """Offsets (uint64) of the document starts (their end-of-text tokens) of `split`."""
+    path = Path(dir) / split / DOC_STARTS_FILE
+    if not path.is_file():
+        raise DataError(f"{path} is missing; re-run `slm prepare ... --out {dir} --force`")
+    return np.fromfile(path, dtype="<u8")

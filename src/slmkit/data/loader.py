@@ -1,0 +1,168 @@
+"""TokenLoader: batches of (x, y) windows from a prepared dataset's memory-mapped shards.
+
+A split is read as one stream of tokens (its shards concatenated; a window may cross a shard boundary). A window
+is `block_size + 1` tokens; x is its first `block_size` tokens and y the last `block_size` (x shifted by one).
+
+Modes:
+- "random" (nanoGPT style): the starts of batch k are drawn from a `np.random.Generator` seeded by (seed, rank, k),
+  so a batch is a pure function of its index (exact resume with no generator state to carry). With several
+  ranks the stream is cut into chunks of `CHUNK_WINDOWS` windows, rank r owns chunks r, r+W, r+2W, ... and its
+  windows lie inside its chunks, so the windows of different ranks never share a token.
+- "sequential": consecutive windows at starts 0, T, 2T, ... (sharing one token between x and the next y); rank r
+  takes windows r, r+W, ...; after the last one the pass starts again (`epoch` counts the passes).
+With `align_to_docs` windows start at document starts (their end-of-text tokens) instead: random mode draws
+documents, sequential mode walks them; with several ranks, rank r takes documents r, r+W, ...
+
+`state_dict()` / `load_state_dict()` save and restore the exact position (counters): the batches after a restore
+are the ones the uninterrupted loader would have produced. The state is the same on every rank, so the state saved
+by rank 0 restores all ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slmkit.data.dataset import doc_starts, read_meta, split_shards
+from slmkit.data.sources import DataError
+
+CHUNK_WINDOWS = 8  # with several ranks (random mode), each rank owns interleaved chunks of this many windows
+MODES = ("random", "sequential")
+
+
+class TokenLoader:
+    """Batches of token windows from one split of a dataset directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        *,
+        seed: int = 0,
+        mode: str = "random",
+        align_to_docs: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if mode not in MODES:
+            raise DataError(f"unknown loader mode {mode!r}; use random or sequential")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is outside world size {world_size}")
+        if batch_size < 1 or block_size < 1:
+            raise DataError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
+        self.dir, self.split, self.mode, self.align = Path(dataset_dir), split, mode, align_to_docs
+        self.batch_size, self.block_size, self.seed, self.rank, self.world_size = (
+            batch_size, block_size, seed, rank, world_size)  # fmt: skip
+        meta = read_meta(self.dir)
+        dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+        shards = [(p, n) for p, n in split_shards(self.dir, split, meta) if n > 0]
+        self._shards = [np.memmap(p, dtype=dtype, mode="r", shape=(n,)) for p, n in shards]
+        self._ends = np.cumsum([n for _, n in shards], dtype=np.int64)  # end offset of each shard
+        self._single = self._shards[0] if len(self._shards) == 1 else None
+        if self.num_tokens < block_size + 1:
+            raise DataError(f"the {split} split of {self.dir} has {self.num_tokens} tokens, fewer than one window "
+                            f"of block_size + 1 = {block_size + 1}; use a smaller block size or more data")  # fmt: skip
+        self._starts = self._window_starts()
+        self.batches = 0  # batches produced so far
+        self.epoch = 0  # sequential mode: completed passes
+        self._pos = 0  # sequential mode: index of this rank's next window in self._starts
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in this split (all ranks)."""
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    # -- window starts ---------------------------------------------------------------------------------------
+    def _window_starts(self) -> np.ndarray | None:
+        """The starts this rank may use, or None when random mode draws from a range (no table needed)."""
+        T, W, r, last = self.block_size, self.world_size, self.rank, self.num_tokens - self.block_size - 1
+        if self.align:
+            starts = doc_starts(self.dir, self.split).astype(np.int64)
+            starts = starts[starts <= last][r::W]
+        elif self.mode == "sequential":
+            starts = np.arange(0, last + 1, T, dtype=np.int64)[r::W]
+        else:
+            if W > 1 and self.num_tokens // (CHUNK_WINDOWS * (T + 1)) <= r:
+                raise DataError(f"the {self.split} split of {self.dir} is too small for {W} ranks "
+                                f"({self.num_tokens} tokens); use a smaller block size or fewer ranks")  # fmt: skip
+            return None
+        if len(starts) == 0:
+            raise DataError(f"no window of {T + 1} tokens for rank {r} of {W} in the {self.split} split of {self.dir}")
+        return starts
+
+    def _draw_starts(self) -> np.ndarray:
+        B, T, W = self.batch_size, self.block_size, self.world_size
+        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        if self._starts is not None:  # aligned to documents
+            return self._starts[rng.integers(0, len(self._starts), size=B)]
+        if W == 1:
+            return rng.integers(0, self.num_tokens - T, size=B)
+        chunk = CHUNK_WINDOWS * (T + 1)
+        owned = len(range(self.rank, self.num_tokens // chunk, W))
+        chunks = self.rank + W * rng.integers(0, owned, size=B)
+        return chunks * chunk + rng.integers(0, chunk - T, size=B)
+
+    def _next_starts(self) -> np.ndarray:
+        if self.mode == "random":
+            return self._draw_starts()
+        n = len(self._starts)
+        idx = self._pos + np.arange(self.batch_size)
+        self.epoch += int((self._pos + self.batch_size) // n)
+        self._pos = int((self._pos + self.batch_size) % n)
+        return self._starts[idx % n]
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _window(self, start: int) -> np.ndarray:
+        """Tokens [start, start + T + 1) of the split, across shard boundaries if needed."""
+        end = start + self.block_size + 1
+        i = int(np.searchsorted(self._ends, start, side="right"))
+        parts = []
+        while start < end:
+            lo = start - (int(self._ends[i - 1]) if i else 0)
+            take = min(end, int(self._ends[i])) - start
+            parts.append(self._shards[i][lo : lo + take])
+            start += take
+            i += 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y: int64 CPU tensors of shape (B, T), y = x shifted by one token."""
+        starts = self._next_starts()
+        if self._single is not None:  # one shard: a single gather
+            rows = self._single[starts[:, None] + np.arange(self.block_size + 1)]  # (B, T+1)
+        else:
+            rows = np.empty((len(starts), self.block_size + 1), dtype=self._shards[0].dtype)  # (B, T+1)
+            shard = np.searchsorted(self._ends, starts, side="right")
+            offsets = starts - np.concatenate(([0], self._ends))[shard]
+            for b, (i, lo, s) in enumerate(zip(shard.tolist(), offsets.tolist(), starts.tolist())):
+                window = self._shards[i][lo : lo + self.block_size + 1]
+                rows[b] = window if len(window) == self.block_size + 1 else self._window(s)
+        rows = torch.from_numpy(rows.astype(np.int64))
+        self.batches += 1
+        return rows[:, :-1], rows[:, 1:]
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"split": self.split, "mode": self.mode, "align_to_docs": self.align, "batch_size": self.batch_size,
+                "block_size": self.block_size, "seed": self.seed, "world_size": self.world_size,
+                "num_tokens": self.num_tokens}  # fmt: skip
+
+    def state_dict(self) -> dict:
+        """A JSON-serialisable position: restoring it makes the next batches those that would have come next."""
+        return {**self._identity(), "batches": self.batches, "epoch": self.epoch, "pos": self._pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self._identity()
+        diff = [f"{k} {state.get(k)!r} -> {v!r}" for k, v in mine.items() if state.get(k) != v]
+        if diff:
+            raise DataError(f"loader state does not fit this loader ({'; '.join(diff)}); resume with the same data "
+                            "and settings")  # fmt: skip
+        self.batches, self.epoch, self._pos = int(state["batches"]), int(state["epoch"]), int(state["pos"])

@@ -1,0 +1,438 @@
+"""Prepare: stream a source's documents, tokenize them in parallel, write train/val token shards and meta.json.
+
+The corpus is never held in memory: documents are read in pieces, grouped in batches of about `BATCH_CHARS`,
+encoded by a bounded pool of workers (threads by default: tiktoken releases the GIL; processes on request) and
+appended to fixed-size shards as they come back, in order. End-of-text is put *before* every document, so every
+document start is an end-of-text position (recorded in `<split>/doc_starts.u64`).
+
+Split: a seeded draw per document (`val_fraction` of them go to val; the first document always goes to train and,
+when no other went to val, the last one does). A source that is one plain text file is split by position instead
+(nanoGPT's way): its first 1 - val_fraction, cut at a line end, is train and the rest val.
+
+The directory is built under a hidden temporary name (`slmkit.atomic.atomic_dir`) and renamed into place with
+`meta.json` written last, so an interrupted prepare never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from slmkit import __version__
+from slmkit.atomic import atomic_dir, atomic_write_json
+from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
+from slmkit.data.sources import (
+    DataError,
+    Document,
+    SourceStats,
+    iter_documents,
+    iter_texts,
+    resolve_files,
+    single_text_file,
+    source_bytes,
+)
+from slmkit.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
+
+BATCH_CHARS = 1 << 20  # text per encode task
+HOLD_CHARS = 16 << 20  # the last document is held back (to go to val if none did) only while smaller than this
+BPE_SAMPLE_BYTES = 100_000_000  # bpe tokenizers are trained on the first this-many bytes of the corpus
+PROCESS_MIN_BYTES = 64_000_000  # backend "auto" uses worker processes from this corpus size (they take ~1 s to start)
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding: one function text -> token array, run in a pool.
+
+
+def fast_encoder(tok: Tokenizer, dtype: np.dtype) -> Callable[[str], np.ndarray]:
+    """A function text -> 1-D array of token ids (ordinary text, specials not parsed) avoiding Python lists."""
+    enc = getattr(tok, "enc", None)
+    if enc is not None:  # tiktoken: straight into a buffer
+        return lambda text: enc.encode_to_numpy(text, disallowed_special=()).astype(dtype, copy=False)
+    if tok.kind == "char":
+        codes = np.array([ord(c) for c in tok.chars], dtype=np.int64)
+        table = np.full(max(codes.max(initial=0) + 1, 1), -1, dtype=np.int64)
+        table[codes] = np.arange(len(codes))
+
+        def encode_chars(text: str) -> np.ndarray:
+            cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            ids = table[np.minimum(cp, len(table) - 1)]
+            if (ids < 0).any() or (cp >= len(table)).any():
+                tok.encode(text)  # raises TokenizerError naming the unknown character
+            return ids.astype(dtype)
+
+        return encode_chars
+    return lambda text: np.asarray(tok.encode(text), dtype=dtype)
+
+
+def _encode_batch(encode: Callable[[str], np.ndarray], texts: Sequence[str]) -> tuple[list[np.ndarray], list[int]]:
+    """Token arrays and UTF-8 sizes of `texts`."""
+    return [encode(t) for t in texts], [len(t.encode("utf-8")) for t in texts]
+
+
+_WORKER_ENCODE: Callable[[str], np.ndarray] | None = None
+
+
+def _init_worker(tok_dir: str, dtype: str) -> None:
+    global _WORKER_ENCODE
+    _WORKER_ENCODE = fast_encoder(load_tokenizer(tok_dir), np.dtype(dtype))
+
+
+def _worker_encode(texts: Sequence[str]) -> tuple[list[np.ndarray], list[int]]:
+    assert _WORKER_ENCODE is not None
+    return _encode_batch(_WORKER_ENCODE, texts)
+
+
+def _make_pool(backend: str, workers: int, tok: Tokenizer, tok_dir: Path, dtype: np.dtype):
+    """(executor, task function) for `backend` 'thread' or 'process'."""
+    if backend == "thread":
+        encode = fast_encoder(tok, dtype)
+        return ThreadPoolExecutor(workers), lambda texts: _encode_batch(encode, texts)
+    if backend == "process":
+        import multiprocessing
+
+        ex = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(str(tok_dir), dtype.str))  # fmt: skip
+        return ex, _worker_encode
+    raise DataError(f"unknown prepare backend {backend!r}; use thread or process")
+
+
+def ordered_map(ex: Executor, fn: Callable, items: Iterable[tuple], in_flight: int) -> Iterator[tuple]:
+    """For (arg, extra) items: (extra, fn(arg)) in input order, at most `in_flight` tasks queued (bounded memory)."""
+    pending: deque = deque()
+    for arg, extra in items:
+        pending.append((extra, ex.submit(fn, arg)))
+        if len(pending) >= in_flight:
+            extra, fut = pending.popleft()
+            yield extra, fut.result()
+    while pending:
+        extra, fut = pending.popleft()
+        yield extra, fut.result()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splitting and batching.
+
+
+def assign_splits(docs: Iterable[Document], val_fraction: float, seed: int) -> Iterator[tuple[Document, str]]:
+    """(piece, split) for every document piece: the source's hint, else a seeded draw per document (see module)."""
+    rng = np.random.default_rng(seed)
+    held: list[tuple[Document, str]] = []  # the latest document, while small enough to move to val at the end
+    held_chars, n_docs, seen_val, split, drawn = 0, 0, False, "train", False
+    for doc in docs:
+        if doc.first:
+            yield from held
+            held, held_chars, n_docs = [], 0, n_docs + 1
+            drawn = doc.split is None
+            if drawn:
+                split = "val" if rng.random() < val_fraction and n_docs > 1 else "train"
+            else:
+                split = doc.split
+            seen_val |= split == "val"
+        if held_chars + len(doc.text) <= HOLD_CHARS and (held or doc.first):
+            held.append((doc, split))
+            held_chars += len(doc.text)
+        else:
+            yield from held
+            held, held_chars = [], HOLD_CHARS + 1  # this document is too large to hold back
+            yield doc, split
+    if held and drawn and not seen_val and val_fraction > 0 and n_docs > 1:
+        held = [(d, "val") for d, _ in held]
+    yield from held
+
+
+def batch_pieces(pieces: Iterable[tuple[Document, str]], batch_chars: int = BATCH_CHARS) -> Iterator[tuple]:
+    """Group (piece, split) into (texts, metas) batches of about `batch_chars` characters; metas: (split, first)."""
+    texts: list[str] = []
+    metas: list[tuple[str, bool]] = []
+    size = 0
+    for doc, split in pieces:
+        texts.append(doc.text)
+        metas.append((split, doc.first))
+        size += len(doc.text)
+        if size >= batch_chars:
+            yield texts, metas
+            texts, metas, size = [], [], 0
+    if texts:
+        yield texts, metas
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing shards.
+
+
+class SplitWriter:
+    """Appends token arrays to fixed-size shards `<dir>/000000.bin, ...` and document starts to doc_starts.u64."""
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.root, self.split, self.dtype, self.shard_tokens = root, split, dtype, shard_tokens
+        (root / split).mkdir(parents=True, exist_ok=True)
+        self.tokens = self.documents = self.bytes = 0
+        self.shards: list[dict] = []
+        self._file = None
+        self._starts = open(root / split / DOC_STARTS_FILE, "wb")
+
+    def write(self, arrays: Sequence[np.ndarray], firsts: Sequence[bool], eot: int) -> None:
+        """Append the pieces; a piece that starts a document is preceded by end-of-text."""
+        starts, parts, pos = [], [], self.tokens
+        eot_arr = np.array([eot], dtype=self.dtype)
+        for arr, first in zip(arrays, firsts):
+            if first:
+                starts.append(pos)
+                parts.append(eot_arr)
+                pos += 1
+            parts.append(arr)
+            pos += len(arr)
+        np.asarray(starts, dtype="<u8").tofile(self._starts)
+        self.documents += len(starts)
+        if parts:
+            self._append(np.concatenate(parts))
+
+    def _append(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self._file is None or self.shards[-1]["tokens"] >= self.shard_tokens:
+                self._roll()
+            room = self.shard_tokens - self.shards[-1]["tokens"]
+            chunk, tokens = tokens[:room], tokens[room:]
+            chunk.astype(self.dtype.newbyteorder("<"), copy=False).tofile(self._file)
+            self.shards[-1]["tokens"] += len(chunk)
+            self.tokens += len(chunk)
+
+    def _roll(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        name = f"{self.split}/{len(self.shards):06d}.bin"
+        self._file = open(self.root / name, "wb")
+        self.shards.append({"file": name, "tokens": 0})
+
+    def close(self) -> dict:
+        for f in (self._file, self._starts):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        return {"tokens": self.tokens, "documents": self.documents, "bytes": self.bytes, "shards": self.shards}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The verb.
+
+
+def _tokenizer_spec(tokenizer: str) -> str:
+    """Validate `tokenizer` early: a kind (char, gpt2, bpe:N) or a tokenizer/dataset/run directory."""
+    if Path(tokenizer).is_dir():
+        return str(Path(tokenizer))
+    parse_kind(tokenizer)  # TokenizerError for an unknown kind
+    return tokenizer
+
+
+def _build_tokenizer(spec: str, texts: Callable[[int], Iterator[str]], progress: bool) -> Tokenizer:
+    """The tokenizer: loaded (directory, gpt2), or learnt from the corpus (char: one full pass; bpe: a sample)."""
+    if Path(spec).is_dir():
+        return find_tokenizer(spec)
+    base, vocab = parse_kind(spec)
+    if base == "gpt2":
+        return build_tokenizer(spec)
+    if progress:
+        what = "collecting characters" if base == "char" else f"training {spec} on up to {BPE_SAMPLE_BYTES:,} bytes"
+        print(f"prepare: {what} ...", file=sys.stderr)
+    sample = texts(0 if base == "char" else BPE_SAMPLE_BYTES)
+    n_chars = [0]
+
+    def counted():
+        for t in sample:
+            n_chars[0] += len(t)
+            yield t
+
+    try:
+        return build_tokenizer(spec, counted())
+    except TokenizerError:
+        if n_chars[0] == 0:
+            raise DataError("empty corpus: the source holds no text") from None
+        raise
+
+
+def _already_prepared(out: Path, settings: dict, spec: str, force: bool) -> bool:
+    """True when `out` is complete and was made with the same settings; refuse to overwrite a different one."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a directory; choose another --out")
+    if force or not out.exists():
+        return False
+    if not (out / META_FILE).is_file():
+        ours = {META_FILE, TOKENIZER_DIR, *SPLITS}
+        if set(os.listdir(out)) - ours:
+            raise DataError(f"{out} exists and is not a dataset directory; choose another --out (or --force)")
+        return False  # an incomplete dataset of ours: rebuild
+    meta = read_meta(out)
+    recorded = meta["tokenizer"]["fingerprint"]
+    if Path(spec).is_dir() or spec == "gpt2":
+        asked = _build_tokenizer(spec, lambda n: iter(()), progress=False).fingerprint
+        if asked != recorded:
+            raise TokenizerError(
+                f"{out} was prepared with tokenizer {meta['tokenizer']['name']} (fingerprint {recorded}), not the "
+                f"one asked for ({spec}, fingerprint {asked}); choose another --out or pass --force to rebuild it"
+            )
+    old = meta.get("settings", {})
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v and k != "tokenizer_dir"]
+    if diff:
+        raise DataError(f"{out} was prepared with other settings ({'; '.join(diff)}); "
+                        "pass --force to rebuild it or choose another --out")  # fmt: skip
+    return True
+
+
+def _clean_partials(out: Path) -> None:
+    """Remove hidden `.NAME.*.partial` folders left by an interrupted prepare of `out`."""
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.*.partial"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1000, desc=desc, disable=not enabled,
+                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)  # fmt: skip
+
+
+def prepare(
+    source: str,
+    *,
+    tokenizer: str = "bpe:8192",
+    out: str | Path,
+    val_fraction: float = 0.05,
+    seed: int = 1337,
+    text_field: str = "text",
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    workers: int = 0,
+    shard_tokens: int = 100_000_000,
+    force: bool = False,
+    progress: bool = True,
+    max_bytes: int = 0,
+    backend: str = "auto",
+) -> Path:
+    """Tokenize `source` into the dataset directory `out` (see the module docstring); returns `out`.
+
+    When `out` already holds a complete dataset made from the same source, tokenizer and settings it is returned
+    at once, unless `force`. `workers` 0 means one per CPU; `max_bytes` > 0 stops after that much text.
+    `backend`: "thread" (tiktoken and numpy release the GIL), "process" (worker processes; fastest on large
+    corpora in benchmarks/bench_prepare.py) or "auto" (processes from PROCESS_MIN_BYTES of text, else threads).
+    """
+    out = Path(out)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
+    spec = _tokenizer_spec(tokenizer)
+    include, exclude = list(include), list(exclude)
+    resolve_files(source, include, exclude)  # DataError for a missing path, before anything is written
+    settings = {"source": source, "tokenizer": spec, "val_fraction": val_fraction, "seed": seed,
+                "text_field": text_field, "include": include, "exclude": exclude, "shard_tokens": shard_tokens,
+                "max_bytes": max_bytes}  # fmt: skip
+    if _already_prepared(out, settings, spec, force):
+        if progress:
+            print(f"prepare: {out} is already prepared (pass --force to rebuild it)", file=sys.stderr)
+        return out
+    _clean_partials(out)
+    doc_kw = {"text_field": text_field, "include": include, "exclude": exclude}
+    split_at = 1.0 - val_fraction if single_text_file(source) else None
+    t0 = time.perf_counter()
+    sample = lambda n: iter_texts(source, max_bytes=min(n or max_bytes, max_bytes or n), **doc_kw)
+    tok = _build_tokenizer(spec, sample, progress)
+    stats = SourceStats(source)
+    docs = iter_documents(source, stats=stats, split_at=split_at, **doc_kw)
+    with atomic_dir(out) as tmp:
+        tok_dir = tok.save(tmp / TOKENIZER_DIR)
+        dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+        total = max_bytes or source_bytes(source, include, exclude)
+        workers = workers or _cpu_count()
+        if backend == "auto":
+            backend = "process" if workers > 1 and (total == 0 or total >= PROCESS_MIN_BYTES) else "thread"
+        splits = _write_splits(tmp, tok, tok_dir, dtype, _limited(docs, max_bytes), val_fraction, seed, workers,
+                               shard_tokens, backend, _progress_bar(total, f"prepare {source}", progress))  # fmt: skip
+        if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
+            seen = f"{stats.files} files, {stats.binary_files_skipped} binary skipped, {stats.bad_lines} bad records"
+            raise DataError(f"empty corpus: {source} holds no text ({seen})")
+        elapsed = time.perf_counter() - t0
+        meta = _meta(tok, dtype, splits, stats, settings, elapsed, split_at)
+        atomic_write_json(tmp / META_FILE, meta)
+    if progress:
+        tr, va = splits["train"], splits["val"]
+        print(f"prepare: {out}: train {tr['tokens']:,} tokens ({tr['documents']:,} docs), val {va['tokens']:,} "
+              f"tokens ({va['documents']:,} docs), {tok.name} fingerprint {tok.fingerprint}, {elapsed:.1f}s",
+              file=sys.stderr)  # fmt: skip
+    return out
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _limited(docs: Iterator[Document], max_bytes: int) -> Iterator[Document]:
+    seen = 0
+    for doc in docs:
+        yield doc
+        seen += len(doc.text.encode("utf-8"))  # the same measure as iter_texts, which fed the tokenizer
+        if max_bytes and seen >= max_bytes:
+            return
+
+
+def _write_splits(tmp, tok, tok_dir, dtype, docs, val_fraction, seed, workers, shard_tokens, backend, bar) -> dict:
+    writers = {s: SplitWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
+    ex, task = _make_pool(backend, workers, tok, tok_dir, dtype)
+    t0, n_tokens = time.perf_counter(), 0
+    try:
+        batches = batch_pieces(assign_splits(docs, val_fraction, seed))
+        for metas, (arrays, n_bytes) in ordered_map(ex, task, batches, 2 * workers):
+            for split in SPLITS:
+                idx = [i for i, (s, _) in enumerate(metas) if s == split]
+                if idx:
+                    writers[split].write([arrays[i] for i in idx], [metas[i][1] for i in idx], tok.eot_id)
+                    writers[split].bytes += sum(n_bytes[i] for i in idx)
+            n_tokens += sum(len(a) for a in arrays)
+            bar.update(sum(n_bytes))
+            bar.set_postfix_str(f"{n_tokens / max(1e-9, time.perf_counter() - t0):,.0f} tok/s", refresh=False)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        splits = {s: w.close() for s, w in writers.items()}
+    return splits
+
+
+def _meta(tok: Tokenizer, dtype, splits: dict, stats: SourceStats, settings: dict, elapsed: float, split_at) -> dict:
+    n_tokens = sum(s["tokens"] for s in splits.values())
+    return {
+        "format_version": FORMAT_VERSION,
+        "slmkit_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": {
+            "kind": tok.kind,
+            "name": tok.name,
+            "fingerprint": tok.fingerprint,
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+            "dir": TOKENIZER_DIR,
+        },  # fmt: skip
+        "dtype": dtype.name,
+        "byte_order": "little",
+        "eot": "before each document; doc_starts.u64 holds the end-of-text positions",
+        "split_by": "position (single text file)" if split_at is not None else "document (seeded draw)",
+        "splits": splits,
+        "tokens": n_tokens,
+        "documents": sum(s["documents"] for s in splits.values()),
+        "sources": [stats.to_meta()],
+        "settings": settings,
+        "elapsed_s": round(elapsed, 3),
+        "tokens_per_s": round(n_tokens / max(elapsed, 1e-9)),
+    }
