@@ -100,7 +100,7 @@ def cmd_data_info(args) -> None:
 
 def _split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
     """`slm train optim.lr=1e-3` has no config file: the first positional is then an override."""
-    if config is not None and "=" in config:
+    if config is not None and "=" in config and not config.endswith(".toml") and not os.path.exists(config):
         return None, [config, *overrides]
     return config, list(overrides)
 
@@ -117,7 +117,12 @@ def cmd_train(args) -> int:
             raise SlmError(f"--resume uses the run's own config; drop {config!r} and give only overrides")
         train(resume=args.resume, overrides=overrides, allow_changed=args.allow_changed, progress=not args.no_progress)
         return 0
-    cfg = load_config(config, overrides)
+    if args.init_from:
+        from slmkit.finetune import init_from_config
+
+        cfg = init_from_config(args.init_from, config, overrides)
+    else:
+        cfg = load_config(config, overrides)
     run_dir = train(cfg, overrides=overrides, progress=not args.no_progress)
     from slmkit.checkpoint import read_run_info
 
@@ -138,6 +143,31 @@ def cmd_sample(args) -> None:
         print()
         if i + 1 < args.num_samples:
             print("---")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fine-tuning and chat
+
+
+def cmd_sft(args) -> None:
+    from slmkit.finetune import sft
+
+    overrides = [f"train.name={args.name}"] if args.name else []
+    sft(args.parent, args.data, list(args.overrides) + overrides, checkpoint=args.checkpoint,
+        progress=not args.no_progress)  # fmt: skip
+
+
+def cmd_lora_merge(args) -> None:
+    from slmkit.finetune import merge_run
+
+    print(merge_run(args.run, args.checkpoint, name=args.name))
+
+
+def cmd_chat(args) -> None:
+    from slmkit.chat import chat
+
+    chat(args.run, checkpoint=args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens,
+         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,9 +227,9 @@ def cmd_scaling_calc(args) -> None:
         fps = run_flops_per_s(args.run)[1]
     elif args.measure:
         fps = measure_flops_per_s(cfg or load_config(None))[1]
-    c = calculate(params=parse_count(args.params) if args.params else None,
-                  tokens=parse_count(args.tokens) if args.tokens else None, budget=args.budget, cfg=cfg,
-                  flops_per_s=fps, ratio=args.ratio, lr=args.lr, batch=tuple(args.batch) if args.batch else None)  # fmt: skip
+    params, tokens = (parse_count(v) if v else None for v in (args.params, args.tokens))
+    c = calculate(params=params, tokens=tokens, budget=args.budget, cfg=cfg, flops_per_s=fps, ratio=args.ratio,
+                  lr=args.lr, batch=tuple(args.batch) if args.batch else None)  # fmt: skip
     print(format_calc(c))
 
 
@@ -224,7 +254,8 @@ def cmd_scaling_sweep(args) -> None:
 
     config, overrides = _split_config_arg(args.config, args.overrides)
     result = sweep(load_config(config, overrides), args.budget, parse_sizes(args.sizes), levels=args.levels,
-                   level_ratio=args.level_ratio, out=args.out, parallel=args.parallel, n_boot=args.bootstrap)  # fmt: skip
+                   level_ratio=args.level_ratio, out=args.out, parallel=args.parallel,
+                   n_boot=args.bootstrap)  # fmt: skip
     print(result["report"])
     print(f"wrote {args.out}/fit.png, map.png, fit.json", file=sys.stderr)
 
@@ -301,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run name (default: derived from the preset and overrides)")
     p.add_argument("--resume", metavar="RUN", help="continue runs/<name> exactly from its latest checkpoint")
     p.add_argument("--allow-changed", action="store_true", help="with --resume: accept changed optimizer/schedule")
+    p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (continued pretraining on new "
+                   "text: add data.source=...); a config file, if given, must describe the same model")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
     p = _add(sub, "sample", cmd_sample, "generate text from a trained run (streams to the terminal)")
@@ -314,6 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="make the sample reproducible")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
+
+    p = _add(sub, "sft", cmd_sft, "supervised fine-tuning of a run on chat/instruction data (a child run)", SFT_HELP)
+    p.add_argument("parent", metavar="PARENT_RUN", help="the run to fine-tune")
+    p.add_argument("--data", required=True, help="alpaca .json/.jsonl, messages/ShareGPT .jsonl or prompt/completion "
+                   ".jsonl")  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8 train.max_steps=500")
+    p.set_defaults(overrides_anywhere=True)  # `slm sft RUN --data FILE a.b=1`: overrides may follow the options
+    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP (default: best)")
+    p.add_argument("--name", help="child run name (default: <parent>-sft or <parent>-lora)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    lo = _group(sub, "lora", "LoRA adapters: merge them into a full model")
+    p = _add(lo, "merge", cmd_lora_merge, "write a new run dir with the adapters folded into full weights")
+    p.add_argument("run", help="a run fine-tuned with lora.rank > 0")
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    p.add_argument("--name", help="name of the merged run (default: <run>-merged)")
+
+    p = _add(sub, "chat", cmd_chat, "chat with a fine-tuned run in the terminal (/reset, /system TEXT, /quit)")
+    p.add_argument("run", help="run directory of a fine-tuned (sft) run")
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    p.add_argument("--system", default="", help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
 
     p = _add(sub, "plot", cmd_plot, "chart loss, val loss, gradient norm, LR and tokens/s of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
@@ -374,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     p.add_argument("--budget", required=True, help="total compute: FLOPs (e.g. 2e13) or wall time (e.g. 30m)")
     p.add_argument("--sizes", default="2x32,2x48,2x64,4x64", help="model sizes as n_layer x n_embd, comma-separated")
-    p.add_argument("--levels", type=int, default=2, help="compute levels per size (default: 2)")
-    p.add_argument("--level-ratio", type=float, default=4.0, help="compute ratio between levels (default: 4)")
+    p.add_argument("--levels", type=int, default=3, help="compute levels per size (default: 3; L(C) needs 3)")
+    p.add_argument("--level-ratio", type=float, default=3.0, help="compute ratio between levels (default: 3)")
     p.add_argument("--out", default="runs/sweep", help="folder for the runs and the fit (default: runs/sweep)")
     p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties")
@@ -383,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ABLATE_HELP = """run an ablation study: each --vary value changed alone against the base (every combination with --grid),
+ABLATE_HELP = """run an ablation study: each --vary value changed alone against the base (all combinations with --grid),
 each arm trained with --seeds seeds; then per arm the final val loss mean +- std with a 95% CI, the delta against
 the base in nats, a Welch t-test (and bootstrap) of the delta, and a verdict: better, worse, or "not
 distinguishable from noise" when the 95% CI of the delta covers 0.
@@ -391,6 +450,7 @@ distinguishable from noise" when the 95% CI of the delta covers 0.
 seeds: seed-k sets train.seed (model init and dropout) to base seed + k - 1. The data order (train.data_seed)
 stays the base's, so every arm sees the same batches and an arm's spread measures init noise only. With
 --vary-data-seed the data order changes with the seed too and the spread is the full run-to-run noise.
+Varying optim.lr scales optim.min_lr with it, so every LR arm has the same schedule shape.
 
 the usual order of ablations (each settles what the next one needs):
   1. learning rate      nothing else is comparable at a bad LR
@@ -429,6 +489,21 @@ examples:
 """
 
 
+SFT_HELP = """fine-tune a run on instruction or chat data: loss only on the assistant's replies, a held-out split with
+masked val loss, a child run dir that records its parent run and checkpoint. Same loop as `slm train`.
+
+data formats (chosen from the first record, or data.format=...):
+  alpaca             {"instruction", "input", "output"} (.json array or .jsonl)
+  messages           {"messages": [{"role", "content"}, ...]} or ShareGPT {"conversations": [{"from", "value"}]}
+  prompt_completion  {"prompt", "completion"}
+
+examples:
+  slm sft runs/default --data alpaca.json                        full fine-tuning
+  slm sft runs/default --data chats.jsonl lora.rank=8            LoRA: only adapters train
+  slm sft runs/default --data alpaca.json data.packing=false     one example per row (padded)
+  slm lora merge runs/default-lora                               then: slm chat runs/default-lora-merged
+"""
+
 TRAIN_HELP = """train a model and write a run directory (runs/<name>/: config, tokenizer, metrics.jsonl, checkpoints)
 
 examples:
@@ -437,12 +512,17 @@ examples:
   slm train shakespeare-char optim.lr=3e-4           one change, run named shakespeare-char.lr=3e-4
   slm train configs/my.toml train.max_steps=200 --name my-test
   slm train --resume runs/shakespeare-char           continue exactly where it stopped (Ctrl-C saves)
+  slm train --init-from runs/default data.source=docs/   continued pretraining of a run on new text
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides_anywhere", False) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "fn"):
         parser.print_help()
         return 0
