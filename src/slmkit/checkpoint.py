@@ -162,16 +162,35 @@ def read_index(run_dir: str | Path) -> dict:
         return {}
 
 
+def shared_names(model: torch.nn.Module) -> list[list[str]]:
+    """Names of parameters that are one tensor (a tied head), each group sorted: the first is the name saved, as
+    safetensors' save_model keeps it."""
+    groups: dict[int, list[str]] = {}
+    for name, p in _unwrap(model).named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [sorted(names) for names in groups.values() if len(names) > 1]
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, state: dict, cfg: RunConfig, tokenizer: Tokenizer,
-                    val_loss: float | None = None, keep_last: int = 2) -> Path:  # fmt: skip
-    """Write checkpoints/step-NNNNNN atomically, update index.json, then apply the retention policy."""
-    from safetensors.torch import save_model
+                    val_loss: float | None = None, keep_last: int = 2, model_state: dict | None = None,
+                    optim_state: dict | None = None) -> Path:  # fmt: skip
+    """Write checkpoints/step-NNNNNN atomically, update index.json, then apply the retention policy.
+
+    `model_state` / `optim_state`: full state dicts gathered from a sharded (FSDP) model, written in place of
+    `model`'s and `optimizer`'s own, in the same format, so the folder is the same whatever wrote it."""
+    from safetensors.torch import save_file, save_model
 
     path = Path(run_dir) / CKPT_DIR / f"step-{step:06d}"
+    meta = {"format": "pt", "step": str(step)}
     with atomic_dir(path) as tmp:
-        save_model(_unwrap(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "step": str(step)})
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        if model_state is not None:
+            dropped = {name for _, *others in shared_names(model) for name in others}
+            weights = {k: v.contiguous() for k, v in model_state.items() if k not in dropped}
+            save_file(weights, str(tmp / WEIGHTS_FILE), metadata=meta)
+        else:
+            save_model(_unwrap(model), str(tmp / WEIGHTS_FILE), metadata=meta)
+        if optim_state is not None or optimizer is not None:
+            torch.save(optim_state if optim_state is not None else optimizer.state_dict(), tmp / OPTIM_FILE)
         full_state = {"format_version": FORMAT_VERSION, "step": step, "val_loss": val_loss,
                       "tokenizer_fingerprint": tokenizer.fingerprint, "slmkit": __version__, "saved": time.time(),
                       **state}  # fmt: skip
@@ -253,6 +272,10 @@ def load_model(run_dir: str | Path, which: str | int = "best", device: str | tor
         raise CheckpointError(f"{ckpt}: tokenizer fingerprint {tokenizer.fingerprint} differs from the one it was "
                               f"trained with ({state['tokenizer_fingerprint']}); the run dir was tampered with")  # fmt: skip
     model = GPT(cfg.model)
+    if cfg.lora.rank:  # a LoRA run's checkpoints hold base weights and adapters (unmerged)
+        from slmkit.lora import apply_lora
+
+        apply_lora(model, cfg.lora)
     load_weights(model, ckpt)
     return model.to(device).eval(), tokenizer, cfg, ckpt
 

@@ -110,6 +110,11 @@ def cmd_train(args) -> int:
     from slmkit.train import train
 
     config, overrides = _split_config_arg(args.config, args.overrides)
+    if args.nproc:  # N processes on this machine via torchrun, each running this command without --nproc
+        from slmkit.distributed import launch_train, strip_nproc
+
+        device = next((o.split("=", 1)[1].strip() for o in overrides if o.startswith("train.device=")), "auto")
+        return launch_train(strip_nproc(args.argv), args.nproc, device)
     if args.name:
         overrides.append(f"train.name={args.name}")
     if args.resume:
@@ -335,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (continued pretraining on new "
                    "text: add data.source=...); a config file, if given, must describe the same model")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--nproc", type=int, default=0, metavar="N", help="train with N processes on this machine "
+                   "(torchrun; one per GPU, or CPU cores shared out); train.parallel picks ddp or fsdp")  # fmt: skip
 
     p = _add(sub, "sample", cmd_sample, "generate text from a trained run (streams to the terminal)")
     p.add_argument("run", help="run directory, e.g. runs/default")
@@ -513,12 +520,14 @@ examples:
   slm train configs/my.toml train.max_steps=200 --name my-test
   slm train --resume runs/shakespeare-char           continue exactly where it stopped (Ctrl-C saves)
   slm train --init-from runs/default data.source=docs/   continued pretraining of a run on new text
+  slm train gpt2-124m --nproc 8 train.parallel=fsdp  8 processes on this machine (docs/distributed.md)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for commands that relaunch themselves
     if extra and getattr(args, "overrides_anywhere", False) and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:

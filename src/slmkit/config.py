@@ -150,10 +150,23 @@ class DataConfig:
     """Glob patterns of files to skip when the source is a directory."""
     align_to_docs: bool = False
     """Start training windows at document starts instead of anywhere."""
+    format: str = "text"
+    """text (pretraining on prepared token shards) | auto | alpaca | messages | prompt_completion (supervised
+    fine-tuning: chat examples read from data.source, loss only on the assistant's replies)."""
+    packing: bool = True
+    """Fine-tuning: pack several whole examples into each block_size row (no loss target crosses from one example
+    into the next); false puts one example per row, padded."""
+    chat_template: str = "slm"
+    """Fine-tuning: how messages become tokens (slm: <|role|>content<|end|> per turn, after end-of-text)."""
+    add_chat_tokens: bool = True
+    """Fine-tuning: when the tokenizer lacks the chat tokens (char, gpt2), add them and grow the embeddings (new
+    rows start at the mean embedding); false refuses such a tokenizer."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check_choice("data", "format", self.format, ("text", "auto", "alpaca", "messages", "prompt_completion"))
+        _check_choice("data", "chat_template", self.chat_template, ("slm",))
 
 
 @dataclass
@@ -225,6 +238,9 @@ class TrainConfig:
     """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)."""
     compile: bool = False
     """torch.compile the model (20-35 s of compilation first; pays off on long runs)."""
+    parallel: str = "ddp"
+    """With several processes (torchrun, slm train --nproc N): ddp (a full copy of the model per process, gradients
+    all-reduced) | fsdp (FSDP2: parameters, gradients and optimizer state sharded across processes)."""
     eval_every: int = 100
     """Evaluate val loss every this many steps (and at the end)."""
     eval_batches: int = 20
@@ -244,10 +260,14 @@ class TrainConfig:
     on_spike: str = "none"
     """Guard against loss spikes (needs train.doctor): none | skip (skip that update) | rollback (restore the last
     good checkpoint's weights and optimizer, keep reading new data so the bad window is skipped)."""
+    init_from: str = ""
+    """Start from another run's weights (its best checkpoint, or a checkpoint dir): continued pretraining and
+    fine-tuning. The model section must match the parent's (vocab_size may grow, dropout may change)."""
 
     def __post_init__(self) -> None:
         _check_choice("train", "dtype", self.dtype, ("auto", "fp32", "bf16"))
         _check_choice("train", "on_spike", self.on_spike, ("none", "skip", "rollback"))
+        _check_choice("train", "parallel", self.parallel, ("ddp", "fsdp"))
         if self.on_spike != "none" and not self.doctor:
             raise ConfigError(f"train.on_spike = {self.on_spike!r} needs train.doctor = true (it detects the spikes)")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
@@ -284,6 +304,28 @@ class LogConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA): train small matrices A, B beside frozen projections, W x + (alpha/rank) B A x."""
+
+    rank: int = 0
+    """Rank of the adapters; 0 turns LoRA off (every parameter trains)."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "mlp"])
+    """Projections that get adapters: q, k, v, o (attention), up, gate, down, or mlp (all three)."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank must be >= 0 (0 = off), got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty; name projections such as q,v or q,k,v,o,mlp")
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a run."""
 
@@ -294,6 +336,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     preset: str = ""
     """Name of the preset this config started from (informational; used in derived run names)."""
     description: str = ""

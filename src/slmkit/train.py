@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from slmkit import checkpoint as ckpt_io
 from slmkit.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict, load_config, save_config
+from slmkit.distributed import as_float, grad_sync, mean_over_ranks
 from slmkit.errors import SlmError
 from slmkit.metrics import MetricsLogger
 from slmkit.runs import process_info
@@ -34,11 +36,15 @@ class TrainingDiverged(SlmError):
     """The loss became NaN or infinite."""
 
 
+_console = {"on": True}  # off on ranks other than 0, so several processes print each line once
+
+
 def say(msg: str) -> None:
     """Console output of the trainer (stderr, so stdout stays clean for pipes)."""
     from tqdm import tqdm
 
-    tqdm.write(msg, file=sys.stderr)
+    if _console["on"]:
+        tqdm.write(msg, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,13 +119,11 @@ def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runti
     for micro in range(accum):
         x, y = batches()
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
-        sync = getattr(model, "no_sync", None)
-        ctx = sync() if sync is not None and micro < accum - 1 else _null()
-        with ctx, runtime.autocast():
+        with grad_sync(model, last=micro == accum - 1), runtime.autocast():  # all-reduce on the last micro-step only
             _, loss = model(x, y)
         (loss / accum).backward()
         total += loss.detach()
-    loss = (total / accum).item()
+    loss = mean_over_ranks(total / accum).item()  # the same on every rank: the loss of the whole update
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         return loss, float("nan")
@@ -129,18 +133,10 @@ def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runti
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
     if skip_if is not None and skip_if(loss):
         optimizer.zero_grad(set_to_none=True)
-        return loss, float(norm)
+        return loss, as_float(norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, float(norm)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    return loss, as_float(norm)
 
 
 @torch.inference_mode()
@@ -175,9 +171,10 @@ class TrainState:
 class Trainer:
     """Holds what one run needs; `run()` is the loop. Built by `train()`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer: Tokenizer, dataset_dir: Path, runtime: Runtime,
-                 progress: bool = True):  # fmt: skip
-        from slmkit.data.loader import TokenLoader
+    def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer: Tokenizer, dataset_dir: Path | None, runtime: Runtime,
+                 progress: bool = True, loaders: Callable[[str, int], Any] | None = None):  # fmt: skip
+        """`loaders(split, seed)` makes the train and val loaders (default: TokenLoader over dataset_dir); any
+        object with next_batch/state_dict/load_state_dict will do (SFT passes slmkit.data.chat's)."""
         from slmkit.model import GPT
         from slmkit.optim import build_optimizer, describe_groups
 
@@ -186,19 +183,26 @@ class Trainer:
         t = cfg.train
         torch.manual_seed(t.seed)
         self.model = GPT(cfg.model).to(runtime.device)
+        if cfg.lora.rank:  # only the adapters train (frozen parameters get no optimizer group)
+            from slmkit.lora import apply_lora
+
+            apply_lora(self.model, cfg.lora)
         self.model.train()
+        from slmkit.distributed import wrap_model
+
+        self.sharded = runtime.distributed and t.parallel == "fsdp"  # FSDP2 shards self.model in place
+        wrapped = wrap_model(self.model, runtime, t.parallel)  # DDP or FSDP2 with several processes, else the model
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.groups = describe_groups(self.optimizer)
-        self.compiled = torch.compile(self.model) if runtime.compile else self.model
+        self.compiled = torch.compile(wrapped) if runtime.compile else wrapped
         data_seed = t.data_seed if t.data_seed >= 0 else t.seed
-        self.loader = TokenLoader(dataset_dir, "train", t.batch_size, cfg.model.block_size, seed=data_seed,
-                                  align_to_docs=cfg.data.align_to_docs, rank=runtime.rank,
-                                  world_size=runtime.world_size)  # fmt: skip
+        self.make_loader = loaders or self._token_loader
+        self.loader = self.make_loader("train", data_seed)
         self.state = TrainState()
         self.tokens_per_step = tokens_per_step(cfg, runtime.world_size)
         self.flops_per_token = self.model.flops_per_token()
         self.peak = peak_flops(runtime.device.type, runtime.dtype)
-        self.bytes_per_token = _bytes_per_token(dataset_dir)
+        self.bytes_per_token = _bytes_per_token(dataset_dir) if dataset_dir is not None else None
         self.logger = MetricsLogger(run_dir, cfg.log.backends, cfg.log.project, cfg.to_dict(), enabled=runtime.is_main)
         self._stop_requested = False
         self.doctor = _live_doctor(cfg) if t.doctor else None
@@ -209,28 +213,51 @@ class Trainer:
     # -- resume -------------------------------------------------------------------------------------------
     def restore(self, ckpt: Path) -> None:
         state = ckpt_io.read_state(ckpt)
-        ckpt_io.load_weights(self.model, ckpt)
-        ckpt_io.load_optimizer(self.optimizer, ckpt)
+        if self.sharded:  # any checkpoint (one process, DDP, FSDP) is whole: each rank keeps its shard
+            from slmkit.distributed import load_full_state
+
+            load_full_state(self.model, self.optimizer, ckpt)
+        else:
+            ckpt_io.load_weights(self.model, ckpt)
+            ckpt_io.load_optimizer(self.optimizer, ckpt)
         self.loader.load_state_dict(state["loader"])
         ckpt_io.set_rng_state(state["rng"])
         self.state = TrainState(step=state["step"], tokens_seen=state["tokens_seen"], best_val=state.get("best_val"),
                                 elapsed=state.get("elapsed", 0.0), last_ckpt=str(ckpt))  # fmt: skip
 
     # -- pieces of the loop ---------------------------------------------------------------------------------
-    def evaluate(self) -> float:
+    def _token_loader(self, split: str, seed: int):
         from slmkit.data.loader import TokenLoader
 
-        val = TokenLoader(self.dataset_dir, "val", self.cfg.train.batch_size, self.cfg.model.block_size, seed=VAL_SEED)
+        t, block = self.cfg.train, self.cfg.model.block_size
+        if split == "val":
+            return TokenLoader(self.dataset_dir, "val", t.batch_size, block, seed=seed)
+        return TokenLoader(self.dataset_dir, "train", t.batch_size, block, seed=seed,
+                           align_to_docs=self.cfg.data.align_to_docs, rank=self.rt.rank,
+                           world_size=self.rt.world_size, shard="batches")  # fmt: skip
+
+    def evaluate(self) -> float:
+        val = self.make_loader("val", VAL_SEED)
         return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt)
 
     def save(self, val_loss: float | None = None) -> Path | None:
+        model_state = optim_state = None
+        if self.sharded:  # every rank takes part in gathering the whole state; rank 0 writes it
+            from slmkit.distributed import full_state
+
+            model_state, optim_state = full_state(self.model, self.optimizer)
         if not self.rt.is_main:
             return None
         s = self.state
         state = {"tokens_seen": s.tokens_seen, "best_val": s.best_val, "elapsed": s.elapsed,
                  "loader": self.loader.state_dict(), "rng": ckpt_io.rng_state()}  # fmt: skip
         path = ckpt_io.save_checkpoint(self.run_dir, s.step, self.model, self.optimizer, state, self.cfg,
-                                       self.tokenizer, val_loss=val_loss, keep_last=self.cfg.train.keep_last)  # fmt: skip
+                                       self.tokenizer, val_loss=val_loss, keep_last=self.cfg.train.keep_last,
+                                       model_state=model_state, optim_state=optim_state)  # fmt: skip
+        if self.cfg.lora.rank:  # the adapters alone too: the small file to share or apply to the parent
+            from slmkit.lora import ADAPTER_FILE, save_adapter
+
+            save_adapter(self.model, path / ADAPTER_FILE)
         s.last_ckpt = str(path)
         self._last_save = time.time()
         return path
@@ -254,7 +281,12 @@ class Trainer:
         t = self.cfg.train
         if t.ckpt_every and self.state.step % t.ckpt_every == 0:
             return True
-        return bool(t.ckpt_minutes) and time.time() - self._last_save >= 60 * t.ckpt_minutes
+        due = bool(t.ckpt_minutes) and time.time() - self._last_save >= 60 * t.ckpt_minutes
+        if self.sharded and t.ckpt_minutes:  # FSDP saves are collective: all ranks follow rank 0's clock
+            from slmkit.distributed import agree
+
+            return agree(self.rt, due)
+        return due
 
     def _on_sigint(self, signum, frame) -> None:
         if self._stop_requested:  # second Ctrl-C: stop now
@@ -369,7 +401,8 @@ class Trainer:
     def _diverged(self, loss: float) -> None:
         s = self.state
         self.logger.log(s.step + 1, {"train/loss": loss, "doctor/divergence": 1})
-        ckpt_io.write_run_info(self.run_dir, status="crashed", error=f"loss {loss} at step {s.step + 1}")
+        if self.rt.is_main:
+            ckpt_io.write_run_info(self.run_dir, status="crashed", error=f"loss {loss} at step {s.step + 1}")
         where = s.last_ckpt or "none (no checkpoint was saved yet)"
         raise TrainingDiverged(
             f"loss became {loss} at step {s.step + 1}; last good checkpoint: {where}. Lower optim.lr, raise "
@@ -403,7 +436,7 @@ def _bytes_per_token(dataset_dir: Path) -> float | None:
 # ---------------------------------------------------------------------------------------------------------
 # Entry point.
 
-_RESUME_FROZEN = ("model.", "tokenizer.", "data.")
+_RESUME_FROZEN = ("model.", "tokenizer.", "data.", "lora.")
 _RESUME_NEEDS_FLAG = ("optim.", "train.batch_size", "train.grad_accum", "train.tokens_per_step", "train.seed",
                       "train.data_seed")  # fmt: skip
 
@@ -435,31 +468,68 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     elif cfg is None:
         cfg = load_config(None, overrides)
     runtime = resolve_runtime(cfg.train)
-    dataset_dir = ensure_prepared(cfg.data, cfg.tokenizer.kind)
-    tokenizer = load_dataset_tokenizer(dataset_dir)
+    from slmkit.distributed import check_parallel, on_main, teardown
+
+    check_parallel(cfg, runtime)
+    _console["on"] = runtime.is_main
+    dataset_dir, chat, parent = None, None, None
+    if cfg.data.format == "text":
+        data_cfg, kind = cfg.data, cfg.tokenizer.kind
+        dataset_dir = on_main(runtime, lambda: ensure_prepared(data_cfg, kind))  # rank 0 prepares, if needed
+        tokenizer = load_dataset_tokenizer(dataset_dir)
+    else:  # fine-tuning on chat examples, read and checked before any run dir exists
+        from slmkit.finetune import chat_data
+
+        chat = chat_data(cfg, run_dir if resume is not None else None)
+        tokenizer = chat.tokenizer
     cfg = resolve_batch(resolve_vocab(cfg, tokenizer), runtime.world_size)
+    if cfg.lora.rank:
+        from slmkit.lora import check_targets
+
+        check_targets(cfg.model, cfg.lora)
+    if resume is None and cfg.train.init_from:
+        from slmkit.finetune import check_parent
+
+        parent = check_parent(cfg, tokenizer)
     if resume is not None:
-        tokenizer_run = ckpt_io.run_tokenizer(run_dir)
-        check_tokenizer(dataset_dir, tokenizer_run)
+        if dataset_dir is not None:
+            check_tokenizer(dataset_dir, ckpt_io.run_tokenizer(run_dir))
         ckpt = ckpt_io.resolve_checkpoint(run_dir, "latest")
     else:
         name = cfg.train.name or derive_run_name(cfg, overrides)
-        run_dir = ckpt_io.new_run_dir(cfg.train.out_dir, name, explicit=bool(cfg.train.name))
+        out_dir, explicit = cfg.train.out_dir, bool(cfg.train.name)
+        run_dir = on_main(runtime, lambda: ckpt_io.new_run_dir(out_dir, name, explicit=explicit))
         cfg = cfg.replace(**{"train.name": run_dir.name})
     say(runtime.describe())
-    trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress)
+    loaders = None
+    if chat is not None:
+        say(chat.describe(cfg.model.block_size))
+        loaders = chat.loaders(cfg.train.batch_size, cfg.model.block_size, cfg.data.packing, runtime.rank,
+                               runtime.world_size)  # fmt: skip
+    trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders)
     if resume is not None:
         trainer.restore(ckpt)
-        save_config(cfg, run_dir / ckpt_io.CONFIG_FILE)
-        ckpt_io.write_run_info(run_dir, status="running", resumed_from=str(ckpt), **process_info())
+        if runtime.is_main:
+            save_config(cfg, run_dir / ckpt_io.CONFIG_FILE)
+            ckpt_io.write_run_info(run_dir, status="running", resumed_from=str(ckpt), **process_info())
         say(f"resuming {run_dir} from step {trainer.state.step}")
     else:
-        ckpt_io.init_run_dir(run_dir, cfg, tokenizer, dataset=str(dataset_dir), parent=None,
-                             num_params=trainer.model.num_params(), **process_info())  # fmt: skip
+        if parent is not None:
+            from slmkit.finetune import load_parent_weights
+
+            load_parent_weights(trainer.model, parent[1])
+            say(f"initialised from {parent[1]}")
+        if runtime.is_main:
+            ckpt_io.init_run_dir(run_dir, cfg, tokenizer, dataset=str(dataset_dir or cfg.data.source),
+                                 parent=str(parent[0]) if parent else None,
+                                 parent_checkpoint=str(parent[1]) if parent else None,
+                                 num_params=trainer.model.num_params(), **process_info())  # fmt: skip
     _announce(trainer)
     status = trainer.run(stop_after=stop_after)
-    ckpt_io.write_run_info(run_dir, status=status, step=trainer.state.step, tokens_seen=trainer.state.tokens_seen,
-                           best_val_loss=trainer.state.best_val)  # fmt: skip
+    if runtime.is_main:
+        ckpt_io.write_run_info(run_dir, status=status, step=trainer.state.step,
+                               tokens_seen=trainer.state.tokens_seen, best_val_loss=trainer.state.best_val)  # fmt: skip
+    teardown()
     say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {trainer.state.best_val:.4f}). "
         f"Next: slm sample {run_dir}")  # fmt: skip
     return run_dir
@@ -476,6 +546,18 @@ def _announce(tr: Trainer) -> None:
         f"{t.max_steps} steps = {tr.tokens_per_step * t.max_steps:,} tokens")  # fmt: skip
     say("optimizer groups: " + ", ".join(f"{g['name']} ({g['tensors']} tensors, {g['params']:,} params)"
                                          for g in tr.groups))  # fmt: skip
+    if cfg.lora.rank:
+        from slmkit.lora import param_counts
+
+        trainable, total = param_counts(m)
+        say(f"lora: rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}; trainable {trainable:,} of {total:,} "
+            f"parameters ({100 * trainable / total:.2f}%)")  # fmt: skip
     hint = lr_scaling_hint(cfg)
     if hint:
         say("warning: " + hint)
+
+
+if __name__ == "__main__":  # `torchrun --nproc-per-node N -m slmkit.train ARGS`: the arguments of `slm train`
+    from slmkit.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
