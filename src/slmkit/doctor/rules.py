@@ -1,143 +1,26 @@
-"""The training doctor: rules that read metric streams, name what went wrong, and say what to try.
-
-It watches the three signals that matter (train loss, val loss, gradient norm) plus the clip flag, LR and tokens.
-Two ways in:
-
-- offline, `diagnose(run_dir_or_events) -> list[Finding]` (what `slm doctor RUN` prints);
-- live, `LiveDoctor.observe(step, metrics)` once per optimizer step inside the training loop. It keeps running
-  robust statistics (median and MAD of the last `window` accepted values), costs a few microseconds per step,
-  and reports each episode once, when it starts.
-
-Spikes and gradient explosions are judged against a robust running baseline: a value is flagged when it is far
-above the median of recent *unflagged* values (flagged values never enter the baseline, so a long bad stretch
-does not become the new normal until it has lasted `window` steps, when it is adopted as a new level). Trends
-(divergence, plateaus, a too-low LR) are judged on chunk means, so single noisy steps do not decide them.
-"""
+"""The doctor's rules: one function per pathology over a run's metric streams, and `diagnose` that runs them."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SEVERITIES = ("info", "warning", "error")
-SPIKE_Z = 6.0  # a spike is this many robust standard deviations above the running median ...
-SPIKE_REL = 0.10  # ... and at least this fraction of the median above it (noise on tiny batches is large)
-EXPLODE_FACTOR = 10.0  # gradient explosion: norm >= this many times the running median
-COLLAPSE_FRACTION = 1e-3  # gradient collapse: norm below this fraction of the early typical norm ...
-COLLAPSE_ABS = 1e-8  # ... or below this absolute value
-BLOW_UP = 2.0  # divergence: the running median of the loss above this many times the starting loss
-CLIP_RATE = 0.5  # constant clipping: clipped on more than this fraction of the steps after warmup
-CHINCHILLA = 20.0  # tokens per parameter of a compute-optimal run (Hoffmann et al. 2022)
-MAD_TO_SIGMA = 1.4826  # MAD * this = standard deviation for normal noise
-
-
-@dataclass
-class Finding:
-    """One diagnosis: what happened, where (step range), why it matters, and what to try."""
-
-    rule: str
-    severity: str  # info | warning | error
-    start: int  # first step of the episode
-    end: int  # last step of the episode (== start for a single step)
-    what: str
-    why: str
-    fix: str
-    value: float | None = None  # the number that triggered it (loss, norm, ratio ...), logged as doctor/<rule>
-
-    def where(self) -> str:
-        return f"step {self.start}" if self.start == self.end else f"steps {self.start}-{self.end}"
-
-    def headline(self) -> str:
-        return f"[{self.severity}] {self.rule} at {self.where()}: {self.what}"
-
-    def format(self) -> str:
-        return f"{self.headline()}\n    why: {self.why}\n    try: {self.fix}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Running robust baseline, shared by the live and offline detectors.
-
-
-class RobustWindow:
-    """Median and MAD-based sigma of the last `size` values; recomputed lazily (sorts at most `size` floats)."""
-
-    def __init__(self, size: int = 64, min_count: int = 10):
-        self.values: deque[float] = deque(maxlen=size)
-        self.min_count = min_count
-        self._stats: tuple[float, float] | None = None
-
-    def add(self, v: float) -> None:
-        self.values.append(v)
-        self._stats = None
-
-    def reset(self, v: float | None = None) -> None:
-        self.values.clear()
-        self._stats = None
-        if v is not None:
-            self.add(v)
-
-    @property
-    def ready(self) -> bool:
-        return len(self.values) >= self.min_count
-
-    def stats(self) -> tuple[float, float]:
-        """(median, sigma) where sigma = 1.4826 * median absolute deviation."""
-        if self._stats is None:
-            med = statistics.median(self.values)
-            mad = statistics.median(abs(v - med) for v in self.values)
-            self._stats = (med, MAD_TO_SIGMA * mad)
-        return self._stats
-
-
-def spike_limit(median: float, sigma: float) -> float:
-    return median + max(SPIKE_Z * sigma, SPIKE_REL * abs(median))
-
-
-def explosion_limit(median: float, sigma: float) -> float:
-    return EXPLODE_FACTOR * median
-
-
-class Detector:
-    """Flags values above `limit(median, sigma)` of a running window of the values it did not flag.
-
-    After `max_run` flagged values in a row the new level is adopted (the window restarts from it): a permanent
-    shift is not a spike, and a guard that skips spikes must not skip forever.
-    """
-
-    def __init__(self, limit: Callable[[float, float], float], window: int = 64, min_count: int = 10,
-                 max_run: int = 64):  # fmt: skip
-        self.win = RobustWindow(window, min_count)
-        self.limit_fn, self.max_run = limit, max_run
-        self.run = 0  # flagged values in a row
-        self.adopted = False  # the last update adopted a new level
-
-    def limit(self) -> float | None:
-        return self.limit_fn(*self.win.stats()) if self.win.ready else None
-
-    def would_flag(self, v: float) -> bool:
-        lim = self.limit()
-        return lim is not None and math.isfinite(v) and v > lim
-
-    def update(self, v: float) -> bool:
-        """Feed one value; True when it is flagged."""
-        self.adopted = False
-        if not math.isfinite(v):
-            return False
-        if self.would_flag(v):
-            self.run += 1
-            if self.run > self.max_run:
-                self.win.reset(v)
-                self.run, self.adopted = 0, True
-                return False
-            return True
-        self.run = 0
-        self.win.add(v)
-        return False
-
+from slmkit.doctor.signals import (
+    BLOW_UP,
+    CHINCHILLA,
+    CLIP_RATE,
+    COLLAPSE_ABS,
+    COLLAPSE_FRACTION,
+    EXPLODE_FACTOR,
+    SEVERITIES,
+    Detector,
+    Finding,
+    explosion_limit,
+    spike_limit,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Metric streams and run facts.
@@ -608,99 +491,3 @@ def format_findings(findings: list[Finding]) -> str:
     counts = ", ".join(f"{sum(f.severity == s for f in findings)} {s}" for s in reversed(SEVERITIES)
                        if any(f.severity == s for f in findings))  # fmt: skip
     return "\n\n".join(f.format() for f in findings) + f"\n\n{len(findings)} finding(s): {counts} (worst: {worst})"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Live: one observe() per optimizer step.
-
-
-class LiveDoctor:
-    """Watches the per-step metrics during training; returns each new episode's finding once.
-
-    Live rules: NaN/inf loss, loss spikes, gradient explosion, gradient collapse, constant clipping. The trend
-    rules (plateaus, overfitting, too-low LR, under-training) need the whole run: `slm doctor` applies them.
-    `is_spike(loss)` is the guard's question (train.on_spike): would this loss be flagged? It answers False after
-    `max_guard` flagged steps in a row, so a guard never skips or rolls back forever.
-    """
-
-    def __init__(self, grad_clip: float = 0.0, warmup: int = 0, window: int = 64, max_guard: int = 20):
-        self.loss = Detector(spike_limit, window)
-        self.grad = Detector(explosion_limit, window)
-        self.grad_clip, self.warmup, self.max_guard = grad_clip, warmup, max_guard
-        self.clips: deque[float] = deque(maxlen=window)
-        self.early_grad = RobustWindow(window, 10)
-        self.collapse_run = 0
-        self.open: set[str] = set()  # rules with an episode in progress (reported already)
-        self.guarded = False  # the last guard() call said "spike"
-        self.first_loss: float | None = None  # median of the first `min_count` losses
-
-    def is_spike(self, loss: float) -> bool:
-        return self.loss.run < self.max_guard and self.loss.would_flag(loss)
-
-    def guard(self, loss: float) -> bool:
-        """`is_spike`, remembered in `guarded` for the step's log: the training loop's `skip_if`."""
-        self.guarded = self.is_spike(loss)
-        return self.guarded
-
-    def observe(self, step: int, metrics: dict) -> list[Finding]:
-        loss = float(metrics.get("train/loss", float("nan")))
-        gnorm = float(metrics.get("train/grad_norm", float("nan")))
-        out: list[Finding] = []
-        if not math.isfinite(loss):
-            out += self._episode("divergence", True, lambda: rule_nonfinite(Streams([step], [loss]), RunFacts())[0])
-        base = self.loss.win.stats()[0] if self.loss.win.ready else float("nan")
-        out += self._episode("loss_spike", self.loss.update(loss), lambda: Finding(
-            "loss_spike", "warning", step, step, f"train loss {loss:.3f} jumped above its running median {base:.3f} "
-            f"({loss / base:.1f}x)", "one update moved the weights far; repeated spikes precede divergence",
-            "if it repeats: lower optim.lr, lengthen optim.warmup, or set train.on_spike=skip|rollback",
-            loss))  # fmt: skip
-        gbase = self.grad.win.stats()[0] if self.grad.win.ready else float("nan")
-        out += self._episode("grad_explosion", self.grad.update(gnorm), lambda: Finding(
-            "grad_explosion", "warning", step, step, f"gradient norm {gnorm:.3g} is {gnorm / gbase:.0f}x its running "
-            f"median {gbase:.3g}", "a huge gradient can throw the weights far (clipping bounds the step)",
-            "keep optim.grad_clip on; lower optim.lr; lengthen optim.warmup", gnorm))  # fmt: skip
-        out += self._collapse(step, gnorm)
-        out += self._clipping(step, metrics.get("train/clipped"))
-        return out
-
-    def _episode(self, rule: str, active: bool, make: Callable[[], Finding]) -> list[Finding]:
-        if not active:
-            self.open.discard(rule)
-            return []
-        if rule in self.open:
-            return []
-        self.open.add(rule)
-        return [make()]
-
-    def _learning(self) -> bool:
-        """The loss fell at least 3% below where it started (else clipping is the untouched init's gradient)."""
-        if self.first_loss is None and self.loss.win.ready:
-            self.first_loss = self.loss.win.stats()[0]
-        return self.first_loss is not None and self.loss.win.stats()[0] < 0.97 * self.first_loss
-
-    def _collapse(self, step: int, gnorm: float) -> list[Finding]:
-        if not math.isfinite(gnorm):
-            return []
-        if not self.early_grad.ready:
-            self.early_grad.add(gnorm)
-            return []
-        typical = self.early_grad.stats()[0]
-        self.collapse_run = self.collapse_run + 1 if gnorm < max(COLLAPSE_ABS, COLLAPSE_FRACTION * typical) else 0
-        return self._episode("grad_collapse", self.collapse_run >= 5, lambda: Finding(
-            "grad_collapse", "error", step - 4, step, f"gradient norm {gnorm:.2g} for 5 steps (early typical "
-            f"{typical:.3g})", "no gradient, no learning: training has silently stopped",
-            "check loss masking, the LR schedule, dead activations", gnorm))  # fmt: skip
-
-    def _clipping(self, step: int, clipped) -> list[Finding]:
-        if clipped is None or step <= self.warmup or not self._learning():
-            return []
-        self.clips.append(float(clipped))
-        full = len(self.clips) == self.clips.maxlen
-        rate = sum(self.clips) / len(self.clips)
-        if "constant_clipping" in self.open and rate >= CLIP_RATE / 2:
-            return []  # still in the episode (re-armed only when the rate falls well below the threshold)
-        return self._episode("constant_clipping", full and rate > CLIP_RATE, lambda: Finding(
-            "constant_clipping", "warning", step - len(self.clips) + 1, step, f"gradient clipped on {100 * rate:.0f}% "
-            f"of the last {len(self.clips)} steps (limit {self.grad_clip:g})",
-            "clipping on most steps means the LR is effectively too high", "lower optim.lr (try 1/2 to 1/3)",
-            rate))  # fmt: skip
