@@ -248,9 +248,18 @@ def load_weights(model: torch.nn.Module, ckpt: Path, strict: bool = True) -> Non
     try:
         missing, unexpected = load_model(_unwrap(model), str(ckpt / WEIGHTS_FILE), strict=False)
     except Exception as e:  # safetensors raises several types on damaged files or shape mismatches
-        raise CheckpointError(f"cannot load weights from {ckpt / WEIGHTS_FILE}: {str(e).splitlines()[0]}") from None
+        if "size mismatch" in str(e):
+            raise CheckpointError(f"{ckpt} does not fit this model ({load_error_reason(e)}); is it a checkpoint of a "
+                                  "run with the same model config?") from None  # fmt: skip
+        raise CheckpointError(f"cannot load weights from {ckpt / WEIGHTS_FILE}: {load_error_reason(e)}") from None
     if strict and (missing or unexpected):
         raise CheckpointError(f"{ckpt} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def load_error_reason(e: Exception) -> str:
+    """The informative line of a load error (torch puts "size mismatch for NAME: ..." under a generic header)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+    return next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln), lines[0])[:300]
 
 
 def load_optimizer(optimizer, ckpt: Path) -> None:
@@ -261,9 +270,14 @@ def load_optimizer(optimizer, ckpt: Path) -> None:
 
 
 def load_model(run_dir: str | Path, which: str | int = "best", device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer, config, checkpoint path) from a run dir: all that sampling or eval needs."""
+    """(model in eval mode, tokenizer, config, checkpoint path) from a run dir: all that sampling or eval needs.
+    A `slm quantize` output directory loads too (its one snapshot; `which` is ignored)."""
     from slmkit.model import GPT
 
+    if (Path(run_dir) / "quantization.json").is_file():
+        from slmkit.quantize import load_quantized
+
+        return load_quantized(run_dir, device)
     ckpt = resolve_checkpoint(run_dir, which)
     cfg = read_run_config(ckpt) if (ckpt / CONFIG_FILE).is_file() else read_run_config(run_dir)
     tokenizer = load_tokenizer(ckpt / TOKENIZER_DIR) if (ckpt / TOKENIZER_DIR).is_dir() else run_tokenizer(run_dir)

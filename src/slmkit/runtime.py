@@ -48,7 +48,7 @@ class Runtime:
         elif self.device.type == "cuda":
             parts.append(torch.cuda.get_device_name(self.device))
         if self.distributed:
-            parts.append(f"rank={self.rank}/{self.world_size}")
+            parts.append(f"rank={self.rank}/{self.world_size} ({'nccl' if self.device.type == 'cuda' else 'gloo'})")
         return "runtime: " + " ".join(parts) + f" | torch {torch.__version__}"
 
     def synchronize(self) -> None:
@@ -75,21 +75,36 @@ def _pick_device(spec: str, local_rank: int) -> torch.device:
 
 
 def resolve_runtime(cfg: TrainConfig) -> Runtime:
-    """Decide device, dtype, threads and rank once. torchrun's RANK/WORLD_SIZE are read here and only here."""
+    """Decide device, dtype, threads and rank once. torchrun's RANK/WORLD_SIZE are read here and only here; with
+    several processes this also joins the process group (slmkit.distributed: nccl on CUDA, gloo on CPU)."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     device = _pick_device(cfg.device, local_rank)
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"process {local_rank} on this node wants {device} but only {torch.cuda.device_count()} "
+                          "GPU(s) are visible; start at most one process per GPU (--nproc-per-node)")  # fmt: skip
+    if device.type == "cpu" and local_world > (os.cpu_count() or 1):
+        raise ConfigError(f"{local_world} processes on this node but only {os.cpu_count()} CPU cores; start at most "
+                          "one process per core (--nproc-per-node)")  # fmt: skip
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+    elif local_world > 1 and device.type == "cpu":  # processes share the cores (torchrun sets OMP_NUM_THREADS=1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device=device, dtype=dtype, compile=cfg.compile, rank=rank, world_size=world, local_rank=local_rank)
+    rt = Runtime(device=device, dtype=dtype, compile=cfg.compile, rank=rank, world_size=world, local_rank=local_rank)
+    if rt.distributed:
+        from slmkit.distributed import init_process_group
+
+        init_process_group(rt)
+    return rt
 
 
 @functools.cache

@@ -139,7 +139,7 @@ def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runti
     return loss, as_float(norm)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: FSDP2 would keep its all-gather buffers as inference tensors for training
 def evaluate_loss(model, loader, n_batches: int, runtime: Runtime) -> float:
     """Mean loss over `n_batches` batches of `loader` (model put back in train mode afterwards)."""
     was_training = model.training
@@ -206,6 +206,11 @@ class Trainer:
         self.logger = MetricsLogger(run_dir, cfg.log.backends, cfg.log.project, cfg.to_dict(), enabled=runtime.is_main)
         self._stop_requested = False
         self.doctor = _live_doctor(cfg) if t.doctor else None
+        if cfg.eval.tasks:  # unknown tasks or missing task files fail now, not at the first benchmark
+            from slmkit.evaluate.tasks import check_tasks, task_files
+
+            for name in check_tasks(cfg.eval.tasks):
+                _ = task_files(name) if name != "val" else None
         guard = t.on_spike if self.doctor is not None and runtime.world_size == 1 else "none"
         self._skip_if = self.doctor.guard if guard == "skip" else None
         self._rollback_pending = False
@@ -277,6 +282,19 @@ class Trainer:
     def _should_eval(self) -> bool:
         return self.state.step % self.cfg.train.eval_every == 0
 
+    def _maybe_eval_tasks(self) -> None:
+        """Benchmarks of eval.tasks every eval.every steps (0: only at the end), logged as eval/<task>/<metric>."""
+        e, s = self.cfg.eval, self.state
+        tasks = [t for t in e.tasks if t != "val"]  # val/* is logged by _eval_and_save
+        due = s.step == self.cfg.train.max_steps or (e.every > 0 and s.step % e.every == 0)
+        if not tasks or not due or not self.rt.is_main:
+            return
+        from slmkit.evaluate import evaluate_tasks
+
+        metrics = evaluate_tasks(self.model, self.tokenizer, tasks, limit=e.limit)
+        self.logger.log(s.step, metrics)
+        say(f"step {s.step:>6} | " + " | ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()))
+
     def _should_save(self) -> bool:
         t = self.cfg.train
         if t.ckpt_every and self.state.step % t.ckpt_every == 0:
@@ -333,6 +351,7 @@ class Trainer:
                     self._eval_and_save(final=s.step == t.max_steps)
                 elif self._should_save():
                     self.save()
+                self._maybe_eval_tasks()
                 if self._stop_requested:
                     status = "interrupted"
                     break

@@ -13,6 +13,17 @@ Modes:
 With `align_to_docs` windows start at document starts (their end-of-text tokens) instead: random mode draws
 documents, sequential mode walks them; with several ranks, rank r takes documents r, r+W, ...
 
+How ranks share the data (`shard`):
+- "windows" (default, above): ranks own disjoint windows (chunks, windows or documents r, r+W, ...); rank r's
+  batches depend on the world size.
+- "batches" (what the trainer uses): the data is one stream of batches, the one a single process draws; rank r of
+  W takes global batches r, r+W, r+2W, ... so its local batch k is global batch k*W + r. No two ranks draw the same
+  batch, and at each micro-step the W ranks together hold exactly the batches that one process with W times the
+  gradient accumulation would draw in that optimizer step: W processes x accumulation A equal one process x
+  accumulation W*A, batch for batch (in sequential mode every window is used once per pass, by exactly one rank).
+  The state is that of the single-process stream (world_size 1, global batch count), so a checkpoint resumes
+  under any world size that divides its batch count.
+
 `state_dict()` / `load_state_dict()` save and restore the exact position (counters): the batches after a restore
 are the ones the uninterrupted loader would have produced. The state is the same on every rank, so the state saved
 by rank 0 restores all ranks.
@@ -30,6 +41,7 @@ from slmkit.data.sources import DataError
 
 CHUNK_WINDOWS = 8  # with several ranks (random mode), each rank owns interleaved chunks of this many windows
 MODES = ("random", "sequential")
+SHARDS = ("windows", "batches")
 
 
 class TokenLoader:
@@ -47,14 +59,17 @@ class TokenLoader:
         align_to_docs: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        shard: str = "windows",
     ):
         if mode not in MODES:
             raise DataError(f"unknown loader mode {mode!r}; use random or sequential")
+        if shard not in SHARDS:
+            raise DataError(f"unknown loader shard {shard!r}; use windows or batches")
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world size {world_size}")
         if batch_size < 1 or block_size < 1:
             raise DataError(f"batch_size and block_size must be positive, got {batch_size} and {block_size}")
-        self.dir, self.split, self.mode, self.align = Path(dataset_dir), split, mode, align_to_docs
+        self.dir, self.split, self.mode, self.align, self.shard = Path(dataset_dir), split, mode, align_to_docs, shard
         self.batch_size, self.block_size, self.seed, self.rank, self.world_size = (
             batch_size, block_size, seed, rank, world_size)  # fmt: skip
         meta = read_meta(self.dir)
@@ -79,7 +94,7 @@ class TokenLoader:
     # -- window starts ---------------------------------------------------------------------------------------
     def _window_starts(self) -> np.ndarray | None:
         """The starts this rank may use, or None when random mode draws from a range (no table needed)."""
-        T, W, r, last = self.block_size, self.world_size, self.rank, self.num_tokens - self.block_size - 1
+        T, W, r, last = self.block_size, *self._stream_rank(), self.num_tokens - self.block_size - 1
         if self.align:
             starts = doc_starts(self.dir, self.split).astype(np.int64)
             starts = starts[starts <= last][r::W]
@@ -94,22 +109,35 @@ class TokenLoader:
             raise DataError(f"no window of {T + 1} tokens for rank {r} of {W} in the {self.split} split of {self.dir}")
         return starts
 
+    def _stream_rank(self) -> tuple[int, int]:
+        """(world size, rank) of the stream this loader draws from: (1, 0) when ranks share one stream of batches."""
+        return (1, 0) if self.shard == "batches" else (self.world_size, self.rank)
+
+    def _batch_index(self) -> int:
+        """Index of the next batch in this loader's stream (the global batch index when shard = "batches")."""
+        return self.batches * self.world_size + self.rank if self.shard == "batches" else self.batches
+
     def _draw_starts(self) -> np.ndarray:
-        B, T, W = self.batch_size, self.block_size, self.world_size
-        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        B, T = self.batch_size, self.block_size
+        W, rank = self._stream_rank()
+        rng = np.random.default_rng([self.seed, rank, self._batch_index()])
         if self._starts is not None:  # aligned to documents
             return self._starts[rng.integers(0, len(self._starts), size=B)]
         if W == 1:
             return rng.integers(0, self.num_tokens - T, size=B)
         chunk = CHUNK_WINDOWS * (T + 1)
-        owned = len(range(self.rank, self.num_tokens // chunk, W))
-        chunks = self.rank + W * rng.integers(0, owned, size=B)
+        owned = len(range(rank, self.num_tokens // chunk, W))
+        chunks = rank + W * rng.integers(0, owned, size=B)
         return chunks * chunk + rng.integers(0, chunk - T, size=B)
 
     def _next_starts(self) -> np.ndarray:
         if self.mode == "random":
             return self._draw_starts()
         n = len(self._starts)
+        if self.shard == "batches":  # global batch g holds windows g*B ... g*B + B - 1 of the one pass order
+            first = self._batch_index() * self.batch_size
+            self.epoch = (first + self.batch_size) // n
+            return self._starts[(first + np.arange(self.batch_size)) % n]
         idx = self._pos + np.arange(self.batch_size)
         self.epoch += int((self._pos + self.batch_size) // n)
         self._pos = int((self._pos + self.batch_size) % n)
@@ -152,11 +180,16 @@ class TokenLoader:
     # -- state -----------------------------------------------------------------------------------------------
     def _identity(self) -> dict:
         return {"split": self.split, "mode": self.mode, "align_to_docs": self.align, "batch_size": self.batch_size,
-                "block_size": self.block_size, "seed": self.seed, "world_size": self.world_size,
+                "block_size": self.block_size, "seed": self.seed, "world_size": self._stream_rank()[0],
                 "num_tokens": self.num_tokens}  # fmt: skip
 
     def state_dict(self) -> dict:
         """A JSON-serialisable position: restoring it makes the next batches those that would have come next."""
+        if self.shard == "batches":  # the single-process stream's position after the global batches drawn so far
+            done, epoch, pos = self.batches * self.world_size, 0, 0
+            if self.mode == "sequential":
+                epoch, pos = divmod(done * self.batch_size, len(self._starts))
+            return {**self._identity(), "batches": done, "epoch": epoch, "pos": pos}
         return {**self._identity(), "batches": self.batches, "epoch": self.epoch, "pos": self._pos}
 
     def load_state_dict(self, state: dict) -> None:
@@ -165,4 +198,10 @@ class TokenLoader:
         if diff:
             raise DataError(f"loader state does not fit this loader ({'; '.join(diff)}); resume with the same data "
                             "and settings")  # fmt: skip
+        if self.shard == "batches":
+            if int(state["batches"]) % self.world_size:
+                raise DataError(f"the loader position ({state['batches']} batches) is not a multiple of the world "
+                                f"size {self.world_size}; resume with a world size that divides it")  # fmt: skip
+            self.batches = int(state["batches"]) // self.world_size
+            return
         self.batches, self.epoch, self._pos = int(state["batches"]), int(state["epoch"]), int(state["pos"])
