@@ -1,0 +1,68 @@
+"""Tiny runs shared by the evaluation, export and compare tests: a bpe tokenizer on stdlib text, a few steps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "train.batch_size=4",
+    "train.eval_every=5",
+    "train.eval_batches=2",
+    "optim.warmup=2",
+    "train.max_steps=5",
+    "train.doctor=false",
+]
+LLAMA = [
+    "model.norm=rmsnorm",
+    "model.pos_emb=rope",
+    "model.mlp=swiglu",
+    "model.bias=false",
+    "model.n_kv_head=1",
+    "model.tie_embeddings=false",
+]
+
+
+def make_dataset(root: Path, tokenizer: str = "bpe:512") -> Path:
+    from slmkit.data.prepare import prepare
+
+    src = root / "corpus"
+    src.mkdir(parents=True, exist_ok=True)
+    stdlib = Path(os.__file__).parent
+    for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py", "glob.py"):
+        (src / name).write_text((stdlib / name).read_text(encoding="utf-8"), encoding="utf-8")
+    out = root / f"data-{tokenizer.replace(':', '')}"
+    prepare(str(src), tokenizer=tokenizer, out=out, val_fraction=0.3, progress=False)
+    return out
+
+
+def make_run(root: Path, dataset: Path, name: str, *extra: str, block_size: int = 256) -> Path:
+    from slmkit.config import load_config
+    from slmkit.train import train
+
+    ov = [
+        *TINY,
+        f"model.block_size={block_size}",
+        f"data.dir={dataset}",
+        f"train.out_dir={root / 'runs'}",
+        f"train.name={name}",
+        *extra,
+    ]
+    return train(load_config(None, ov), overrides=ov, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module to run it on one torch thread: its many tiny forward passes are dominated by
+    thread hand-offs on a busy 2-core machine (10x slower with 2 threads there)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,78 @@
+"""`slm import-hf`: tiny random HF GPT-2 and LLaMA checkpoints saved offline become runs with the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slmkit.checkpoint import load_model
+from slmkit.export import hf_tokenizer
+from slmkit.tokenizer import train_bpe
+
+transformers = pytest.importorskip("transformers")
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe(["def f(x):\n    return x * 2\n" * 50, "hello world, hello there"], 300)
+
+
+def _save(model, tokenizer, path):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    hf_tokenizer(tokenizer, 64).save_pretrained(path)
+    return model.eval()
+
+
+def _gpt2(tokenizer, path):
+    cfg = transformers.GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    return _save(transformers.GPT2LMHeadModel(cfg), tokenizer, path)
+
+
+def _llama(tokenizer, path):
+    cfg = transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    )
+    return _save(transformers.LlamaForCausalLM(cfg), tokenizer, path)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama])
+def test_imported_run_matches_the_hf_model(build, tokenizer, tmp_path, run_cli):
+    theirs = build(tokenizer, tmp_path / "hf")
+    code, out, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "imported")
+    assert code == 0, err
+    model, tok, cfg, _ = load_model(tmp_path / "runs" / "imported")
+    ids = tok.encode("def f(x):\n    return hello")
+    assert tok.fingerprint == tokenizer.fingerprint
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        diff = (model(x)[0][..., : cfg.model.vocab_size] - theirs(x).logits).abs().max().item()
+    assert diff <= TOL, f"max abs logit diff {diff:.3e}"
+    info = json.loads((tmp_path / "runs" / "imported" / "run.json").read_text())
+    assert info["name"] == "imported" and info["status"] == "finished"
+    from slmkit.generate import sample_text
+
+    assert isinstance(sample_text(model, tok, "def ", max_new_tokens=5, seed=1), str)  # it can be sampled
+
+
+def test_unsupported_architecture_is_refused(tmp_path, run_cli):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    code, _, err = run_cli("import-hf", tmp_path / "bert", "--out", tmp_path / "runs" / "b")
+    assert code == 2 and "unsupported Hugging Face architecture 'bert'" in err
+    assert not (tmp_path / "runs" / "b").exists()
+    code, _, err = run_cli("import-hf", tmp_path / "nothing", "--out", tmp_path / "runs" / "c")
+    assert code == 2 and "config.json" in err
