@@ -1,0 +1,116 @@
+"""`slm quantize`: int8 rows, the three methods end to end on a tiny trained run, loading through load_model."""
+
+import json
+
+import pytest
+import torch
+
+from slmkit.checkpoint import load_model
+from slmkit.config import load_config
+from slmkit.generate import sample_text
+from slmkit.quantize import (
+    METHODS,
+    DynamicInt8Linear,
+    QuantizeError,
+    dequantize_rows,
+    format_report,
+    quantize,
+    quantize_rows,  # fmt: skip
+)
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=32", "train.batch_size=4",
+        "train.eval_every=10", "train.eval_batches=2", "train.log_every=10", "optim.warmup=2", "train.max_steps=10",
+        "tokenizer.kind=char", "model.norm=rmsnorm", "model.pos_emb=rope", "model.mlp=swiglu", "model.bias=false",
+        "train.name=q"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Batch-1 decoding of a tiny model: intra-op threads only add contention (10x slower on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, stdlib_dir):
+    from slmkit.data.prepare import prepare
+    from slmkit.train import train
+
+    src = tmp_path_factory.mktemp("corpus")
+    for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py"):
+        (src / name).write_text((stdlib_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
+    data = tmp_path_factory.mktemp("data") / "tiny-char"
+    prepare(str(src), tokenizer="char", out=data, val_fraction=0.2, progress=False)
+    runs = tmp_path_factory.mktemp("runs")
+    overrides = [*TINY, f"data.dir={data}", f"train.out_dir={runs}"]
+    return train(load_config(None, overrides), overrides=overrides, progress=False)
+
+
+def test_int8_rows_round_trip_within_half_a_step():
+    w = torch.randn(48, 80) * torch.linspace(0.01, 3, 48)[:, None]  # rows of very different scales
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (48,) and q.abs().max() <= 127
+    err = (dequantize_rows(q, scale) - w).abs()
+    assert bool((err <= scale[:, None] / 2 + 1e-7).all()), float((err / scale[:, None]).max())
+
+
+def test_dynamic_int8_linear_matches_a_float_linear():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    q, scale = quantize_rows(lin.weight)
+    dyn = DynamicInt8Linear(q, scale, lin.bias)
+    x = torch.randn(3, 5, 64)
+    lin.requires_grad_(False)
+    ref = torch.nn.functional.linear(x, dequantize_rows(q, scale), lin.bias)
+    out = dyn(x)
+    assert out.shape == (3, 5, 96)
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()), float((out - ref).abs().max())
+    assert torch.equal(dyn.weight, dequantize_rows(q, scale))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_quantize_writes_a_loadable_artifact_and_a_report(run, method, tmp_path):
+    out = quantize(run, method, tmp_path / method, eval_tokens=2048, speed_tokens=8, speed_repeats=1)
+    for f in ("quantization.json", "model.safetensors", "config.toml", "tokenizer", "quantization_report.json",
+              "quantization_report.md"):  # fmt: skip
+        assert (out / f).exists(), f
+    r = json.loads((out / "quantization_report.json").read_text())
+    assert r["size"]["ratio"] < (0.55 if method == "bf16" else 0.5), r["size"]
+    assert r["speed"][method]["decode_tok_s"] > 0 and r["speed"]["fp32"]["prefill_tok_s"] > 0
+    assert abs(r["quality"]["loss_delta_pct"]) < 2.0, r["quality"]  # a tiny barely-trained model: generous
+    assert r["agreement"]["prompts"] > 0
+    assert "decode tok/s" in format_report(r)
+
+    model, tok, cfg, path = load_model(out)  # every consumer loads through load_model
+    fp32, *_ = load_model(run)
+    x = torch.tensor([tok.encode("def f(x):\n    return")])
+    with torch.no_grad():
+        a, b = fp32(x)[0].float(), model(x)[0].float()
+    assert float((a - b).abs().max()) < 0.1 * float(a.abs().max()), float((a - b).abs().max())
+    if method == "int8-dynamic":
+        assert isinstance(model.lm_head, DynamicInt8Linear) and isinstance(model.blocks[0].attn.q, DynamicInt8Linear)
+    text = sample_text(model, tok, "def ", max_new_tokens=8, temperature=0)
+    assert isinstance(text, str) and len(text) > 0
+
+
+def test_quantize_refuses_bad_requests(run, tmp_path, run_cli):
+    with pytest.raises(QuantizeError, match="unknown quantization method"):
+        quantize(run, "int4", tmp_path / "x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(QuantizeError, match="not empty"):
+        quantize(run, "int8-weight", tmp_path / "full")
+    code, _, err = run_cli("quantize", run, "--method", "int8-weight", "--out", tmp_path / "full")
+    assert code == 2 and "not empty" in err
+
+
+def test_cli_quantize_then_sample(run, tmp_path, run_cli):
+    code, out, err = run_cli("quantize", run, "--method", "int8-dynamic", "--out", tmp_path / "q", "--no-report")
+    assert code == 0, err
+    assert (tmp_path / "q" / "quantization.json").is_file()
+    assert not (tmp_path / "q" / "quantization_report.json").exists()
+    model, tok, *_ = load_model(tmp_path / "q")
+    assert isinstance(model.lm_head, DynamicInt8Linear)

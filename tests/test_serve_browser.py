@@ -1,0 +1,84 @@
+"""The web chat page in real headless Chromium (Debian's chromium + chromedriver, driven by selenium): type a
+message, watch the answer arrive in several streamed pieces. Skipped where chromium or selenium is missing."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
+webdriver = pytest.importorskip("selenium.webdriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+NEEDS = "needs Debian's chromium and chromium-driver"
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NEEDS)]
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from slmkit.serve.app import create_app  # noqa: E402
+from slmkit.serve.engine import Engine  # noqa: E402
+from slmkit.tokenizer import train_bpe  # noqa: E402
+from tests.test_serve import start_server, tiny_model  # noqa: E402
+
+COUNT_UPDATES = """
+window.__updates = 0;
+new MutationObserver((records) => {
+  for (const r of records) {
+    const el = r.target.nodeType === 1 ? r.target : r.target.parentElement;
+    if (el && el.closest && el.closest('.assistant')) window.__updates += 1;
+  }
+}).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def url(stdlib_dir):
+    torch.set_num_threads(1)
+    tok = train_bpe([(stdlib_dir / "textwrap.py").read_text(encoding="utf-8")], 320)
+    engine = Engine(tiny_model(tok.vocab_size), tok, slots=2).start()
+    server, thread, port = start_server(create_app(engine, "browser-test", max_tokens_cap=400))
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_type_a_message_and_see_a_streamed_answer(url, browser):
+    browser.get(url)
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "model").text == "browser-test")
+    browser.execute_script(COUNT_UPDATES)
+    box = browser.find_element(By.ID, "input")
+    box.send_keys("Hello there, who are you?")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 1)
+    reply = browser.find_element(By.CSS_SELECTOR, ".msg.assistant")
+    wait.until(lambda d: reply.get_attribute("data-state") == "done")
+    assert browser.find_element(By.CSS_SELECTOR, ".msg.user .content").text == "Hello there, who are you?"
+    assert reply.find_element(By.CLASS_NAME, "content").text.strip() != ""
+    assert browser.execute_script("return window.__updates") > 1  # it arrived in pieces, not at once
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+    # a second turn goes out with the history and streams too
+    box.send_keys("And again?")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 2)
+    second = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[1]
+    wait.until(lambda d: second.get_attribute("data-state") == "done")
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
