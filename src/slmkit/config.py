@@ -378,9 +378,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def section_types() -> dict[str, type]:
-    return {f.name: f.type_cls for f in _fields(RunConfig) if f.type_cls is not None}
-
 
 class _Field(typing.NamedTuple):
     name: str

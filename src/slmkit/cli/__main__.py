@@ -1,0 +1,7 @@
+"""`python -m slmkit.cli ...` is `slm ...`."""
+
+import sys
+
+from slmkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""Shared pieces of the `slm` parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def add(sub, name: str, fn: Callable, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=description or help_text,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.set_defaults(fn=fn)
+    return p
+
+
+def group(sub, name: str, help_text: str):
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(fn=lambda a, p=p: p.print_help())
+    return p.add_subparsers(title="commands", metavar="COMMAND")
+
+
+def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`slm train optim.lr=1e-3` has no config file: the first positional is then an override."""
+    if config is not None and "=" in config and not config.endswith(".toml") and not os.path.exists(config):
+        return None, [config, *overrides]
+    return config, list(overrides)
+
