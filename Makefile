@@ -12,6 +12,7 @@ setup:
 	# torch first, pinned, so the local CPU wheel is used and no CUDA build is pulled
 	$(BIN)/pip install -q torch==$(TORCH_VERSION) numpy
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m slmkit.lm_eval_plugin   # lets the plain `lm_eval --model slmkit ...` find our model
 	@$(BIN)/python -c "import torch, slmkit; print('slmkit', slmkit.__version__, '| torch', torch.__version__)"
 
 test:

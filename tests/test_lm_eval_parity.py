@@ -91,3 +91,25 @@ def test_rolling_and_generation_through_the_adapter(setup):
     gen = Instance("generate_until", {}, ("def ", {"until": ["\n"], "max_gen_toks": 8}), 0)
     (out,) = lm.generate_until([gen])
     assert isinstance(out, str) and "\n" not in out
+
+
+def test_plain_lm_eval_command_finds_the_slmkit_model(setup, tmp_path):
+    """`make setup` installs the plugin .pth, so lm-eval's own console script knows `--model slmkit`."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from slmkit.evaluate.harness import write_lm_eval_tasks
+
+    run, _, _, _, ours = setup
+    names = write_lm_eval_tasks(tmp_path / "tasks", ["arc_easy"])
+    lm_eval_cli = Path(sys.executable).parent / "lm_eval"
+    out = tmp_path / "out"
+    cmd = [str(lm_eval_cli), "--model", "slmkit", "--model_args", f"run={run},dtype=float64", "--device", "cpu",
+           "--tasks", names["arc_easy"], "--include_path", str(tmp_path / "tasks"), "--limit", "5",
+           "--output_path", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(out.rglob("results*.json")).read_text())["results"][names["arc_easy"]]
+    assert "acc,none" in result
