@@ -1,5 +1,6 @@
 """`slm quantize`: int8 rows, the three methods end to end on a tiny trained run, loading through load_model."""
 
+import copy
 import json
 
 import pytest
@@ -68,6 +69,26 @@ def test_dynamic_int8_linear_matches_a_float_linear():
     assert out.shape == (3, 5, 96)
     assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()), float((out - ref).abs().max())
     assert torch.equal(dyn.weight, dequantize_rows(q, scale))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fbgemm-vnni", "linear_dynamic"])
+def test_both_int8_kernels_and_fused_projections_match(fast):
+    if fast and not DynamicInt8Linear.FAST:
+        pytest.skip("this CPU has no AVX512-VNNI fbgemm kernel")
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(64, n) for n in (48, 16, 16)]
+    parts = [DynamicInt8Linear(*quantize_rows(lin.weight), lin.bias) for lin in lins]
+    x = torch.randn(2, 3, 64)
+    for m in parts:
+        m.FAST = fast
+    separate = torch.cat([m(x) for m in parts], dim=-1)  # (2, 3, 80)
+    ref = torch.cat([torch.nn.functional.linear(x, m.weight, m.bias) for m in parts], dim=-1)
+    assert float((separate - ref).abs().max()) < 0.02 * float(ref.abs().max()), float((separate - ref).abs().max())
+    fused = DynamicInt8Linear.fused(parts)
+    fused.FAST = fast
+    assert torch.allclose(fused(x), separate, atol=1e-5)  # same activation quantization, same integer products
+    assert torch.equal(parts[1].weight, dequantize_rows(*quantize_rows(lins[1].weight)))  # parts are views
+    assert torch.equal(copy.deepcopy(fused)(x), fused(x))  # a copy packs its own weight
 
 
 @pytest.mark.slow

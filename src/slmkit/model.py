@@ -9,6 +9,11 @@ Parameter names are an interface (the optimizer groups, LoRA and the HF weight m
 `blocks.{i}.attn.{q_norm,k_norm}` (qk_norm only), `blocks.{i}.norm2`, `blocks.{i}.mlp.{up,gate,down}`
 (gate for swiglu only), `norm_f`, `lm_head` (its weight *is* `wte.weight` when tie_embeddings).
 Every hidden 2-D matrix lives under `blocks.`.
+
+Batch-1 decoding pays a fixed cost per op (and, quantized, per matmul call), so forward keeps the op count low:
+RoPE as one roll with the sign folded into the sin table, no mask for a single new token, GQA inside SDPA (keys
+never repeated), no dropout call in eval. Int8 quantization sets `attn.qkv` and `mlp.gate_up`, single fused matmuls
+used in place of the separate projections (the parameters and their names stay as above).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ def padded_vocab_size(vocab_size: int) -> int:
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back (as LLaMA does)."""
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back (as LLaMA does). Written out rather than
+    `F.rms_norm`, whose CPU composite is slower for the one-row inputs of decoding."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -58,24 +64,21 @@ def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------------------
 # Rotary position embedding (HF LLaMA convention: rotate the two halves of each head, no weight permutation)
+#   rope(x) = x * cos + cat(-x2, x1) * sin  with x = cat(x1, x2)
+#           = x * cos + cat(x2, x1) * cat(-sin, sin)   (the sign folded into the table: the same floats, fewer ops)
 
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables, each (max_len, head_dim), for positions 0..max_len-1."""
+    """cos and signed sin tables, each (max_len, head_dim), for positions 0..max_len-1 (see the formula above)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)  # (hd/2,)
     freqs = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, hd)
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # (max_len, hd) each
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, heads, T, hd) by the (T, hd) tables of its positions."""
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+    """Rotate x (B, T, heads, hd) by the (T, 1, hd) tables of its positions."""
+    return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,8 +114,17 @@ class KVCache:
 # Attention, MLP, block
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped outright when it is the identity (eval, or p = 0): one call less per layer when decoding."""
+    return F.dropout(x, p, training) if training and p > 0 else x
+
+
 class Attention(nn.Module):
-    """Causal self-attention with separate q/k/v projections, GQA/MQA, optional QK-norm and RoPE."""
+    """Causal self-attention with separate q/k/v projections, GQA/MQA, optional QK-norm and RoPE.
+
+    `qkv`, when set (int8 quantization does), is one module computing q, k and v together as (..., q|k|v); it
+    then replaces the three projections in forward.
+    """
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -126,37 +138,42 @@ class Attention(nn.Module):
             self.k_norm = make_norm(cfg, cfg.head_dim)
         self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.qkv: nn.Module | None = None
+        self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
-        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, kv_heads, T, hd)
-        v = self.v(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, kv_heads, T, hd)
+        if self.qkv is not None:  # one fused matmul
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)  # (B, T, heads * hd) each
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, hd)
+        k, v = k.view(B, T, self.kv_heads, self.head_dim), v.view(B, T, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is not None:
             k, v = cache.update(self.layer, k, v, start)  # (B, kv_heads, start+T, hd)
-        if self.kv_heads != self.n_head:
-            rep = self.n_head // self.kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, n_head, S, hd)
         # No cached prefix: plain causal. One new token after the cache: it sees every key, no mask.
         # A chunk after the cache: query i (position start+i) sees keys 0..start+i, an explicit (T, S) mask.
         is_causal, mask = start == 0 and T > 1, None
         if start > 0 and T > 1:
             key_pos = torch.arange(k.size(2), device=x.device)  # (S,)
             mask = key_pos[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]  # (T, S)
-        dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
+        y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)  # (B, n_head, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*hd)
-        return self.resid_dropout(self.o(y))
+        return dropout(self.o(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
-    """Feed-forward: gelu (tanh approximation, as GPT-2), swiglu (LLaMA) or relu2 (squared ReLU)."""
+    """Feed-forward: gelu (tanh approximation, as GPT-2), swiglu (LLaMA) or relu2 (squared ReLU).
+
+    `gate_up`, when set (int8 quantization does, for swiglu), computes gate and up together as (..., gate|up).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -165,16 +182,21 @@ class MLP(nn.Module):
         if cfg.mlp == "swiglu":
             self.gate = nn.Linear(cfg.n_embd, cfg.hidden_size, bias=cfg.bias)
         self.down = nn.Linear(cfg.hidden_size, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+        self.gate_up: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            h = F.silu(self.gate(x)) * self.up(x)
+            if self.gate_up is not None:  # one fused matmul
+                gate, up = self.gate_up(x).chunk(2, dim=-1)
+            else:
+                gate, up = self.gate(x), self.up(x)  # (B, T, hidden) each
+            h = F.silu(gate) * up
         elif self.kind == "relu2":
             h = F.relu(self.up(x)).square()
         else:
             h = F.gelu(self.up(x), approximate="tanh")
-        return self.dropout(self.down(h))  # h: (B, T, hidden)
+        return dropout(self.down(h), self.dropout, self.training)  # h: (B, T, hidden)
 
 
 class Block(nn.Module):
@@ -216,7 +238,6 @@ class GPT(nn.Module):
             cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         # Post-norm blocks already end in a norm, so the original transformer has no final norm: Identity there.
         self.norm_f = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else nn.Identity()
@@ -281,8 +302,8 @@ class GPT(nn.Module):
         if self.config.pos_emb == "learned":
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])  # (T, hd) each
-        x = self.drop(x)
+            rope = (self.rope_cos[start : start + T, None], self.rope_sin[start : start + T, None])  # (T, 1, hd) each
+        x = dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
             x = block(x, rope, kv_cache, start)
         if kv_cache is not None:

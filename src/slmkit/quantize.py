@@ -3,8 +3,8 @@
 Methods (every 2-D matrix — the blocks' projections, the output head and the token embedding — is quantized;
 norms, biases and learned positions stay fp32):
 - `int8-dynamic`: int8 weights with one fp32 scale per output row (symmetric), and at run time fbgemm's dynamically
-  quantized matmul (`torch.ops.quantized.linear_dynamic`: each call quantizes its activations to 8 bits per
-  tensor). The fastest on a CPU: decoding is memory-bound and reads a quarter of the bytes. CPU only.
+  quantized matmul (each call quantizes its activations per tensor; see `DynamicInt8Linear`), with q/k/v and
+  gate/up fused into one matmul each at load. The fastest on a CPU: decoding reads a quarter of the bytes. CPU only.
 - `int8-weight`: the same int8 weights and scales on disk, dequantized to fp32 at load (weight-only: activations
   are never quantized, so it is the most accurate int8 variant; small on disk, fp32 speed). Our own code, no torchao.
 - `bf16`: every floating-point tensor stored and run in bfloat16.
@@ -68,10 +68,26 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None]
 
 
+def _vnni_fbgemm() -> bool:
+    """Whether fbgemm runs here with AVX512-VNNI, whose int8 dot products accumulate in int32. Without VNNI they
+    pass through a saturating int16 sum, which is why torch.ao quantizes activations to 7 bits for fbgemm."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and bool(
+        torch.cpu.get_capabilities().get("avx512_vnni", False)
+    )
+
+
 class DynamicInt8Linear(nn.Module):
-    """y = x W^T + b with W int8 per output row, run by fbgemm's dynamic int8 matmul (activations quantized per
-    call, to 7 bits with `reduce_range` as torch.ao does for fbgemm). `weight` dequantizes on demand, so code that
+    """y = x W^T + b with W int8 per output row and the activations quantized per call (dynamic), by fbgemm.
+
+    Two kernels, chosen once per process: on CPUs with AVX512-VNNI, fbgemm's plain int8 GEMM
+    (`torch.fbgemm_linear_int8_weight_fp32_activation`: 8-bit activations, a ~2 us call, the row scales applied to
+    its output); elsewhere `torch.ops.quantized.linear_dynamic` over a per-channel packed weight (7-bit activations
+    with `reduce_range`, as torch.ao does for fbgemm; ~12 us per call, which dominates batch-1 decoding of small
+    models). fbgemm's packed copy of the weight is made at the first call, so a projection replaced by a fused one
+    never makes it, and it is never copied (a deep copy packs again). `weight` dequantizes on demand, so code that
     asks a Linear for its weight, device or dtype keeps working."""
+
+    FAST = _vnni_fbgemm() and hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -79,18 +95,54 @@ class DynamicInt8Linear(nn.Module):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        zero = torch.zeros(self.out_features, dtype=torch.long)
-        with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.13 but still work
+        self._run = None
+
+    @classmethod
+    def fused(cls, parts: list[DynamicInt8Linear]) -> DynamicInt8Linear:
+        """One module computing every part on the same input, outputs concatenated (..., sum of out_features); the
+        parts keep views of its weight rows, so nothing is stored twice."""
+        biases = [m.bias for m in parts]
+        bias = None if biases[0] is None else torch.cat(biases)
+        fused = cls(torch.cat([m.qweight for m in parts]), torch.cat([m.scale for m in parts]), bias)
+        row = 0
+        for m in parts:
+            rows = slice(row, row + m.out_features)
+            m.qweight, m.scale = fused.qweight[rows], fused.scale[rows]
+            m.bias = None if bias is None else fused.bias[rows]
+            m._run, row = None, row + m.out_features
+        return fused
+
+    def _kernel(self):
+        """The function x -> y, with fbgemm's packed weight in its closure."""
+        q, scale, bias = self.qweight.contiguous(), self.scale, self.bias
+        with warnings.catch_warnings():  # these ops are deprecated in torch 2.13 (each warns once) but still work
             warnings.simplefilter("ignore")
-            qw = torch._make_per_channel_quantized_tensor(qweight, scale.double(), zero, 0)
-            self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+            if not self.FAST:
+                zero = torch.zeros(self.out_features, dtype=torch.long)
+                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
+                packed = torch.ops.quantized.linear_prepack(qw, bias)
+                return lambda x: torch.ops.quantized.linear_dynamic(x.contiguous(), packed, True)
+            packed, row_sums = torch.fbgemm_pack_quantized_matrix(q), q.sum(dim=1, dtype=torch.int32)  # (out,)
+            no_bias = torch.zeros(self.out_features)
+
+            def run(x: torch.Tensor) -> torch.Tensor:  # weight scale 1 and zero point 0: integer dot products
+                y = torch.fbgemm_linear_int8_weight_fp32_activation(x, q, packed, row_sums, 1.0, 0, no_bias)
+                return y.mul_(scale) if bias is None else y.mul_(scale).add_(bias)  # (..., out)
+
+            run(torch.zeros(1, self.in_features))
+            return run
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_run": None}
 
     @property
     def weight(self) -> torch.Tensor:
         return dequantize_rows(self.qweight, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x.contiguous(), self._packed, True)  # (..., out)
+        if self._run is None:
+            self._run = self._kernel()
+        return self._run(x)  # (..., out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 dynamic"
@@ -121,7 +173,10 @@ def int8_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _swap_linears(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
-    """Replace every quantized nn.Linear (the tied head included) by a DynamicInt8Linear over the stored int8."""
+    """Replace every quantized nn.Linear (the tied head included) by a DynamicInt8Linear over the stored int8, then
+    fuse the projections that read the same input into one matmul each: q/k/v as `attn.qkv`, and gate/up as
+    `mlp.gate_up` (swiglu). Batch-1 decoding is bound by the per-call cost of the int8 op, so fewer calls is faster;
+    the separate modules stay (views of the fused weight) for code that reads `attn.q.weight`."""
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if not isinstance(child, nn.Linear):
@@ -130,6 +185,11 @@ def _swap_linears(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
             stored = "wte" if name == "lm_head" and f"{name}.qweight" not in sd else name
             bias = child.bias.detach() if child.bias is not None else None
             setattr(parent, child_name, DynamicInt8Linear(sd[f"{stored}.qweight"], sd[f"{stored}.scale"], bias))
+    for block in model.blocks:
+        attn, mlp = block.attn, block.mlp
+        attn.qkv = DynamicInt8Linear.fused([attn.q, attn.k, attn.v])
+        if mlp.kind == "swiglu":
+            mlp.gate_up = DynamicInt8Linear.fused([mlp.gate, mlp.up])
 
 
 # ---------------------------------------------------------------------------------------------------------
