@@ -87,14 +87,16 @@ def main() -> None:
     t0 = time.time()
     corpus = build_corpus(work / "corpus")
     pre = [*MODEL, f"data.source={corpus}", f"data.dir={work / 'data'}", f"train.max_steps={args.pretrain_steps}",
-           "train.batch_size=8", "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=30", "train.eval_every=100",
+           "train.batch_size=8", "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=30",
+           f"train.eval_every={max(100, args.pretrain_steps // 4)}",
            "train.eval_batches=10", "train.log_every=50", f"train.out_dir={work / 'runs'}", "train.name=base",
            f"train.device={args.device}"]  # fmt: skip
     pretrain_cmd = "slm train " + " ".join(pre)
     base = train(load_config(None, pre), overrides=pre, progress=False)
     t1 = time.time()
     ft = [f"train.max_steps={args.sft_steps}", "train.batch_size=8", "optim.lr=1e-3", "optim.min_lr=1e-4",
-          "train.eval_every=20", "train.eval_batches=13", "data.val_fraction=0.1", "model.dropout=0.1",
+          f"train.eval_every={max(20, args.sft_steps // 5)}", "train.eval_batches=13", "data.val_fraction=0.1",
+          "model.dropout=0.1",
           f"train.device={args.device}"]  # fmt: skip
     sft_cmd = f"slm sft {base} --data {data} " + " ".join(ft)
     child = sft(base, data, ft, progress=False)
