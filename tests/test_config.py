@@ -1,8 +1,7 @@
 """Run config: presets load, overrides are typed, unknown keys name close matches, TOML round-trips."""
 
-import tomllib
-
 import pytest
+import tomllib
 
 from slmkit.config import (
     PRESETS_DIR,

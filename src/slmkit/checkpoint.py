@@ -284,7 +284,7 @@ def load_model(run_dir: str | Path, which: str | int = "best", device: str | tor
     state = read_state(ckpt)
     if state.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint):
         raise CheckpointError(f"{ckpt}: tokenizer fingerprint {tokenizer.fingerprint} differs from the one it was "
-                              f"trained with ({state['tokenizer_fingerprint']}); the run dir was tampered with")  # fmt: skip
+                              f"trained with ({state['tokenizer_fingerprint']}); the run dir was changed")  # fmt: skip
     model = GPT(cfg.model)
     if cfg.lora.rank:  # a LoRA run's checkpoints hold base weights and adapters (unmerged)
         from slmkit.lora import apply_lora

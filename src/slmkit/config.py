@@ -346,16 +346,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **overrides: Any) -> RunConfig:
-        """A copy with dotted overrides applied, e.g. replace(**{"optim.lr": 3e-4})."""
-        return from_dict(apply_overrides(self.to_dict(), [f"{k}={_fmt_override(v)}" for k, v in overrides.items()]))
-
-
-def _fmt_override(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v)
+        """A validated copy with dotted keys changed, e.g. replace(**{"optim.lr": 3e-4})."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.rpartition(".")
+            (data.setdefault(section, {}) if section else data)[name] = value
+        return from_dict(data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -399,11 +395,13 @@ def describe(cfg: RunConfig) -> list[tuple[str, Any, Any, str]]:
     rows = []
     for sec in _fields(RunConfig):
         if sec.type_cls is None:
-            rows.append((sec.name, getattr(cfg, sec.name), getattr(RunConfig(), sec.name), field_docs(RunConfig).get(sec.name, "")))
+            default = getattr(RunConfig(), sec.name)
+            rows.append((sec.name, getattr(cfg, sec.name), default, field_docs(RunConfig).get(sec.name, "")))
             continue
         default, docs = sec.type_cls(), field_docs(sec.type_cls)
         for f in _fields(sec.type_cls):
-            rows.append((f"{sec.name}.{f.name}", getattr(getattr(cfg, sec.name), f.name), getattr(default, f.name), docs.get(f.name, "")))
+            value = getattr(getattr(cfg, sec.name), f.name)
+            rows.append((f"{sec.name}.{f.name}", value, getattr(default, f.name), docs.get(f.name, "")))
     return rows
 
 

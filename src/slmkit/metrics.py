@@ -76,7 +76,8 @@ def _clean(v: Any) -> Any:
 class MetricsLogger:
     """Append-only metrics stream of a run. Only the main rank should create one with `enabled=True`."""
 
-    def __init__(self, run_dir: str | Path, backends: list[str] = (), project: str = "slmkit", config: dict | None = None,
+    def __init__(self, run_dir: str | Path, backends: list[str] = (), project: str = "slmkit",
+                 config: dict | None = None,
                  enabled: bool = True):  # fmt: skip
         self.run_dir = Path(run_dir)
         self.enabled = enabled

@@ -275,7 +275,8 @@ class Trainer:
         if self.bytes_per_token:
             metrics["val/bpb"] = val / math.log(2) / self.bytes_per_token
         self.logger.log(s.step, metrics)
-        say(f"step {s.step:>6} | val loss {val:.4f}" + (f" | bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""))
+        bpb = f" | bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
+        say(f"step {s.step:>6} | val loss {val:.4f}{bpb}")
         if final or t.ckpt_every == 0 and s.step > 0:
             self.save(val)
 
@@ -559,7 +560,8 @@ def _announce(tr: Trainer) -> None:
     t = cfg.train
     say(f"run: {tr.run_dir}")
     say(f"model: {m.num_params():,} parameters ({m.num_params(non_embedding=True):,} non-embedding), "
-        f"{cfg.model.n_layer} layers x {cfg.model.n_embd} dims, vocab {cfg.model.vocab_size} ({tr.tokenizer.name})")  # fmt: skip
+        f"{cfg.model.n_layer} layers x {cfg.model.n_embd} dims, "
+        f"vocab {cfg.model.vocab_size} ({tr.tokenizer.name})")  # fmt: skip
     say(f"tokens per update: {t.batch_size} (micro-batch) x {t.grad_accum} (accumulation) x {cfg.model.block_size} "
         f"(sequence) x {tr.rt.world_size} (processes) = {tr.tokens_per_step:,}; "
         f"{t.max_steps} steps = {tr.tokens_per_step * t.max_steps:,} tokens")  # fmt: skip
