@@ -70,6 +70,25 @@ def small_corpus(tmp_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, stdlib_dir):
+    """Factory of a char-level dataset of 7 small stdlib modules, prepared once per val_fraction per session."""
+    from slmkit.data.prepare import prepare
+
+    made: dict[float, Path] = {}
+
+    def make(val_fraction: float = 0.3) -> Path:
+        if val_fraction not in made:
+            src = tmp_path_factory.mktemp("corpus")
+            for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "colorsys.py", "heapq.py", "glob.py"):
+                (src / name).write_text((stdlib_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
+            out = tmp_path_factory.mktemp("data") / "tiny-char"
+            made[val_fraction] = prepare(str(src), tokenizer="char", out=out, val_fraction=val_fraction, progress=False)
+        return made[val_fraction]
+
+    return make
+
+
 sys.dont_write_bytecode = True
 
 

@@ -190,15 +190,8 @@ TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_siz
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, stdlib_dir):
-    from slmkit.data.prepare import prepare
-
-    src = tmp_path_factory.mktemp("corpus")
-    for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "colorsys.py", "heapq.py", "glob.py"):
-        (src / name).write_text((stdlib_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
-    out = tmp_path_factory.mktemp("data") / "tiny-char"
-    prepare(str(src), tokenizer="char", out=out, val_fraction=0.2, progress=False)
-    return out
+def dataset(tiny_dataset):
+    return tiny_dataset(0.2)
 
 
 def tiny_run(dataset, tmp_path, name, *extra):
