@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,6 @@ class TrainState:
     best_val: float | None = None
     elapsed: float = 0.0
     last_ckpt: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -477,7 +476,7 @@ def _check_resume_changes(old: RunConfig, new: RunConfig, allow_changed: bool) -
 def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: str | Path | None = None,
           allow_changed: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:  # fmt: skip
     """Train a model; returns the run dir. `resume` continues runs/<name> from its latest checkpoint."""
-    from slmkit.data.dataset import check_tokenizer, ensure_prepared, load_dataset_tokenizer
+    from slmkit.data.dataset import check_tokenizer
 
     overrides = list(overrides)
     if resume is not None:
@@ -492,16 +491,8 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
 
     check_parallel(cfg, runtime)
     _console["on"] = runtime.is_main
-    dataset_dir, chat, parent = None, None, None
-    if cfg.data.format == "text":
-        data_cfg, kind = cfg.data, cfg.tokenizer.kind
-        dataset_dir = on_main(runtime, lambda: ensure_prepared(data_cfg, kind))  # rank 0 prepares, if needed
-        tokenizer = load_dataset_tokenizer(dataset_dir)
-    else:  # fine-tuning on chat examples, read and checked before any run dir exists
-        from slmkit.finetune import chat_data
-
-        chat = chat_data(cfg, run_dir if resume is not None else None)
-        tokenizer = chat.tokenizer
+    parent = None
+    dataset_dir, chat, tokenizer = _load_data(cfg, runtime, run_dir if resume is not None else None)
     cfg = resolve_batch(resolve_vocab(cfg, tokenizer), runtime.world_size)
     if cfg.lora.rank:
         from slmkit.lora import check_targets
@@ -553,6 +544,22 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {trainer.state.best_val:.4f}). "
         f"Next: slm sample {run_dir}")  # fmt: skip
     return run_dir
+
+
+def _load_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
+    """(dataset dir, chat data, tokenizer): a prepared token dataset, or chat examples for fine-tuning, read and
+    checked before any run dir exists. Rank 0 alone prepares a dataset."""
+    from slmkit.data.dataset import ensure_prepared, load_dataset_tokenizer
+    from slmkit.distributed import on_main
+
+    if cfg.data.format == "text":
+        data_cfg, kind = cfg.data, cfg.tokenizer.kind
+        dataset_dir = on_main(runtime, lambda: ensure_prepared(data_cfg, kind))
+        return dataset_dir, None, load_dataset_tokenizer(dataset_dir)
+    from slmkit.finetune import chat_data
+
+    chat = chat_data(cfg, run_dir)
+    return None, chat, chat.tokenizer
 
 
 def _announce(tr: Trainer) -> None:

@@ -41,7 +41,8 @@ def cmd_eval(args) -> None:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     results = evaluate_run(args.run, tasks, limit=args.limit, checkpoint=args.checkpoint, data=args.data,
-                           stride=args.stride, val_tokens=args.val_tokens, progress=not args.no_progress)
+                           stride=args.stride, val_tokens=args.val_tokens, progress=not args.no_progress,
+                           task_source=args.task_source)
     print(format_table(results))
     print(f"wrote {args.run}/evals/<task>.json for {', '.join(results)}", file=sys.stderr)
 
@@ -133,6 +134,8 @@ def register(sub) -> None:
     p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
     p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
     p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default 262144)")
+    p.add_argument("--task-source", default="local", choices=("local", "hf"), help="benchmark items: local files "
+                   "under $SLM_DATA_DIR/eval, or hf: the Hugging Face datasets (needs network or the HF cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add(sub, "export", cmd_export, "export a run's checkpoint (hf: transformers-loadable directory)")
@@ -209,9 +212,11 @@ EVAL_HELP = """evaluate a run; results go to RUN/evals/<task>.json and a table w
 
 tasks: val (loss, perplexity, bits per byte on the run's val split, or --data), hellaswag, arc_easy, arc_challenge,
 piqa, winogrande (acc, acc_norm as lm-eval defines them, with standard errors), lambada (last-word accuracy and
-perplexity). Task files are read from $SLM_DATA_DIR/eval/<task>/.
+perplexity). Task files are read from $SLM_DATA_DIR/eval/<task>/, or with --task-source hf from the Hugging Face
+datasets Rowan/hellaswag, allenai/ai2_arc, baber/piqa, allenai/winogrande, EleutherAI/lambada_openai.
 
 examples:
   slm eval runs/x --tasks val,hellaswag --limit 500
   slm eval runs/x --tasks val --data notes.txt --stride 128
+  slm eval runs/x --tasks hellaswag,arc_easy --task-source hf
 """

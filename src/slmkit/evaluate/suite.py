@@ -61,11 +61,14 @@ def run_task(
     limit: int = 0,
     root: str | Path | None = None,
     progress: bool = False,
+    source: str = "local",
 ) -> dict:
-    """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods."""
+    """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
+
+    source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py)."""
     from tqdm import tqdm
 
-    items = load_items(name, root, limit)
+    items = load_items(name, root, limit, source)
     scorer = Scorer(model)
     t0 = time.perf_counter()
     scores = []
@@ -79,6 +82,7 @@ def run_task(
         "chance": TASKS[name].chance,
         "truncated": scorer.truncated,
         "limit": limit,
+        "source": source,
         "seconds": seconds,
         "items_per_s": len(items) / seconds if seconds else None,
         "loglikelihoods": [[ll for ll, _ in s] for s in scores],
@@ -112,8 +116,12 @@ def evaluate_run(
     val_tokens: int | None = None,
     progress: bool = True,
     write: bool = True,
+    task_source: str = "local",
 ) -> dict[str, dict]:
-    """`slm eval`: score a run's checkpoint on `tasks`; write RUN/evals/<task>.json (atomic); return the results."""
+    """`slm eval`: score a run's checkpoint on `tasks`; write RUN/evals/<task>.json (atomic); return the results.
+
+    task_source: where benchmark items come from, "local" files or "hf" datasets (the only path that uses the
+    network)."""
     from slmkit.atomic import atomic_write_json
     from slmkit.checkpoint import load_model, read_run_info, read_state
     from slmkit.evaluate.loss import DEFAULT_MAX_TOKENS, evaluate_text_loss
@@ -141,7 +149,7 @@ def evaluate_run(
                 "seconds": time.perf_counter() - t0,
             }
         else:
-            res = run_task(model, tokenizer, name, limit=limit, progress=progress)
+            res = run_task(model, tokenizer, name, limit=limit, progress=progress, source=task_source)
         res.update(checkpoint=str(ckpt), step=step, tokenizer=tokenizer.name)
         results[name] = res
         if write:

@@ -13,6 +13,11 @@ The files are the ones described in $SLM_DATA_DIR/SOURCES.md (section 3), under 
 The HellaSwag text export has no ctx_a/ctx_b split, so lm-eval's `ctx_b.capitalize()` cannot be applied; the
 exported context is used as is (with lm-eval's preprocess). Scores are therefore close to, not identical with,
 published HellaSwag numbers; they are identical with lm-eval run on the same files (see harness.py).
+
+With `source="hf"` (`slm eval --task-source hf`) the canonical Hugging Face datasets in `HF_DATASETS` are loaded
+instead, through `datasets.load_dataset` (network or the HF cache; never touched unless that source is named), and
+each row is converted to the local record shape above, so items and scoring are shared. HF HellaSwag keeps its
+ctx_a/ctx_b split, so there lm-eval's exact preprocess (`ctx_b.capitalize()`) is applied.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from slmkit.errors import SlmError
@@ -112,8 +118,14 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def read_records(name: str, root: str | Path | None = None, limit: int = 0) -> list[dict]:
-    """The task's examples as dicts of raw fields, in file order (first `limit` when > 0)."""
+def read_records(name: str, root: str | Path | None = None, limit: int = 0, source: str = "local") -> list[dict]:
+    """The task's examples as dicts of raw fields, in file order (first `limit` when > 0).
+
+    source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the Hugging Face dataset, same record shape)."""
+    if source == "hf":
+        return read_hf_records(name, limit)
+    if source != "local":
+        raise TaskError(f"unknown task source {source!r}; use one of: {', '.join(TASK_SOURCES)}")
     paths = task_files(name, root)
     if name == "hellaswag":
         with bz2.open(paths[0], "rt", encoding="utf-8") as f:
@@ -133,6 +145,74 @@ def read_records(name: str, root: str | Path | None = None, limit: int = 0) -> l
     else:
         recs = _jsonl(paths[0])
     return recs[:limit] if limit else recs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face datasets: the canonical copies lm-eval uses, converted to the local records' fields.
+
+TASK_SOURCES = ("local", "hf")
+HF_DATASETS: dict[str, tuple[str, str | None, str]] = {
+    "hellaswag": ("Rowan/hellaswag", None, "validation"),
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
+    "piqa": ("baber/piqa", None, "validation"),
+    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation"),
+    "lambada": ("EleutherAI/lambada_openai", "default", "test"),
+}
+"""task -> (dataset path, config name, split) for `datasets.load_dataset`."""
+
+
+def hf_to_record(name: str, row: dict) -> dict:
+    """One Hugging Face row -> the record the local reader gives for the same example."""
+    if name == "hellaswag":
+        ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()  # lm-eval's hellaswag process_docs
+        return {"ctx": row["activity_label"] + ": " + ctx, "label": int(row["label"]), "endings": list(row["endings"])}
+    if name in ("arc_easy", "arc_challenge"):
+        choices = row["choices"]
+        gold = list(choices["label"]).index(row["answerKey"])
+        return {"query": "Question: " + row["question"], "choices": list(choices["text"]), "gold": gold}
+    if name == "piqa":
+        return {"goal": row["goal"], "sol1": row["sol1"], "sol2": row["sol2"], "label": int(row["label"])}
+    if name == "winogrande":
+        sentence = row["sentence"]
+        blank = sentence.index("_")
+        options = [sentence[:blank] + row["option1"], sentence[:blank] + row["option2"]]
+        rest = sentence[blank + 1 :].strip()  # lm-eval's partial scoring: the text after the blank
+        return {"context_options": options, "continuation": rest, "gold": int(row["answer"]) - 1}
+    if name == "lambada":
+        return {"text": row["text"]}
+    raise TaskError(f"{name!r} is not a benchmark task; known tasks: {', '.join(TASKS)}")
+
+
+def read_hf_records(name: str, limit: int = 0) -> list[dict]:
+    """The task's Hugging Face dataset as local-shaped records (first `limit` when > 0); one-line TaskError when
+    `datasets` is missing or the dataset cannot be fetched."""
+    if name not in HF_DATASETS:
+        raise TaskError(f"{name!r} is not a benchmark task; known tasks: {', '.join(TASKS)}")
+    try:
+        import datasets
+    except ImportError:
+        raise TaskError(
+            f"task {name}: the Hugging Face source needs the datasets package (pip install datasets), or use the "
+            "local files under $SLM_DATA_DIR/eval"
+        ) from None
+    path, config, split = HF_DATASETS[name]
+    label = f"{path}{'/' + config if config else ''} ({split})"
+    try:
+        rows = datasets.load_dataset(path, config, split=split)
+        rows = list(islice(rows, limit) if limit else rows)
+    except Exception as e:  # offline, unknown to the hub, cache miss: datasets raises many types
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TaskError(
+            f"task {name}: could not fetch Hugging Face dataset {label} ({why}); the local files under "
+            f"$SLM_DATA_DIR/eval/{name} work offline (drop --task-source hf)"
+        ) from None
+    try:
+        return [hf_to_record(name, dict(r)) for r in rows]
+    except (KeyError, ValueError, TypeError) as e:
+        raise TaskError(
+            f"task {name}: unexpected row in Hugging Face dataset {label}: {type(e).__name__}: {e}"
+        ) from None
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -167,5 +247,6 @@ def to_item(name: str, rec: dict) -> Item:
     raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(known_tasks())}")
 
 
-def load_items(name: str, root: str | Path | None = None, limit: int = 0) -> list[Item]:
-    return [to_item(name, r) for r in read_records(name, root, limit)]
+def load_items(name: str, root: str | Path | None = None, limit: int = 0, source: str = "local") -> list[Item]:
+    """The task's items from its local files or (source="hf") its Hugging Face dataset."""
+    return [to_item(name, r) for r in read_records(name, root, limit, source)]
