@@ -70,6 +70,18 @@ def small_corpus(tmp_path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a test module on one torch thread (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny matmuls
+    and batch-1 decoding are dominated by thread hand-offs, 10x slower with 2 threads on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, stdlib_dir):
     """Factory of a char-level dataset of 7 small stdlib modules, prepared once per val_fraction per session."""

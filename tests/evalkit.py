@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 TINY = [
     "model.n_layer=2",
     "model.n_head=2",
@@ -55,14 +53,3 @@ def make_run(root: Path, dataset: Path, name: str, *extra: str, block_size: int 
     ]
     return train(load_config(None, ov), overrides=ov, progress=False)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Import into a test module to run it on one torch thread: its many tiny forward passes are dominated by
-    thread hand-offs on a busy 2-core machine (10x slower with 2 threads there)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

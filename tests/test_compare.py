@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from evalkit import make_dataset, make_run, one_thread  # noqa: F401  (one_thread: autouse)
+from evalkit import make_dataset, make_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from evalkit import make_dataset, make_run, one_thread  # noqa: F401  (one_thread: autouse)
+from evalkit import make_dataset, make_run
 
 from slmkit.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

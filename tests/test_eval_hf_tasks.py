@@ -8,9 +8,11 @@ import os
 import sys
 
 import pytest
-from evalkit import make_dataset, make_run, one_thread  # noqa: F401  (one_thread: autouse)
+from evalkit import make_dataset, make_run
 
 from slmkit.evaluate.tasks import HF_DATASETS, TASKS, TaskError, load_items, read_hf_records, read_records
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 12
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from evalkit import LLAMA, make_dataset, make_run, one_thread  # noqa: F401  (one_thread: autouse)
+from evalkit import LLAMA, make_dataset, make_run
 
 from slmkit.checkpoint import load_model
 from slmkit.export import export
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-5

@@ -12,12 +12,12 @@ import pytest
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
-from evalkit import make_dataset, make_run, one_thread  # noqa: E402, F401  (one_thread: autouse)
+from evalkit import make_dataset, make_run  # noqa: E402
 
 from slmkit.evaluate import run_task  # noqa: E402
 from slmkit.evaluate.tasks import TASKS  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 LIMIT, TOL = 50, 1e-5
 
 

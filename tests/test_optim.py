@@ -78,13 +78,7 @@ class StandIn(nn.Module):
         return self.lm_head(self.norm_f(x))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls run fastest on one thread (and do not suffer when other processes load the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(seed: int = 0, **kw) -> StandIn:
