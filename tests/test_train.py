@@ -163,3 +163,14 @@ def test_model_learns(dataset, tmp_path):
     run = train(cfg, overrides=ov, progress=False)
     _, val = series(run, "val/loss")
     assert val[-1] < val[0] - 0.8, val
+
+
+def test_sample_cli_streams_from_the_run(dataset, tmp_path, run_cli):
+    cfg, ov = tiny(dataset, tmp_path, "train.name=s", "train.max_steps=5")
+    run = train(cfg, overrides=ov, progress=False)
+    args = ("sample", run, "--prompt", "def ", "--max-new-tokens", "20", "--seed", "3", "--checkpoint", "latest")
+    code, out, err = run_cli(*args)
+    assert code == 0 and out.startswith("def ") and len(out) > len("def \n") and "step-000005" in err
+    assert run_cli(*args)[1] == out  # a seed reproduces its sample
+    code, _, err = run_cli("sample", tmp_path / "nope")
+    assert code == 2 and err.startswith("error:") and err.count("\n") == 1

@@ -125,6 +125,7 @@ def cmd_sample(args) -> None:
     print(f"# {ckpt} ({tokenizer.name})", file=sys.stderr)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
+        print(args.prompt, end="", flush=True)  # the continuation reads on from the prompt
         sample_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=seed, stop=args.stop,
                     on_text=lambda piece: print(piece, end="", flush=True))  # fmt: skip
