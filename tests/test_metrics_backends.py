@@ -48,6 +48,8 @@ def test_optional_backends(tmp_path, name):
         return
     _log_some(tmp_path, [name])  # conftest makes both offline (WANDB_MODE=offline, TRACKIO_DIR in a temp dir)
     assert series(tmp_path, "train/loss")[0] == [1, 2, 3]
+    if name == "wandb":  # the offline run lands in the run dir, ready for `wandb sync`
+        assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def test_unknown_backend_is_a_config_error():
