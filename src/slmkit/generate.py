@@ -74,7 +74,7 @@ def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int,
         yield nxt
 
 
-class _TextStream:
+class TextStream:
     """Incremental decoding: text is released once its bytes are complete UTF-8 and it cannot be the start
     of a stop string."""
 
@@ -127,7 +127,7 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: i
         if eot is None:
             raise ValueError("an empty prompt needs a tokenizer with an end-of-text token")
         ids = [eot]
-    stream = _TextStream(tokenizer, stop, on_text)
+    stream = TextStream(tokenizer, stop, on_text)
     for nxt in generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop_ids=() if eot is None else (eot,), vocab_limit=tokenizer.vocab_size,
                         use_cache=use_cache):  # fmt: skip

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from slmkit.generate import _TextStream, generate
+from slmkit.generate import TextStream, generate
 from slmkit.tokenizer import Tokenizer
 
 
@@ -54,7 +54,7 @@ class Engine:
         self.model, self.tok = model, tokenizer
         self.slots, self.max_queue = max(1, slots), max_queue
         self._waiting: queue.Queue[Job] = queue.Queue()
-        self._active: list[tuple[Job, Iterator[int], _TextStream]] = []
+        self._active: list[tuple[Job, Iterator[int], TextStream]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="slm-serve-engine", daemon=True)
         self.completed = 0
@@ -95,12 +95,12 @@ class Engine:
                 return
             if job.cancelled.is_set():
                 continue
-            stream = _TextStream(self.tok, job.stop, lambda s, job=job: job.emit("text", s))
+            stream = TextStream(self.tok, job.stop, lambda s, job=job: job.emit("text", s))
             gen = generate(self.model, job.prompt_ids, job.max_tokens, temperature=job.temperature, top_p=job.top_p,
                            seed=job.seed, stop_ids=job.stop_ids, vocab_limit=self.tok.vocab_size)  # fmt: skip
             self._active.append((job, gen, stream))
 
-    def _step(self, entry: tuple[Job, Iterator[int], _TextStream]) -> None:
+    def _step(self, entry: tuple[Job, Iterator[int], TextStream]) -> None:
         """Advance one job by one token; finish it on a stop, the token limit, cancellation or an error."""
         job, gen, stream = entry
         if job.cancelled.is_set():
