@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from slmkit import checkpoint as ckpt_io
@@ -204,6 +205,7 @@ class Trainer:
         self.bytes_per_token = _bytes_per_token(dataset_dir) if dataset_dir is not None else None
         self.logger = MetricsLogger(run_dir, cfg.log.backends, cfg.log.project, cfg.to_dict(), enabled=runtime.is_main)
         self._stop_requested = False
+        self._process = psutil.Process()  # for mem/rss_mb every step
         self.doctor = _live_doctor(cfg) if t.doctor else None
         if cfg.eval.tasks:  # unknown tasks or missing task files fail now, not at the first benchmark
             from slmkit.evaluate.tasks import check_tasks, task_files
@@ -370,15 +372,13 @@ class Trainer:
         return status
 
     def _log_step(self, loss: float, gnorm: float, lr: float, dt: float) -> None:
-        import psutil
-
         t, s = self.cfg.train, self.state
         tok_s = self.tokens_per_step / dt
         metrics = {"train/loss": loss, "train/grad_norm": gnorm, "train/lr": lr, "train/tokens": s.tokens_seen,
                    "train/clipped": int(self.cfg.optim.grad_clip > 0 and gnorm > self.cfg.optim.grad_clip),
                    "perf/step_ms": 1000 * dt, "perf/tok_per_s": tok_s,
                    "perf/mfu": self.flops_per_token * tok_s / self.peak / self.rt.world_size,
-                   "mem/rss_mb": psutil.Process().memory_info().rss / 2**20}  # fmt: skip
+                   "mem/rss_mb": self._process.memory_info().rss / 2**20}  # fmt: skip
         self.logger.log(s.step, metrics)
         if self.doctor is not None:
             self._doctor_observe(metrics)
