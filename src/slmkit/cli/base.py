@@ -31,3 +31,17 @@ def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | No
         return None, [config, *overrides]
     return config, list(overrides)
 
+
+
+def add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+
+
+def add_sampling(p: argparse.ArgumentParser, *, max_new_tokens: int, temperature: float, top_k: int,
+                 top_p: bool = True) -> None:  # fmt: skip
+    """The sampling options of every verb that generates text."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=top_k, help="sample among the k most likely tokens (0: all)")
+    if top_p:
+        p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from slmkit.cli.base import add, group, print_json, split_config_arg
+from slmkit.cli.base import add, add_checkpoint, add_sampling, group, print_json, split_config_arg
 from slmkit.errors import SlmError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,12 +188,9 @@ def register(sub) -> None:
 
     p = add(sub, "sample", cmd_sample, "generate text from a trained run (streams to the terminal)")
     p.add_argument("run", help="run directory, e.g. runs/default")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    add_sampling(p, max_new_tokens=200, temperature=0.8, top_k=0)
     p.add_argument("--seed", type=int, default=None, help="make the sample reproducible")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")

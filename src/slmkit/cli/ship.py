@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from slmkit.cli.base import add, group
+from slmkit.cli.base import add, add_checkpoint, add_sampling, group
 from slmkit.errors import SlmError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,25 +112,23 @@ def register(sub) -> None:
     lo = group(sub, "lora", "LoRA adapters: merge them into a full model")
     p = add(lo, "merge", cmd_lora_merge, "write a new run dir with the adapters folded into full weights")
     p.add_argument("run", help="a run fine-tuned with lora.rank > 0")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--name", help="name of the merged run (default: <run>-merged)")
 
     p = add(sub, "chat", cmd_chat, "chat with a fine-tuned run in the terminal (/reset, /system TEXT, /quit)")
     p.add_argument("run", help="run directory of a fine-tuned (sft) run")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--system", default="", help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
+    add_sampling(p, max_new_tokens=256, temperature=0.7, top_k=50)
     p.add_argument("--seed", type=int, default=None)
+
     p = add(sub, "eval", cmd_eval, "evaluate a run: val loss/ppl/bpb and zero-shot benchmarks (lm-eval scoring)",
              EVAL_HELP)
     p.add_argument("run", help="run directory")
     p.add_argument("--tasks", default="val,hellaswag", help="comma-separated: val, hellaswag, arc_easy, arc_challenge, "
                    "piqa, winogrande, lambada (default: val,hellaswag)")
     p.add_argument("--limit", type=int, default=0, help="items per benchmark task (0: all)")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
     p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
     p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default 262144)")
@@ -143,7 +141,7 @@ def register(sub) -> None:
     p.add_argument("--format", default="hf", help="export format: hf | gguf (llama.cpp, LLaMA-style) (default: hf)")
     p.add_argument("--type", choices=("f16", "q8_0"), help="gguf: tensor type of the matrices (default: f16)")
     p.add_argument("--out", required=True, help="directory to write")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = add(sub, "quantize", cmd_quantize, "int8/bf16 copy of a run, with a size/speed/quality report vs fp32")
@@ -152,7 +150,7 @@ def register(sub) -> None:
                    help="int8-dynamic: fastest on CPU; int8-weight: int8 on disk, fp32 compute; bf16 (default: "
                    "int8-dynamic)")  # fmt: skip
     p.add_argument("--out", help="directory to write (default: <run>-<method> beside the run)")
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--data", help="dataset dir or text file for the val loss (default: the run's dataset)")
     p.add_argument("--eval-tokens", type=int, default=32768, help="val tokens to score (default: 32768)")
     p.add_argument("--no-report", action="store_true", help="skip the comparison with fp32")
@@ -162,7 +160,7 @@ def register(sub) -> None:
     p.add_argument("run", help="run directory or `slm quantize` output")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
+    add_checkpoint(p)
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--slots", type=int, default=4, help="requests generated at once, round-robin (default: 4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is often fastest "
@@ -186,9 +184,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="compare", help="folder for compare.md and compare.html (default: compare)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     p.add_argument("--num-seeds", type=int, default=1, help="samples per prompt and model, seeds seed..seed+N-1")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
+    add_sampling(p, max_new_tokens=64, temperature=0.8, top_k=0, top_p=False)
     p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs (default: best)")
 
 
