@@ -85,6 +85,8 @@ def test_validation_names_the_field():
         load_config(None, ["model.norm=batchnorm"])
     with pytest.raises(ConfigError, match="tokenizer.kind"):
         load_config(None, ["tokenizer.kind=sentencepiece"])
+    with pytest.raises(ConfigError, match="train.eval_every must be >= 0"):
+        load_config(None, ["train.eval_every=-1"])
 
 
 def test_missing_config_file_and_unknown_preset():

@@ -55,6 +55,13 @@ def test_train_writes_a_complete_run_dir(dataset, tmp_path):
     assert state["tokens_seen"] == 10 * 4 * 32
 
 
+def test_eval_every_zero_evaluates_only_at_the_end(dataset, tmp_path):
+    cfg, ov = tiny(dataset, tmp_path, "train.eval_every=0", "train.max_steps=4")
+    run = train(cfg, overrides=ov, progress=False)
+    assert series(run, "val/loss")[0] == [0, 4]
+    assert [s for s, _ in ckpt_io.checkpoints(run)] == [4]
+
+
 def test_a_run_is_never_overwritten(dataset, tmp_path):
     cfg, ov = tiny(dataset, tmp_path, "train.max_steps=2", "train.name=same")
     train(cfg, overrides=ov, progress=False)

@@ -242,7 +242,7 @@ class TrainConfig:
     """With several processes (torchrun, slm train --nproc N): ddp (a full copy of the model per process, gradients
     all-reduced) | fsdp (FSDP2: parameters, gradients and optimizer state sharded across processes)."""
     eval_every: int = 100
-    """Evaluate val loss every this many steps (and at the end)."""
+    """Evaluate val loss every this many steps (and at the end); 0 evaluates only at the end."""
     eval_batches: int = 20
     """Number of val batches per evaluation."""
     log_every: int = 10
@@ -273,6 +273,9 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        for name in ("eval_every", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
 

@@ -282,7 +282,8 @@ class Trainer:
             self.save(val)
 
     def _should_eval(self) -> bool:
-        return self.state.step % self.cfg.train.eval_every == 0
+        every = self.cfg.train.eval_every
+        return every > 0 and self.state.step % every == 0
 
     def _maybe_eval_tasks(self) -> None:
         """Benchmarks of eval.tasks every eval.every steps (0: only at the end), logged as eval/<task>/<metric>."""
