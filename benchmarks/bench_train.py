@@ -7,6 +7,9 @@
 
 Usage: python benchmarks/bench_train.py [--steps 2000] [--only fp32,bf16,modern]
 Writes benchmarks/results/train.json and train.md. Needs $SLM_DATA_DIR (TinyShakespeare).
+
+`--sdpa` instead times attention forward+backward of bf16 q/k/v in bf16 and upcast to fp32, by sequence length:
+the measurement behind `slmkit.model.SDPA_FP32_MAX_T`. Writes benchmarks/results/sdpa.json and sdpa.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,39 @@ def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048), reps: int = 5) -> float:
     return best
 
 
+def sdpa_table(lengths=(64, 128, 256, 512, 1024), tokens: int = 8192, heads: int = 4, head_dim: int = 64) -> None:
+    """Attention forward+backward on bf16 inputs, run in bf16 vs upcast to fp32, at a fixed tokens per batch."""
+    import torch.nn.functional as F
+
+    def best_ms(t: int, upcast: bool) -> float:
+        q, k, v = (torch.randn(tokens // t, heads, t, head_dim, dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))  # fmt: skip
+
+        def step():
+            a, b, c = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
+            F.scaled_dot_product_attention(a, b, c, is_causal=True).to(torch.bfloat16).sum().backward()
+
+        step()
+        times = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * min(times)
+
+    rows = [{"T": t, "bf16_ms": best_ms(t, False), "fp32_ms": best_ms(t, True)} for t in lengths]
+    RESULTS.mkdir(exist_ok=True)
+    info = {"threads": torch.get_num_threads(), "tokens": tokens, "heads": heads, "head_dim": head_dim, "rows": rows}
+    (RESULTS / "sdpa.json").write_text(json.dumps(info, indent=2) + "\n")
+    lines = [f"# SDPA forward+backward on CPU, bf16 inputs ({tokens} tokens, {heads} heads x {head_dim}, "
+             f"{torch.get_num_threads()} threads)", "", "| T | in bf16 ms | upcast to fp32 ms | fp32 faster by |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['T']} | {r['bf16_ms']:.1f} | {r['fp32_ms']:.1f} | {r['bf16_ms'] / r['fp32_ms']:.2f}x |")
+    (RESULTS / "sdpa.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 COMPILE: list[str] = []
 
 
@@ -70,9 +106,12 @@ def main() -> None:
     ap.add_argument("--preset", default="shakespeare-char", help="preset of the fp32/bf16 runs")
     ap.add_argument("--compile", action="store_true", help="torch.compile every run (fp32 and bf16 alike)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--sdpa", action="store_true", help="only time attention in bf16 vs fp32 by sequence length")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.sdpa:
+        return sdpa_table()
     if args.compile:
         COMPILE.append("train.compile=true")
     from slmkit.data.prepare import prepare

@@ -52,4 +52,3 @@ def make_run(root: Path, dataset: Path, name: str, *extra: str, block_size: int 
         *extra,
     ]
     return train(load_config(None, ov), overrides=ov, progress=False)
-

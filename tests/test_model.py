@@ -173,3 +173,32 @@ def test_kv_cache_logits_match_full_forward(arch):
     assert diff < 1e-5, f"max abs diff {diff:.3e}"
     with pytest.raises(ValueError, match="exceed"):
         model(idx[:, :1], kv_cache=cache)
+
+
+def test_bf16_training_on_cpu_runs_short_attention_in_fp32(monkeypatch):
+    """The CPU flash-attention backward is slower in bf16 for short sequences, so training under bf16 autocast runs
+    attention in fp32 there; inference (no grad) keeps bf16. The loss stays close to fp32's."""
+    import slmkit.model as model_mod
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kw):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, *args, **kw)
+
+    monkeypatch.setattr(model_mod.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = GPT(tiny(**LLAMA))
+    x, y = _ids(model.config), _ids(model.config, seed=1)
+    _, ref = model(x, y)
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(x, y)
+    loss.backward()
+    assert seen == [torch.float32] * 2 and abs(loss.item() - ref.item()) < 0.02
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert seen == [torch.bfloat16] * 2

@@ -292,4 +292,3 @@ def load_model(run_dir: str | Path, which: str | int = "best", device: str | tor
         apply_lora(model, cfg.lora)
     load_weights(model, ckpt)
     return model.to(device).eval(), tokenizer, cfg, ckpt
-

@@ -377,7 +377,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-
 class _Field(typing.NamedTuple):
     name: str
     type: Any

@@ -28,6 +28,10 @@ from slmkit.config import ModelConfig
 
 VOCAB_MULTIPLE = 64
 """Embedding and head rows are padded to a multiple of this (faster matmuls); padded ids are never sampled."""
+SDPA_FP32_MAX_T = 256
+"""Training under bf16 autocast on CPU runs attention in fp32 up to this sequence length: there the CPU flash-attention
+backward is slower in bf16 than in fp32 (2.1x at T=64, 1.7x at T=128, 1.1x at T=256; bf16 wins from T=512 on).
+Measured on AVX-512-bf16 without AMX by `benchmarks/bench_train.py --sdpa` (results/sdpa.md)."""
 IGNORE_INDEX = -100
 """Targets with this value contribute nothing to the loss (prompt tokens in SFT, padding)."""
 
@@ -164,7 +168,13 @@ class Attention(nn.Module):
             key_pos = torch.arange(k.size(2), device=x.device)  # (S,)
             mask = key_pos[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]  # (T, S)
         dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
-        y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)  # (B, n_head, T, hd)
+        # y: (B, n_head, T, hd)
+        if q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
+            with torch.autocast("cpu", enabled=False):  # autocast would cast back to bf16; o casts the output
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal,
+                                                   enable_gqa=gqa)  # fmt: skip
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*hd)
         return dropout(self.o(y), self.dropout, self.training)
 

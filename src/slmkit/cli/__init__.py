@@ -15,7 +15,6 @@ from slmkit.errors import SlmError
 EXIT_USER_ERROR = 2
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm",

@@ -32,7 +32,6 @@ def split_config_arg(config: str | None, overrides: list[str]) -> tuple[str | No
     return config, list(overrides)
 
 
-
 def add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP (default: best)")
 

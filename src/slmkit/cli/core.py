@@ -87,7 +87,6 @@ def cmd_data_info(args) -> None:
 # train and sample
 
 
-
 def cmd_train(args) -> int:
     from slmkit.config import load_config
     from slmkit.train import train
@@ -173,8 +172,13 @@ def register(sub) -> None:
     p = add(dt, "info", cmd_data_info, "print a dataset directory's meta (tokenizer, counts, sources)")
     p.add_argument("dir")
 
-    p = add(sub, "train", cmd_train, "train a model (no arguments: the embedded default, a few minutes on a CPU)",
-             TRAIN_HELP)
+    p = add(
+        sub,
+        "train",
+        cmd_train,
+        "train a model (no arguments: the embedded default, a few minutes on a CPU)",
+        TRAIN_HELP,
+    )
     p.add_argument("config", nargs="?", help="preset name or TOML file (default: the embedded default preset)")
     p.add_argument("overrides", nargs="*", help="dotted overrides typed against the config, e.g. optim.lr=3e-4")
     p.add_argument("--name", help="run name (default: derived from the preset and overrides)")

@@ -32,6 +32,7 @@ def cmd_chat(args) -> None:
     chat(args.run, checkpoint=args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens,
          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
 
+
 # ---------------------------------------------------------------------------------------------------------
 # eval, export, import-hf, compare
 
@@ -40,9 +41,17 @@ def cmd_eval(args) -> None:
     from slmkit.evaluate import evaluate_run, format_table
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results = evaluate_run(args.run, tasks, limit=args.limit, checkpoint=args.checkpoint, data=args.data,
-                           stride=args.stride, val_tokens=args.val_tokens, progress=not args.no_progress,
-                           task_source=args.task_source)
+    results = evaluate_run(
+        args.run,
+        tasks,
+        limit=args.limit,
+        checkpoint=args.checkpoint,
+        data=args.data,
+        stride=args.stride,
+        val_tokens=args.val_tokens,
+        progress=not args.no_progress,
+        task_source=args.task_source,
+    )
     print(format_table(results))
     print(f"wrote {args.run}/evals/<task>.json for {', '.join(results)}", file=sys.stderr)
 
@@ -92,8 +101,16 @@ def cmd_compare(args) -> None:
     from slmkit.compare import compare, read_prompts
 
     seeds = tuple(range(args.seed, args.seed + args.num_seeds))
-    compare(args.models, read_prompts(args.prompts), args.out, seeds=seeds, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, top_k=args.top_k, checkpoint=args.checkpoint)
+    compare(
+        args.models,
+        read_prompts(args.prompts),
+        args.out,
+        seeds=seeds,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        checkpoint=args.checkpoint,
+    )
     print(f"wrote {args.out}/compare.md and {args.out}/compare.html")
 
 
@@ -122,18 +139,28 @@ def register(sub) -> None:
     add_sampling(p, max_new_tokens=256, temperature=0.7, top_k=50)
     p.add_argument("--seed", type=int, default=None)
 
-    p = add(sub, "eval", cmd_eval, "evaluate a run: val loss/ppl/bpb and zero-shot benchmarks (lm-eval scoring)",
-             EVAL_HELP)
+    p = add(
+        sub, "eval", cmd_eval, "evaluate a run: val loss/ppl/bpb and zero-shot benchmarks (lm-eval scoring)", EVAL_HELP
+    )
     p.add_argument("run", help="run directory")
-    p.add_argument("--tasks", default="val,hellaswag", help="comma-separated: val, hellaswag, arc_easy, arc_challenge, "
-                   "piqa, winogrande, lambada (default: val,hellaswag)")
+    p.add_argument(
+        "--tasks",
+        default="val,hellaswag",
+        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, "
+        "piqa, winogrande, lambada (default: val,hellaswag)",
+    )
     p.add_argument("--limit", type=int, default=0, help="items per benchmark task (0: all)")
     add_checkpoint(p)
     p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
     p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
     p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default 262144)")
-    p.add_argument("--task-source", default="local", choices=("local", "hf"), help="benchmark items: local files "
-                   "under $SLM_DATA_DIR/eval, or hf: the Hugging Face datasets (needs network or the HF cache)")
+    p.add_argument(
+        "--task-source",
+        default="local",
+        choices=("local", "hf"),
+        help="benchmark items: local files "
+        "under $SLM_DATA_DIR/eval, or hf: the Hugging Face datasets (needs network or the HF cache)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add(sub, "export", cmd_export, "export a run's checkpoint (hf: transformers-loadable directory)")
@@ -171,11 +198,16 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/gpt2")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
-    p = add(sub, "lm-eval", cmd_lm_eval, "run lm-evaluation-harness with the slmkit model and the local task files",
-             "lm-evaluation-harness's command line (needs lm-eval installed) with `--model slmkit` registered and\n"
-             "the local tasks slm_hellaswag, slm_arc_easy, slm_arc_challenge, slm_piqa, slm_winogrande, slm_lambada\n"
-             "available. Put its arguments after --:\n"
-             "  slm lm-eval -- --model slmkit --model_args run=runs/x --tasks slm_hellaswag --limit 100")
+    p = add(
+        sub,
+        "lm-eval",
+        cmd_lm_eval,
+        "run lm-evaluation-harness with the slmkit model and the local task files",
+        "lm-evaluation-harness's command line (needs lm-eval installed) with `--model slmkit` registered and\n"
+        "the local tasks slm_hellaswag, slm_arc_easy, slm_arc_challenge, slm_piqa, slm_winogrande, slm_lambada\n"
+        "available. Put its arguments after --:\n"
+        "  slm lm-eval -- --model slmkit --model_args run=runs/x --tasks slm_hellaswag --limit 100",
+    )
     p.add_argument("args", nargs=argparse.REMAINDER, help="lm_eval arguments")
 
     p = add(sub, "compare", cmd_compare, "generations of several models side by side, each scored by every model")

@@ -115,12 +115,19 @@ def register(sub) -> None:
     p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default: runs)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
-    p = add(sub, "ablate", cmd_ablate, "ablation study: vary one thing at a time over seeds; verdicts vs noise",
-             ABLATE_HELP)
+    p = add(
+        sub, "ablate", cmd_ablate, "ablation study: vary one thing at a time over seeds; verdicts vs noise", ABLATE_HELP
+    )
     p.add_argument("config", nargs="?", help="base preset name or TOML file (default: the embedded default)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to the base, e.g. train.max_steps=300")
-    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2", required=True,
-                   help="a config key and the values to try (repeatable), e.g. optim.lr=1e-3,3e-4")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        required=True,
+        help="a config key and the values to try (repeatable), e.g. optim.lr=1e-3,3e-4",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
     p.add_argument("--grid", action="store_true", help="every combination of the --vary values, not one at a time")
     p.add_argument("--vary-data-seed", action="store_true", help="vary the data order with the seed too")
@@ -129,8 +136,13 @@ def register(sub) -> None:
     p.add_argument("--no-train", action="store_true", help="only recompute the summary from finished runs")
 
     sc = group(sub, "scaling", "scaling laws: compute calculator, map of known models, fits, sweeps")
-    p = add(sc, "calc", cmd_scaling_calc, "parameters <-> Chinchilla tokens, compute, budgets, LR for a new batch",
-             SCALING_CALC_HELP)
+    p = add(
+        sc,
+        "calc",
+        cmd_scaling_calc,
+        "parameters <-> Chinchilla tokens, compute, budgets, LR for a new batch",
+        SCALING_CALC_HELP,
+    )
     p.add_argument("--params", help="model parameters, e.g. 124M")
     p.add_argument("--tokens", help="training tokens, e.g. 2.5B")
     p.add_argument("--config", help="preset or TOML: exact parameters and FLOPs/token (with the attention term)")
@@ -151,8 +163,13 @@ def register(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties (0: none)")
     p.add_argument("--budget", help="extrapolate loss and optimal N, D to this many FLOPs, e.g. 1e18")
     p.add_argument("--json", action="store_true", help="print the fit as JSON")
-    p = add(sc, "sweep", cmd_scaling_sweep, "train the sizes x compute grid a fit needs, then fit and plot",
-             SCALING_SWEEP_HELP)
+    p = add(
+        sc,
+        "sweep",
+        cmd_scaling_sweep,
+        "train the sizes x compute grid a fit needs, then fit and plot",
+        SCALING_SWEEP_HELP,
+    )
     p.add_argument("config", nargs="?", help="base preset or TOML (default: the embedded default)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     p.add_argument("--budget", required=True, help="total compute: FLOPs (e.g. 2e13) or wall time (e.g. 30m)")
