@@ -59,9 +59,9 @@ def build_corpus(out: Path) -> Path:
 
 
 @torch.inference_mode()
-def end_of_turn_rate(run: Path, convs: list, max_new_tokens: int) -> dict:
+def end_of_turn_rate(run: Path, convs: list, max_new_tokens: int, checkpoint: str = "best") -> dict:
     """Greedy replies to each conversation's first user message: how many end with end-of-turn in the limit."""
-    model, tok, cfg, _ = load_model(run)
+    model, tok, cfg, _ = load_model(run, checkpoint)
     end, eot = tok.token_id(END_OF_TURN), tok.token_id(EOT)
     ended = stopped_eot = 0
     lengths, examples = [], []

@@ -62,6 +62,17 @@ def test_eval_every_zero_evaluates_only_at_the_end(dataset, tmp_path):
     assert [s for s, _ in ckpt_io.checkpoints(run)] == [4]
 
 
+def test_ckpt_every_saves_at_evals_and_keeps_the_best(dataset, tmp_path):
+    """A checkpoint step that is also an eval step saves with its val loss: the best one is tracked and kept."""
+    cfg, ov = tiny(dataset, tmp_path, "train.ckpt_every=5", "train.eval_every=5", "train.keep_last=3",
+                   "train.max_steps=15")  # fmt: skip
+    run = train(cfg, overrides=ov, progress=False)
+    assert [s for s, _ in ckpt_io.checkpoints(run)] == [5, 10, 15]
+    steps, vals = series(run, "val/loss")
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert index["best_val_loss"] == min(vals[1:]) and index["best"] == steps[vals.index(min(vals[1:]))]
+
+
 def test_a_run_is_never_overwritten(dataset, tmp_path):
     cfg, ov = tiny(dataset, tmp_path, "train.max_steps=2", "train.name=same")
     train(cfg, overrides=ov, progress=False)

@@ -278,8 +278,8 @@ class Trainer:
         self.logger.log(s.step, metrics)
         bpb = f" | bpb {metrics['val/bpb']:.3f}" if "val/bpb" in metrics else ""
         say(f"step {s.step:>6} | val loss {val:.4f}{bpb}")
-        if final or t.ckpt_every == 0 and s.step > 0:
-            self.save(val)
+        if final or s.step > 0 and (t.ckpt_every == 0 or self._should_save()):
+            self.save(val)  # with its val loss, so the best checkpoint is tracked
 
     def _should_eval(self) -> bool:
         every = self.cfg.train.eval_every
