@@ -9,7 +9,7 @@ context: a third of the Alpaca replies are longer than 300 tokens, so the limit 
 
 Writes benchmarks/results/sft_proof.json and .md. Run from the repository root:
 
-    python benchmarks/sft_proof.py                      # ~45 minutes on 2 CPU cores
+    python benchmarks/sft_proof.py                      # ~50 minutes on 2 CPU cores
     python benchmarks/sft_proof.py --base RUN           # reuse a pretrained base run, SFT and measure only
     python benchmarks/sft_proof.py --pretrain-steps 20 --sft-steps 10 --eval 5 --max-new-tokens 50   # smoke run
 """
@@ -37,7 +37,6 @@ from slmkit.tokenizer import END_OF_TURN, EOT
 from slmkit.train import train
 
 RESULTS = Path(__file__).parent / "results"
-STDLIB_SAMPLE = ("textwrap.py", "argparse.py", "collections/__init__.py", "json/decoder.py", "pathlib.py", "heapq.py")
 CORPUS = ("tinystories/tinystories_val.txt", "wikitext-2/valid.txt", "wikitext-2/test.txt", "web-sample/c4_demo.jsonl",
           "tinyshakespeare/input.txt")  # fmt: skip
 MODEL = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.block_size=1024", "model.norm=rmsnorm",
@@ -46,15 +45,12 @@ MODEL = ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.block_s
 
 
 def build_corpus(out: Path) -> Path:
-    """tinystories, wikitext-2 (valid, test), the C4 sample, tinyshakespeare and a python-stdlib sample, copied
-    into one folder (about 5 MB, 1.5M tokens)."""
+    """tinystories, wikitext-2 (valid, test), the C4 sample and tinyshakespeare, copied into one folder (about 5 MB,
+    1.5M tokens)."""
     data = Path(os.environ.get("SLM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
     out.mkdir(parents=True, exist_ok=True)
     for rel in CORPUS:
         shutil.copy(data / rel, out / rel.replace("/", "_"))
-    stdlib = Path(os.__file__).parent
-    for rel in STDLIB_SAMPLE:
-        shutil.copy(stdlib / rel, out / ("stdlib_" + rel.replace("/", "_")))
     return out
 
 
@@ -110,33 +106,52 @@ def main() -> None:
         pretrain_cmd = "slm train " + " ".join(pre)
         base = train(load_config(None, pre), overrides=pre, progress=False)
     t1 = time.time()
-    ft = [f"train.max_steps={args.sft_steps}", "train.batch_size=4", "train.eval_batches=7",
-          f"train.eval_every={max(10, args.sft_steps // 10)}", "data.val_fraction=0.1", f"train.device={args.device}",
+    every = max(10, args.sft_steps // 6)
+    ft = [f"train.max_steps={args.sft_steps}", "train.batch_size=4", "train.eval_batches=7", "data.val_fraction=0.1",
+          "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.muon_lr=0.01", f"train.eval_every={every}",
+          f"train.ckpt_every={every}", "train.keep_last=10", f"train.device={args.device}",
           *args.sft_overrides]  # fmt: skip
     sft_cmd = f"slm sft {base} --data {data} " + " ".join(ft)
     child = sft(base, data, ft, progress=False)
     t2 = time.time()
     steps, val = series(child, "val/loss")
+    best_step = steps[val.index(min(val))]
     cfg = load_config(None, [f"data.source={data}", "data.format=auto", "data.val_fraction=0.1"])
     _, tok, _, _ = load_model(child)
     held_out = load_chat_data(cfg.data, tok).val
     held_out = held_out[: args.eval] if args.eval else held_out
-    sft_gen = end_of_turn_rate(child, held_out, args.max_new_tokens)
-    base_gen = end_of_turn_rate(base, held_out, args.max_new_tokens)
+    gen = {
+        "max_new_tokens": args.max_new_tokens,
+        "sft": end_of_turn_rate(child, held_out, args.max_new_tokens, "latest"),
+    }
+    if best_step != steps[-1]:
+        gen[f"sft_step_{best_step}"] = end_of_turn_rate(child, held_out, args.max_new_tokens, str(best_step))
+    gen["base"] = end_of_turn_rate(base, held_out, args.max_new_tokens)
     result = {
         "pretrain": {"run": str(base), "command": pretrain_cmd, "seconds": round(t1 - t0, 1)},
         "sft": {"run": str(child), "command": sft_cmd, "seconds": round(t2 - t1, 1)},
-        "masked_val_loss": {"steps": steps, "values": val, "before": val[0], "after": val[-1], "best": min(val)},
-        "greedy_end_of_turn": {"max_new_tokens": args.max_new_tokens, "sft": sft_gen, "base": base_gen},
+        "masked_val_loss": {
+            "steps": steps,
+            "values": val,
+            "before": val[0],
+            "after": val[-1],
+            "best": min(val),
+            "best_step": best_step,
+        },  # fmt: skip
+        "greedy_end_of_turn": gen,
         "device": str(torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")),
         "torch_threads": torch.get_num_threads(),
     }
+    sft_gen, base_gen = gen["sft"], gen["base"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sft_proof.json").write_text(json.dumps(result, indent=2) + "\n")
-    line = (f"sft_proof: masked held-out loss {val[0]:.3f} -> {val[-1]:.3f} (best {min(val):.3f}); greedy replies "
+    line = (f"sft_proof: masked held-out loss {val[0]:.3f} -> {val[-1]:.3f} at the last step (best {min(val):.3f} at "
+            f"step {best_step}); greedy replies of the final SFT model "
             f"ending with end-of-turn within {args.max_new_tokens} tokens: SFT {sft_gen['ended_with_end_of_turn']}/"
             f"{sft_gen['prompts']} ({100 * sft_gen['rate']:.0f}%), base {base_gen['ended_with_end_of_turn']}/"
-            f"{base_gen['prompts']} ({100 * base_gen['rate']:.0f}%); pretrain {t1 - t0:.0f} s, SFT {t2 - t1:.0f} s "
+            f"{base_gen['prompts']} ({100 * base_gen['rate']:.0f}%)" + (
+                f"; the best-val checkpoint (step {best_step}): {100 * gen['sft_best_val']['rate']:.0f}%"
+                if "sft_best_val" in gen else "") + f"; pretrain {t1 - t0:.0f} s, SFT {t2 - t1:.0f} s "
             f"on {result['device']}")  # fmt: skip
     (RESULTS / "sft_proof.md").write_text(line + "\n")
     print(line, file=sys.stderr)
