@@ -235,7 +235,8 @@ class TrainConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast)."""
+    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; on a CPU with AVX-512-bf16 about 1.3-1.6x fp32's
+    tokens/s for small models, same loss)."""
     compile: bool = False
     """torch.compile the model (20-35 s of compilation first; pays off on long runs)."""
     parallel: str = "ddp"

@@ -170,9 +170,9 @@ class Attention(nn.Module):
         dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
         # y: (B, n_head, T, hd)
         if q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
-            with torch.autocast("cpu", enabled=False):  # autocast would cast back to bf16; o casts the output
+            with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal,
-                                                   enable_gqa=gqa)  # fmt: skip
+                                                   enable_gqa=gqa).to(q.dtype)  # fmt: skip
         else:
             y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*hd)
