@@ -126,6 +126,7 @@ def main() -> None:
     }
     if best_step != steps[-1]:
         gen[f"sft_step_{best_step}"] = end_of_turn_rate(child, held_out, args.max_new_tokens, str(best_step))
+    at_best = gen.get(f"sft_step_{best_step}")
     gen["base"] = end_of_turn_rate(base, held_out, args.max_new_tokens)
     result = {
         "pretrain": {"run": str(base), "command": pretrain_cmd, "seconds": round(t1 - t0, 1)},
@@ -145,14 +146,13 @@ def main() -> None:
     sft_gen, base_gen = gen["sft"], gen["base"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sft_proof.json").write_text(json.dumps(result, indent=2) + "\n")
+    best_txt = (f"; the best-val checkpoint (step {best_step}): {at_best['ended_with_end_of_turn']}/"
+                f"{at_best['prompts']} ({100 * at_best['rate']:.0f}%)" if at_best else "")  # fmt: skip
     line = (f"sft_proof: masked held-out loss {val[0]:.3f} -> {val[-1]:.3f} at the last step (best {min(val):.3f} at "
-            f"step {best_step}); greedy replies of the final SFT model "
-            f"ending with end-of-turn within {args.max_new_tokens} tokens: SFT {sft_gen['ended_with_end_of_turn']}/"
-            f"{sft_gen['prompts']} ({100 * sft_gen['rate']:.0f}%), base {base_gen['ended_with_end_of_turn']}/"
-            f"{base_gen['prompts']} ({100 * base_gen['rate']:.0f}%)" + (
-                f"; the best-val checkpoint (step {best_step}): {100 * gen['sft_best_val']['rate']:.0f}%"
-                if "sft_best_val" in gen else "") + f"; pretrain {t1 - t0:.0f} s, SFT {t2 - t1:.0f} s "
-            f"on {result['device']}")  # fmt: skip
+            f"step {best_step}); greedy replies ending with end-of-turn within {args.max_new_tokens} tokens: final SFT "
+            f"model {sft_gen['ended_with_end_of_turn']}/{sft_gen['prompts']} ({100 * sft_gen['rate']:.0f}%), base "
+            f"{base_gen['ended_with_end_of_turn']}/{base_gen['prompts']} ({100 * base_gen['rate']:.0f}%){best_txt}; "
+            f"pretrain {t1 - t0:.0f} s, SFT {t2 - t1:.0f} s on {result['device']}")  # fmt: skip
     (RESULTS / "sft_proof.md").write_text(line + "\n")
     print(line, file=sys.stderr)
 
