@@ -20,9 +20,21 @@ from slmkit.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_to
 
 # Defaults of an SFT run that differ from pretraining; the user's overrides come after them. Learning rates are
 # about 1/10 of pretraining's, Muon's matrix rate (used when the parent trained with Muon) included.
-SFT_DEFAULTS = ["optim.lr=3e-4", "optim.min_lr=3e-5", "optim.muon_lr=2e-3", "optim.warmup=0.05",
-                "optim.schedule=cosine", "train.max_steps=300", "train.eval_every=50", "train.tokens_per_step=0",
-                "train.grad_accum=1", "train.ckpt_every=0", "model.vocab_size=0", "data.dir=", "data.format=auto"]  # fmt: skip
+SFT_DEFAULTS = [
+    "optim.lr=3e-4",
+    "optim.min_lr=3e-5",
+    "optim.muon_lr=2e-3",
+    "optim.warmup=0.05",
+    "optim.schedule=cosine",
+    "train.max_steps=300",
+    "train.eval_every=50",
+    "train.tokens_per_step=0",
+    "train.grad_accum=1",
+    "train.ckpt_every=0",
+    "model.vocab_size=0",
+    "data.dir=",
+    "data.format=auto",
+]
 LORA_LR = "optim.lr=1e-3"  # adapters start at zero and take a larger learning rate
 _MAY_DIFFER = ("vocab_size", "dropout")  # model fields a child may change against its parent
 
