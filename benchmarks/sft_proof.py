@@ -9,7 +9,7 @@ context: a third of the Alpaca replies are longer than 300 tokens, so the limit 
 
 Writes benchmarks/results/sft_proof.json and .md. Run from the repository root:
 
-    python benchmarks/sft_proof.py                      # ~50 minutes on 2 CPU cores
+    python benchmarks/sft_proof.py                      # ~60 minutes on 2 CPU cores
     python benchmarks/sft_proof.py --base RUN           # reuse a pretrained base run, SFT and measure only
     python benchmarks/sft_proof.py --pretrain-steps 20 --sft-steps 10 --eval 5 --max-new-tokens 50   # smoke run
 """
@@ -84,7 +84,7 @@ def end_of_turn_rate(run: Path, convs: list, max_new_tokens: int, checkpoint: st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pretrain-steps", type=int, default=1000)
-    ap.add_argument("--sft-steps", type=int, default=300)
+    ap.add_argument("--sft-steps", type=int, default=900)
     ap.add_argument("--base", default="", help="an existing base run to fine-tune (skips pretraining)")
     ap.add_argument("--eval", type=int, default=50, help="held-out prompts to generate for (0: all)")
     ap.add_argument("--max-new-tokens", type=int, default=600)
