@@ -19,8 +19,9 @@ test:
 	SLM_DATA_DIR=$${SLM_DATA_DIR:-../shared/data} $(BIN)/python -m pytest -q tests
 
 lint:
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/lint-imports   # the layer contract (pyproject.toml [tool.importlinter]): imports point down only
 
 format:
 	$(BIN)/ruff format src tests benchmarks

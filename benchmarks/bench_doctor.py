@@ -25,7 +25,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=20000)
     args = p.parse_args()
-    from slmkit.doctor import LiveDoctor
+    from slmkit.engine.doctor import LiveDoctor
 
     rng, doc, times, found = random.Random(0), LiveDoctor(grad_clip=1.0, warmup=100), [], 0
     for t in range(1, args.steps + 1):

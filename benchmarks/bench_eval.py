@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from slmkit.checkpoint import init_run_dir, save_checkpoint
-from slmkit.config import ModelConfig, RunConfig, TokenizerConfig
-from slmkit.evaluate import run_task
-from slmkit.evaluate.tasks import load_items
-from slmkit.export import export
-from slmkit.model import GPT
-from slmkit.tokenizer import build_tokenizer
+from slmkit.base.config import ModelConfig, RunConfig, TokenizerConfig
+from slmkit.base.tokenizer import build_tokenizer
+from slmkit.engine.evaluate import run_task
+from slmkit.engine.evaluate.tasks import load_items
+from slmkit.model.gpt import GPT
+from slmkit.runs.checkpoint import init_run_dir, save_checkpoint
+from slmkit.ship.export import export
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

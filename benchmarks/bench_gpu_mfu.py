@@ -68,11 +68,11 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, fp32, no results written")
     args = p.parse_args()
 
-    from slmkit.config import TrainConfig, load_config
-    from slmkit.model import GPT
-    from slmkit.optim import build_optimizer, set_lr
-    from slmkit.runtime import resolve_runtime
-    from slmkit.train import train_step
+    from slmkit.base.config import TrainConfig, load_config
+    from slmkit.engine.runtime import resolve_runtime
+    from slmkit.engine.train import train_step
+    from slmkit.model.gpt import GPT
+    from slmkit.model.optim import build_optimizer, set_lr
 
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("no CUDA GPU visible: run this on a GPU machine (or --smoke to check the script on CPU)")

@@ -28,8 +28,8 @@ TARGETS = {"decode_speedup": 3.0, "size_ratio": 0.5, "loss_delta_pct": 2.0}
 
 
 def train_model(out_dir: Path) -> Path:
-    from slmkit.config import load_config
-    from slmkit.train import train
+    from slmkit.base.config import load_config
+    from slmkit.engine.train import train
 
     overrides = [*TRAIN, f"train.out_dir={out_dir}"]
     return train(load_config("llama-tiny", overrides), overrides=overrides, progress=False)
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     os.environ.setdefault("SLM_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    from slmkit.quantize import METHODS, quantize
+    from slmkit.ship.quantize import METHODS, quantize
 
     out_dir = Path(args.out_dir)
     run = Path(args.run) if args.run else train_model(out_dir / "runs")

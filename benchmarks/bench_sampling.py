@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from slmkit.config import ModelConfig
-from slmkit.generate import generate
-from slmkit.model import GPT
+from slmkit.base.config import ModelConfig
+from slmkit.model.generate import generate
+from slmkit.model.gpt import GPT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

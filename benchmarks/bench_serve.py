@@ -106,7 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "slmkit.cli", "serve", args.run, "--port", str(port), "--slots", str(args.slots),
+    cmd = [sys.executable, "-m", "slmkit", "serve", args.run, "--port", str(port), "--slots", str(args.slots),
            "--threads", str(args.threads)]  # fmt: skip
     proc = subprocess.Popen(cmd)
     try:

@@ -9,7 +9,7 @@ Usage: python benchmarks/bench_train.py [--steps 2000] [--only fp32,bf16,modern]
 Writes benchmarks/results/train.json and train.md. Needs $SLM_DATA_DIR (TinyShakespeare).
 
 `--sdpa` instead times attention forward+backward of bf16 q/k/v in bf16 and upcast to fp32, by sequence length:
-the measurement behind `slmkit.model.SDPA_FP32_MAX_T`. Writes benchmarks/results/sdpa.json and sdpa.md.
+the measurement behind `slmkit.model.gpt.SDPA_FP32_MAX_T`. Writes benchmarks/results/sdpa.json and sdpa.md.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from slmkit.config import load_config
-from slmkit.metrics import series
-from slmkit.train import train
+from slmkit.base.config import load_config
+from slmkit.base.metrics import series
+from slmkit.engine.train import train
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -120,7 +120,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slm-bench-train-"))
     data = prepare("tinyshakespeare", tokenizer="char", out=tmp / "data", val_fraction=0.1, progress=False)
     if args.preset != "shakespeare-char":
-        from slmkit.data.dataset import ensure_prepared
+        from slmkit.data.prepare import ensure_prepared
 
         pcfg = load_config(args.preset)
         data = ensure_prepared(pcfg.data, pcfg.tokenizer.kind)
@@ -128,7 +128,7 @@ def main() -> None:
     res: dict = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
                  "peak_gflops_fp32": peak32 / 1e9, "peak_gflops_bf16": peak16 / 1e9, "runs": {}}  # fmt: skip
     from slmkit.data.dataset import load_dataset_tokenizer
-    from slmkit.model import GPT
+    from slmkit.model.gpt import GPT
 
     vocab = load_dataset_tokenizer(data).vocab_size
     fpt = GPT(load_config(args.preset, [f"model.vocab_size={vocab}"]).model).flops_per_token()

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from slmkit.checkpoint import load_model
-from slmkit.config import load_config
+from slmkit.base.config import load_config
+from slmkit.base.metrics import series
+from slmkit.base.tokenizer import END_OF_TURN, EOT
 from slmkit.data.chat import load_chat_data, render
-from slmkit.finetune import sft
-from slmkit.generate import generate
-from slmkit.metrics import series
-from slmkit.tokenizer import END_OF_TURN, EOT
-from slmkit.train import train
+from slmkit.engine.train import train
+from slmkit.model.generate import generate
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship.finetune import sft
 
 RESULTS = Path(__file__).parent / "results"
 CORPUS = ("tinystories/tinystories_val.txt", "wikitext-2/valid.txt", "wikitext-2/test.txt", "web-sample/c4_demo.jsonl",

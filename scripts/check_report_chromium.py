@@ -64,9 +64,9 @@ def tiny_run(workdir: Path) -> Path:
     """Train the 300-step tiny run on a few stdlib files (char tokenizer; no shared data needed)."""
     import os
 
-    from slmkit.config import load_config
+    from slmkit.base.config import load_config
     from slmkit.data.prepare import prepare
-    from slmkit.train import train
+    from slmkit.engine.train import train
 
     corpus = workdir / "corpus"
     corpus.mkdir()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if browser is None:
         print("no chromium found (apt-get install chromium); skipped")
         return 77
-    from slmkit.report import write_report
+    from slmkit.study.report import write_report
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else tiny_run(Path(tmp))

@@ -40,8 +40,8 @@ def make_dataset(root: Path, tokenizer: str = "bpe:512") -> Path:
 
 
 def make_run(root: Path, dataset: Path, name: str, *extra: str, block_size: int = 256) -> Path:
-    from slmkit.config import load_config
-    from slmkit.train import train
+    from slmkit.base.config import load_config
+    from slmkit.engine.train import train
 
     ov = [
         *TINY,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmkit.config import load_config
-from slmkit.train import train
+from slmkit.base.config import load_config
+from slmkit.engine.train import train
 
 BASE = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=64", "train.batch_size=4",
         "train.eval_every=10", "train.eval_batches=2", "train.log_every=10", "optim.warmup=2", "train.max_steps=10",

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from slmkit import checkpoint as ckpt_io
-from slmkit.ablate import BASE_ARM, StudyError, make_arms, parse_vary, plan_study, run_study
-from slmkit.config import ConfigError, load_config
-from slmkit.stats import NOISE, UNKNOWN
+from slmkit.base.config import ConfigError, load_config
+from slmkit.base.stats import NOISE, UNKNOWN
+from slmkit.runs import checkpoint as ckpt_io
+from slmkit.study.ablate import BASE_ARM, StudyError, make_arms, parse_vary, plan_study, run_study
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "train.batch_size=4",
         "train.eval_every=3", "train.eval_batches=2", "train.log_every=100", "optim.warmup=2", "train.max_steps=6",
@@ -55,8 +55,8 @@ def dataset(tiny_dataset):
 
 @pytest.mark.slow
 def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, monkeypatch):
-    import slmkit.train as tr
-    from slmkit.train import train
+    import slmkit.engine.train as tr
+    from slmkit.engine.train import train
 
     out = tmp_path / "study"
     study = plan_study(None, ["model.norm=rmsnorm"], seeds=2, out=out, overrides=[*TINY, f"data.dir={dataset}"])

@@ -8,13 +8,13 @@ import sys
 import pytest
 from sft_helpers import SMALL_SFT, base_run, make_corpus, write_alpaca
 
-from slmkit.chat import ChatSession, chat
-from slmkit.checkpoint import load_model
-from slmkit.config import ModelConfig
-from slmkit.errors import SlmError
-from slmkit.finetune import sft
-from slmkit.model import GPT
-from slmkit.tokenizer import CharTokenizer
+from slmkit.base.config import ModelConfig
+from slmkit.base.errors import SlmError
+from slmkit.base.tokenizer import CharTokenizer
+from slmkit.model.gpt import GPT
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship.chat import ChatSession, chat
+from slmkit.ship.finetune import sft
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +64,11 @@ def test_a_model_without_chat_tokens_is_refused():
 @pytest.mark.slow
 def test_slm_chat_cli_subprocess(run):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-m", "slmkit.cli", "chat", str(run), "--temperature", "0",
+    proc = subprocess.run([sys.executable, "-m", "slmkit", "chat", str(run), "--temperature", "0",
                            "--max-new-tokens", "8"], input="hello\n/quit\n", capture_output=True, text=True,
                           env=env, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "bot> " in proc.stdout and "/reset" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "slmkit.cli", "chat", str(run) + "-missing"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "slmkit", "chat", str(run) + "-missing"], capture_output=True,
                          text=True, env=env, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")

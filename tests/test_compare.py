@@ -32,7 +32,7 @@ def test_compare_writes_markdown_and_html(two_runs, run_cli, tmp_path):
 
 
 def test_same_seed_same_text_and_cross_perplexities(two_runs, tmp_path):
-    from slmkit.compare import compare
+    from slmkit.study.compare import compare
 
     _, a, b = two_runs
     r1 = compare([a, b], ["def "], tmp_path / "x", seeds=(3,), max_new_tokens=6)

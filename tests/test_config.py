@@ -3,7 +3,7 @@
 import pytest
 import tomllib
 
-from slmkit.config import (
+from slmkit.base.config import (
     PRESETS_DIR,
     ConfigError,
     RunConfig,

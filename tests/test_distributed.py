@@ -14,11 +14,11 @@ import sys
 import pytest
 import torch
 
-from slmkit import checkpoint as ckpt_io
-from slmkit.config import load_config
-from slmkit.metrics import read_metrics
-from slmkit.runtime import Runtime
-from slmkit.train import train
+from slmkit.base.config import load_config
+from slmkit.base.metrics import read_metrics
+from slmkit.engine.runtime import Runtime
+from slmkit.engine.train import train
+from slmkit.runs import checkpoint as ckpt_io
 
 B, T = 4, 32
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", f"model.block_size={T}", f"train.batch_size={B}",
@@ -39,13 +39,13 @@ def _overrides(dataset, out, *extra):
 
 
 def _torchrun(*args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "slmkit.train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "slmkit", "train",
            *args, "--no-progress"]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _slm(*args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "slmkit.cli", *args, "--no-progress"]
+    cmd = [sys.executable, "-m", "slmkit", *args, "--no-progress"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -72,7 +72,7 @@ def _truncate_to(src, dst, step: int):
 @pytest.fixture(scope="module")
 def runs(dataset, tmp_path_factory):
     """20 steps each: one process (accumulation 2); 2-process DDP (launched by `slm train --nproc 2`); 2-process FSDP
-    (torchrun -m slmkit.train); the 1-process run resumed at step 10 under 2-process FSDP ("resumed"); the DDP run
+    (torchrun -m slmkit train); the 1-process run resumed at step 10 under 2-process FSDP ("resumed"); the DDP run
     resumed at step 10 in one process ("ddp-then-one"). Launches overlap with the in-process runs."""
     out = tmp_path_factory.mktemp("runs")
     ov = _overrides(dataset, out)
@@ -184,7 +184,7 @@ def one_rank_group():
 
 
 def _tiny_model(n_embd: int = 32):
-    from slmkit.model import GPT
+    from slmkit.model.gpt import GPT
 
     cfg = load_config(None, ["model.n_layer=2", "model.n_head=2", f"model.n_embd={n_embd}", "model.block_size=16",
                              "model.vocab_size=64"])  # fmt: skip
@@ -193,8 +193,8 @@ def _tiny_model(n_embd: int = 32):
 
 
 def test_full_state_round_trips_through_the_single_process_format(one_rank_group, tmp_path):
-    from slmkit.distributed import fsdp_shard, full_state, load_full_state
-    from slmkit.optim import build_optimizer
+    from slmkit.engine.distributed import fsdp_shard, full_state, load_full_state
+    from slmkit.model.optim import build_optimizer
 
     plain, cfg = _tiny_model()
     plain_opt = build_optimizer(plain, cfg.optim)
@@ -226,7 +226,7 @@ def test_full_state_round_trips_through_the_single_process_format(one_rank_group
 def test_a_checkpoint_of_another_model_is_refused_clearly(one_rank_group, tmp_path):
     from safetensors.torch import save_model
 
-    from slmkit.distributed import fsdp_shard, load_full_state
+    from slmkit.engine.distributed import fsdp_shard, load_full_state
 
     small, _ = _tiny_model(32)
     save_model(small, str(tmp_path / ckpt_io.WEIGHTS_FILE))
@@ -245,7 +245,7 @@ def test_too_many_processes_is_a_clear_error(run_cli, dataset, tmp_path):
 
 
 def test_strip_nproc_keeps_everything_else():
-    from slmkit.distributed import strip_nproc
+    from slmkit.engine.launch import strip_nproc
 
     argv = ["train", "tiny", "optim.lr=1e-3", "--nproc", "2", "--name", "x", "--nproc=4"]
     assert strip_nproc(argv) == ["tiny", "optim.lr=1e-3", "--name", "x"]
@@ -254,7 +254,7 @@ def test_strip_nproc_keeps_everything_else():
 def test_rendezvous_failure_says_what_to_check(monkeypatch):
     import torch.distributed as dist
 
-    from slmkit.distributed import DistributedError, init_process_group
+    from slmkit.engine.distributed import DistributedError, init_process_group
 
     with socket.socket() as s:  # a free port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -269,7 +269,7 @@ def test_rendezvous_failure_says_what_to_check(monkeypatch):
 
 
 def test_parallel_is_validated():
-    from slmkit.config import ConfigError
+    from slmkit.base.config import ConfigError
 
     with pytest.raises(ConfigError, match="train.parallel"):
         load_config(None, ["train.parallel=zero3"])

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from slmkit.doctor import Finding, LiveDoctor, RunFacts, diagnose, format_findings
+from slmkit.engine.doctor import Finding, LiveDoctor, RunFacts, diagnose, format_findings
 
 N = 600
 TOK = 4096  # tokens per step
@@ -195,8 +195,8 @@ def dataset(tiny_dataset):
 
 
 def tiny_run(dataset, tmp_path, name, *extra):
-    from slmkit.config import load_config
-    from slmkit.train import train
+    from slmkit.base.config import load_config
+    from slmkit.engine.train import train
 
     ov = [*TINY, f"data.dir={dataset}", f"train.out_dir={tmp_path / 'runs'}", f"train.name={name}", *extra]
     return train(load_config(None, ov), overrides=ov, progress=False)
@@ -204,7 +204,7 @@ def tiny_run(dataset, tmp_path, name, *extra):
 
 @pytest.mark.slow
 def test_real_lr_1_explodes_or_diverges(dataset, tmp_path):
-    from slmkit.train import TrainingDiverged
+    from slmkit.engine.train import TrainingDiverged
 
     try:
         run = tiny_run(dataset, tmp_path, "lr1", "optim.lr=1.0", "optim.min_lr=0.1", "train.max_steps=150",
@@ -249,7 +249,7 @@ SPIKE_RUN = ["optim.lr=3e-3", "optim.min_lr=3e-4", "train.max_steps=200", "train
 
 @pytest.mark.slow
 def test_real_garbage_window_spike_and_rollback(dataset, tmp_path, monkeypatch):
-    from slmkit.metrics import read_metrics, series
+    from slmkit.base.metrics import read_metrics, series
 
     clean = tiny_run(dataset, tmp_path, "clean", *SPIKE_RUN)
     _inject_garbage(monkeypatch, 130, 8)

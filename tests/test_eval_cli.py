@@ -7,7 +7,7 @@ import json
 import pytest
 from evalkit import make_dataset, make_run
 
-from slmkit.metrics import read_metrics
+from slmkit.base.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +77,7 @@ def test_training_runs_benchmarks_every_k_steps(tiny, data_dir):
 
 
 def test_training_refuses_an_unknown_task_before_it_starts(tiny):
-    from slmkit.evaluate.tasks import TaskError
+    from slmkit.engine.evaluate.tasks import TaskError
 
     root, data, _ = tiny
     with pytest.raises(TaskError, match="unknown task 'hella'"):

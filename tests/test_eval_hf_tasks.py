@@ -10,7 +10,7 @@ import sys
 import pytest
 from evalkit import make_dataset, make_run
 
-from slmkit.evaluate.tasks import HF_DATASETS, TASKS, TaskError, load_items, read_hf_records, read_records
+from slmkit.engine.evaluate.tasks import HF_DATASETS, TASKS, TaskError, load_items, read_hf_records, read_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,7 +69,7 @@ def test_hf_items_equal_the_local_items(task, fake_hub):
 
 def test_hf_conversions_follow_lm_eval():
     pytest.importorskip("datasets")
-    from slmkit.evaluate.tasks import hf_to_record, to_item
+    from slmkit.engine.evaluate.tasks import hf_to_record, to_item
 
     row = {"activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
            "endings": ["a [title] b", "c", "d", "e"], "label": "3"}  # fmt: skip

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slmkit.config import ModelConfig
-from slmkit.evaluate.loss import loss_metrics, sliding_nll
-from slmkit.model import GPT
+from slmkit.base.config import ModelConfig
+from slmkit.engine.evaluate.loss import loss_metrics, sliding_nll
+from slmkit.model.gpt import GPT
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmkit.config import ModelConfig
-from slmkit.evaluate.scoring import Scorer, encode_pair
-from slmkit.evaluate.suite import mean_stderr, task_metrics
-from slmkit.evaluate.tasks import TASKS, Item, TaskError, check_tasks, load_items, read_records, task_files
-from slmkit.model import GPT
-from slmkit.tokenizer import build_tokenizer
+from slmkit.base.config import ModelConfig
+from slmkit.base.tokenizer import build_tokenizer
+from slmkit.engine.evaluate.scoring import Scorer, encode_pair
+from slmkit.engine.evaluate.suite import mean_stderr, task_metrics
+from slmkit.engine.evaluate.tasks import TASKS, Item, TaskError, check_tasks, load_items, read_records, task_files
+from slmkit.model.gpt import GPT
 
 COUNTS = {
     "hellaswag": 10042,
@@ -48,7 +48,7 @@ def test_requests_follow_lm_eval_prompts(data_dir):
 
 def test_hellaswag_preprocess_equals_lm_evals(data_dir):
     lm_utils = pytest.importorskip("lm_eval.tasks.hellaswag.utils")
-    from slmkit.evaluate.tasks import hellaswag_preprocess
+    from slmkit.engine.evaluate.tasks import hellaswag_preprocess
 
     for rec in read_records("hellaswag", limit=2000):
         for text in (rec["ctx"], *rec["endings"]):

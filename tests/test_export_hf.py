@@ -6,8 +6,8 @@ import pytest
 import torch
 from evalkit import LLAMA, make_dataset, make_run
 
-from slmkit.checkpoint import load_model
-from slmkit.export import export
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship.export import export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,8 +69,8 @@ def test_existing_out_needs_force(runs, run_cli):
 
 
 def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
-    from slmkit.config import ModelConfig
-    from slmkit.hf import HFConversionError, hf_architecture
+    from slmkit.base.config import ModelConfig
+    from slmkit.model.hf import HFConversionError, hf_architecture
 
     assert hf_architecture(ModelConfig()) == "gpt2"
     with pytest.raises(HFConversionError, match=r"model.mlp = 'relu2' \(GPT2LMHeadModel needs 'gelu'\)"):
@@ -82,8 +82,8 @@ def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
 
 
 def test_gpt2_and_char_tokenizers_become_hf_tokenizers(data_dir):
-    from slmkit.export import hf_tokenizer
-    from slmkit.tokenizer import CharTokenizer, build_tokenizer
+    from slmkit.base.tokenizer import CharTokenizer, build_tokenizer
+    from slmkit.model.hf_tokenizer import hf_tokenizer
 
     texts = ["Hello world!  It's 2024,\n\tünïcödé 日本 🤖 're 's", "   spaces   ", "x" * 50]
     gpt2 = build_tokenizer("gpt2")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmkit.config import ModelConfig
-from slmkit.generate import generate, sample_next, sample_text
-from slmkit.model import GPT
-from slmkit.tokenizer import CharTokenizer
+from slmkit.base.config import ModelConfig
+from slmkit.base.tokenizer import CharTokenizer
+from slmkit.model.generate import generate, sample_next, sample_text
+from slmkit.model.gpt import GPT
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
 GPT2_STYLE: dict = {}
@@ -120,7 +120,7 @@ def test_sample_text_holds_back_incomplete_utf8():
     target = list("é€".encode())  # 2 + 3 bytes
     stream = iter(target)
 
-    import slmkit.generate as gen_mod
+    import slmkit.model.generate as gen_mod
 
     orig = gen_mod.generate
     gen_mod.generate = lambda *a, **k: iter(list(stream))

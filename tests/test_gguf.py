@@ -7,9 +7,11 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from slmkit import checkpoint as ckpt_io  # noqa: E402
-from slmkit.config import load_config  # noqa: E402
-from slmkit.gguf_export import (  # noqa: E402
+from slmkit.base.config import load_config  # noqa: E402
+from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
+from slmkit.model.gpt import GPT  # noqa: E402
+from slmkit.runs import checkpoint as ckpt_io  # noqa: E402
+from slmkit.ship.export.gguf import (  # noqa: E402
     GGUFExportError,
     check_llama,
     dequantize_q8_0,
@@ -18,8 +20,6 @@ from slmkit.gguf_export import (  # noqa: E402
     unpermute_rope,  # fmt: skip
     write_gguf,
 )
-from slmkit.model import GPT  # noqa: E402
-from slmkit.tokenizer import CharTokenizer, train_bpe  # noqa: E402
 
 LLAMA = ["model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd=64", "model.block_size=64",
          "model.norm=rmsnorm", "model.pos_emb=rope", "model.mlp=swiglu", "model.bias=false", "model.qk_norm=false",
@@ -202,7 +202,7 @@ def test_llama_cpp_runs_the_file_like_we_do(tokenizer, tmp_path):
     theirs = np.array(llm.scores[: len(ids)])  # (T, vocab)
     ours = model(torch.tensor([ids]))[0][0, :, : tokenizer.vocab_size].detach().numpy()
     assert np.abs(ours - theirs).max() < 2e-2 * np.abs(ours).max(), np.abs(ours - theirs).max()
-    from slmkit.generate import generate
+    from slmkit.model.generate import generate
 
     greedy_ours = list(generate(model, ids, 12, temperature=0, vocab_limit=tokenizer.vocab_size))
     llm.reset()

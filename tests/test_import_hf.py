@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from slmkit.checkpoint import load_model
-from slmkit.export import hf_tokenizer
-from slmkit.tokenizer import train_bpe
+from slmkit.base.tokenizer import train_bpe
+from slmkit.model.hf_tokenizer import hf_tokenizer
+from slmkit.runs.checkpoint import load_model
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-5
@@ -63,7 +63,7 @@ def test_imported_run_matches_the_hf_model(build, tokenizer, tmp_path, run_cli):
     assert diff <= TOL, f"max abs logit diff {diff:.3e}"
     info = json.loads((tmp_path / "runs" / "imported" / "run.json").read_text())
     assert info["name"] == "imported" and info["status"] == "finished"
-    from slmkit.generate import sample_text
+    from slmkit.model.generate import sample_text
 
     assert isinstance(sample_text(model, tok, "def ", max_new_tokens=5, seed=1), str)  # it can be sampled
 

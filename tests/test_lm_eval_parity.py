@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 
 from evalkit import make_dataset, make_run  # noqa: E402
 
-from slmkit.evaluate import run_task  # noqa: E402
-from slmkit.evaluate.tasks import TASKS  # noqa: E402
+from slmkit.engine.evaluate import run_task  # noqa: E402
+from slmkit.engine.evaluate.tasks import TASKS  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 LIMIT, TOL = 50, 1e-5
@@ -25,9 +25,9 @@ LIMIT, TOL = 50, 1e-5
 def setup(tmp_path_factory, data_dir):
     from lm_eval.tasks import TaskManager
 
-    from slmkit.checkpoint import load_model
-    from slmkit.evaluate.harness import write_lm_eval_tasks
-    from slmkit.export import export
+    from slmkit.engine.evaluate.harness import write_lm_eval_tasks
+    from slmkit.runs.checkpoint import load_model
+    from slmkit.ship.export import export
 
     root = tmp_path_factory.mktemp("parity")
     run = make_run(root, make_dataset(root), "parity", block_size=512)
@@ -63,7 +63,7 @@ def _compare(ours: dict, theirs: dict) -> None:
 
 
 def test_adapter_matches_slm_eval(setup):
-    import slmkit.evaluate.harness  # noqa: F401  (registers the "slmkit" model)
+    import slmkit.engine.evaluate.harness  # noqa: F401  (registers the "slmkit" model)
 
     run, _, names, tm, ours = setup
     _compare(ours, _lm_eval("slmkit", names, tm, model_args=f"run={run},dtype=float64"))
@@ -79,7 +79,7 @@ def test_hf_backend_on_export_matches_slm_eval(setup):
 def test_rolling_and_generation_through_the_adapter(setup):
     from lm_eval.api.instance import Instance
 
-    from slmkit.evaluate.harness import SlmkitLM
+    from slmkit.engine.evaluate.harness import SlmkitLM
 
     run = setup[0]
     lm = SlmkitLM(run=str(run))
@@ -100,7 +100,7 @@ def test_plain_lm_eval_command_finds_the_slmkit_model(setup, tmp_path):
     import sys
     from pathlib import Path
 
-    from slmkit.evaluate.harness import write_lm_eval_tasks
+    from slmkit.engine.evaluate.harness import write_lm_eval_tasks
 
     run, _, _, _, ours = setup
     names = write_lm_eval_tasks(tmp_path / "tasks", ["arc_easy"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from slmkit.atomic import atomic_write_json
+from slmkit.base.atomic import atomic_write_json
 from slmkit.data.loader import TokenLoader
 from slmkit.data.prepare import prepare
 from slmkit.data.sources import DataError

@@ -6,9 +6,9 @@ import pytest
 import torch
 from sft_helpers import SMALL_SFT, base_run, make_corpus, write_alpaca
 
-from slmkit import checkpoint as ckpt_io
-from slmkit.config import LoraConfig, ModelConfig, OptimConfig
-from slmkit.lora import (
+from slmkit.base.config import LoraConfig, ModelConfig, OptimConfig
+from slmkit.model.gpt import GPT
+from slmkit.model.lora import (
     ADAPTER_FILE,
     LoraError,
     apply_lora,
@@ -18,8 +18,8 @@ from slmkit.lora import (
     param_counts,
     save_adapter,
 )
-from slmkit.model import GPT
-from slmkit.optim import build_optimizer
+from slmkit.model.optim import build_optimizer
+from slmkit.runs import checkpoint as ckpt_io
 
 CFG = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=300, mlp="swiglu", bias=False,
                   tie_embeddings=False)  # fmt: skip

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from slmkit.metrics import MetricsLogger, read_metrics, series
+from slmkit.base.metrics import MetricsLogger, read_metrics, series
 
 
 def _log_some(run_dir, backends):
@@ -53,7 +53,7 @@ def test_optional_backends(tmp_path, name):
 
 
 def test_unknown_backend_is_a_config_error():
-    from slmkit.config import ConfigError, load_config
+    from slmkit.base.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="log.backends"):
         load_config(None, ["log.backends=mlflow"])

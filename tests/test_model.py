@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from slmkit.config import ModelConfig, load_config
-from slmkit.model import GPT, IGNORE_INDEX, padded_vocab_size
+from slmkit.base.config import ModelConfig, load_config
+from slmkit.model.gpt import GPT, IGNORE_INDEX, padded_vocab_size
 
 
 def tiny(**kw) -> ModelConfig:
@@ -178,7 +178,7 @@ def test_kv_cache_logits_match_full_forward(arch):
 def test_bf16_training_on_cpu_runs_short_attention_in_fp32(monkeypatch):
     """The CPU flash-attention backward is slower in bf16 for short sequences, so training under bf16 autocast runs
     attention in fp32 there; inference (no grad) keeps bf16. The loss stays close to fp32's."""
-    import slmkit.model as model_mod
+    import slmkit.model.gpt as model_mod
 
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention

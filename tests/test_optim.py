@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slmkit.config import OptimConfig
-from slmkit.optim import (
+from slmkit.base.config import OptimConfig
+from slmkit.model.optim import (
     Muon,
     build_optimizer,
     check_param_groups,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmkit import hf
-from slmkit.config import ModelConfig
-from slmkit.model import GPT
+from slmkit.base.config import ModelConfig
+from slmkit.model import hf
+from slmkit.model.gpt import GPT
 
 transformers = pytest.importorskip("transformers")
 

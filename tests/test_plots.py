@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from slmkit.config import load_config, save_config
-from slmkit.plots import PlotError, load_series, plot_runs
+from slmkit.base.config import load_config, save_config
+from slmkit.study.plots import PlotError, load_series, plot_runs
 
 
 def fake_run(root, name: str, n: int = 120, lr: float = 1e-3, rollback_at: int | None = None, status="finished"):

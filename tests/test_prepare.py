@@ -8,20 +8,18 @@ import os
 import numpy as np
 import pytest
 
-from slmkit.config import DataConfig
+from slmkit.base.config import DataConfig
+from slmkit.base.tokenizer import EOT, TokenizerError, build_tokenizer
 from slmkit.data import prepare as prepare_mod
 from slmkit.data.dataset import (
     check_tokenizer,
-    default_dataset_dir,
     doc_starts,
-    ensure_prepared,
     find_tokenizer,
     load_dataset_tokenizer,
     read_meta,
 )
-from slmkit.data.prepare import SplitWriter, prepare
+from slmkit.data.prepare import SplitWriter, default_dataset_dir, ensure_prepared, prepare
 from slmkit.data.sources import DataError
-from slmkit.tokenizer import EOT, TokenizerError, build_tokenizer
 
 
 def _tokens(out, split) -> np.ndarray:

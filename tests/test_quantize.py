@@ -6,18 +6,11 @@ import json
 import pytest
 import torch
 
-from slmkit.checkpoint import load_model
-from slmkit.config import load_config
-from slmkit.generate import sample_text
-from slmkit.quantize import (
-    METHODS,
-    DynamicInt8Linear,
-    QuantizeError,
-    dequantize_rows,
-    format_report,
-    quantize,
-    quantize_rows,  # fmt: skip
-)
+from slmkit.base.config import load_config
+from slmkit.model.generate import sample_text
+from slmkit.model.qweights import METHODS, DynamicInt8Linear, QuantizeError, dequantize_rows, quantize_rows
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship.quantize import format_report, quantize
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=32", "train.batch_size=4",
         "train.eval_every=10", "train.eval_batches=2", "train.log_every=10", "optim.warmup=2", "train.max_steps=10",
@@ -31,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, stdlib_dir):
     from slmkit.data.prepare import prepare
-    from slmkit.train import train
+    from slmkit.engine.train import train
 
     src = tmp_path_factory.mktemp("corpus")
     for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slmkit.expectations import hints
+from slmkit.study.expectations import hints
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["train.max_steps=40", "train.eval_every=20", "train.eval_batches=2", "train.log_every=100",
@@ -20,9 +20,9 @@ TINY = ["train.max_steps=40", "train.eval_every=20", "train.eval_batches=2", "tr
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, stdlib_dir):
-    from slmkit.config import load_config
+    from slmkit.base.config import load_config
     from slmkit.data.prepare import prepare
-    from slmkit.train import train
+    from slmkit.engine.train import train
 
     root = tmp_path_factory.mktemp("report")
     src = root / "corpus"

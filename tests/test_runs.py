@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from slmkit.runs import format_runs, list_runs, run_status
+from slmkit.runs.table import format_runs, list_runs, run_status
 from tests.test_plots import fake_run
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from slmkit.config import load_config
-from slmkit.scaling import (
+from slmkit.base.config import load_config
+from slmkit.study.scaling import (
     KNOWN_MODELS,
     LawFit,
     RunPoint,

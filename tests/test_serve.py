@@ -14,11 +14,11 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from slmkit.config import ModelConfig  # noqa: E402
-from slmkit.model import GPT  # noqa: E402
-from slmkit.serve.app import create_app, render_chat  # noqa: E402
-from slmkit.serve.engine import Engine  # noqa: E402
-from slmkit.tokenizer import CharTokenizer, train_bpe  # noqa: E402
+from slmkit.base.config import ModelConfig  # noqa: E402
+from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
+from slmkit.model.gpt import GPT  # noqa: E402
+from slmkit.ship.serve.app import create_app, render_chat  # noqa: E402
+from slmkit.ship.serve.engine import Engine  # noqa: E402
 
 MODEL = "tiny-test"
 CAP = 400
@@ -191,4 +191,4 @@ def test_cli_serve_binds_loopback_by_default():
     from slmkit.cli import build_parser
 
     args = build_parser().parse_args(["serve", "runs/x"])
-    assert (args.host, args.port, args.fn.__name__) == ("127.0.0.1", 8000, "cmd_serve")
+    assert (args.host, args.port, args.fn) == ("127.0.0.1", 8000, "ship:cmd_serve")

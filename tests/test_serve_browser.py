@@ -19,9 +19,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from slmkit.serve.app import create_app  # noqa: E402
-from slmkit.serve.engine import Engine  # noqa: E402
-from slmkit.tokenizer import train_bpe  # noqa: E402
+from slmkit.base.tokenizer import train_bpe  # noqa: E402
+from slmkit.ship.serve.app import create_app  # noqa: E402
+from slmkit.ship.serve.engine import Engine  # noqa: E402
 from tests.test_serve import start_server, tiny_model  # noqa: E402
 
 COUNT_UPDATES = """

@@ -6,13 +6,14 @@ import pytest
 import torch
 from sft_helpers import SMALL_SFT, base_run, make_corpus, write_alpaca
 
-from slmkit import checkpoint as ckpt_io
+from slmkit.base.errors import SlmError
+from slmkit.base.metrics import series
 from slmkit.data.sources import DataError
-from slmkit.errors import SlmError
-from slmkit.finetune import load_parent_weights, sft, sft_config
-from slmkit.metrics import series
-from slmkit.model import GPT
-from slmkit.train import train
+from slmkit.engine.train import train
+from slmkit.model.gpt import GPT
+from slmkit.runs import checkpoint as ckpt_io
+from slmkit.runs.parents import load_parent_weights
+from slmkit.ship.finetune import sft, sft_config
 
 
 @pytest.fixture(scope="module")

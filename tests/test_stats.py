@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from slmkit.stats import (
+from slmkit.base.stats import (
     BETTER,
     NOISE,
     UNKNOWN,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from slmkit.tokenizer import (
+from slmkit.base.tokenizer import (
     CHAT_TOKENS,
     EOT,
     META_FILE,

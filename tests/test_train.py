@@ -7,10 +7,10 @@ import signal
 
 import pytest
 
-from slmkit import checkpoint as ckpt_io
-from slmkit.config import ConfigError, load_config
-from slmkit.metrics import read_metrics, series
-from slmkit.train import TrainingDiverged, derive_run_name, lr_scaling_hint, train
+from slmkit.base.config import ConfigError, load_config
+from slmkit.base.metrics import read_metrics, series
+from slmkit.engine.train import TrainingDiverged, derive_run_name, lr_scaling_hint, train
+from slmkit.runs import checkpoint as ckpt_io
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
         "train.eval_every=5", "train.eval_batches=2", "train.log_every=5", "optim.warmup=2", "train.max_steps=10",
@@ -121,7 +121,7 @@ def test_resume_refuses_a_different_model(dataset, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
-    import slmkit.train as tr
+    import slmkit.engine.train as tr
 
     real, calls = tr.train_step, []
 
@@ -137,7 +137,7 @@ def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path, monkeypatch):
-    import slmkit.train as tr
+    import slmkit.engine.train as tr
 
     real, calls = tr.train_step, []
 

@@ -2,9 +2,9 @@
 
 lm-eval (0.4.x) finds models only in its own registry and has no plugin entry point. So `make setup` (or
 `python -m slmkit.lm_eval_plugin`) writes a one-line `.pth` file into site-packages that imports this module at
-interpreter start. It does nothing until something imports `lm_eval.models` (lm-eval's own model registry); right
-after that module has run, it imports `slmkit.evaluate.harness`, which registers the `slmkit` model. Programs that
-never use lm-eval pay one tiny import.
+interpreter start. It does nothing until something imports `lm_eval.models` (lm-eval's own model registry);
+right after that module has run, it imports `slmkit.engine.evaluate.harness`, which registers the `slmkit` model.
+Programs that never use lm-eval pay one tiny import.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         def exec_then_register(module):
             run_module(module)
             try:
-                import slmkit.evaluate.harness  # noqa: F401  (registers "slmkit")
+                import slmkit.engine.evaluate.harness  # noqa: F401  (registers "slmkit")
             except ImportError:  # lm-eval without its optional parts: its own models still work
                 pass
 
@@ -43,7 +43,7 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Register `slmkit` with lm-eval as soon as lm-eval loads its models (called from the .pth file)."""
     if TARGET in sys.modules:
-        import slmkit.evaluate.harness  # noqa: F401
+        import slmkit.engine.evaluate.harness  # noqa: F401
     elif not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterImport())
 

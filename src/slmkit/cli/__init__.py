@@ -1,16 +1,20 @@
 """The `slm` command. It only parses arguments and calls library functions; errors become one line and exit 2.
 
-Verbs live in three modules by theme (core, study, ship); each has `register(sub)`.
+`parser` holds every verb's arguments; the handlers live in three modules by theme (`core`, `study`, `ship`), and
+only the one a command needs is imported, so `slm --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from collections.abc import Callable
 
 from slmkit import __version__
-from slmkit.errors import SlmError
+from slmkit.base.errors import SlmError
+from slmkit.cli.parser import register
 
 EXIT_USER_ERROR = 2
 
@@ -24,13 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    from slmkit.cli import core, ship, study
-
-    for module in (core, study, ship):
-        module.register(sub)
+    register(parser.add_subparsers(title="commands", metavar="COMMAND"))
     return parser
+
+
+def handler(spec: str | Callable) -> Callable:
+    """The function a verb names as "module:function" (a module of slmkit.cli, imported now), or `spec` itself."""
+    if callable(spec):
+        return spec
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(f"slmkit.cli.{module}"), name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        result = args.fn(args)
+        result = handler(args.fn)(args)
     except SlmError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

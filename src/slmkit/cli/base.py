@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
 
 
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def add(sub, name: str, fn: Callable, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+def add(sub, name: str, fn: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=description or help_text,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.set_defaults(fn=fn)

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slmkit.base.tokenizer import ASSISTANT, CHAT_TOKENS, END_OF_TURN, EOT, SYSTEM, USER, Tokenizer, TokenizerError
 from slmkit.data.sources import DataError
-from slmkit.model import IGNORE_INDEX
-from slmkit.tokenizer import ASSISTANT, CHAT_TOKENS, END_OF_TURN, EOT, SYSTEM, USER, Tokenizer, TokenizerError
+from slmkit.model.gpt import IGNORE_INDEX
 
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",

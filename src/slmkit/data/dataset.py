@@ -14,13 +14,12 @@ End-of-text is put *before* every document, so a document start is the position 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
+from slmkit.base.tokenizer import Tokenizer, TokenizerError, check_fingerprint, is_tokenizer_dir, load_tokenizer
 from slmkit.data.sources import DataError
-from slmkit.tokenizer import Tokenizer, TokenizerError, check_fingerprint, is_tokenizer_dir, load_tokenizer
 
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
@@ -63,38 +62,6 @@ def check_tokenizer(dir: str | Path, tokenizer: Tokenizer) -> None:
     """TokenizerError, showing both fingerprints, unless `dir` was made with `tokenizer`."""
     meta = read_meta(dir)
     check_fingerprint(meta["tokenizer"]["fingerprint"], tokenizer.fingerprint, f"dataset {dir}")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "data"
-
-
-def default_dataset_dir(source: str, tokenizer_kind: str, root: str | Path = "data") -> Path:
-    """Where a source prepared with a tokenizer goes by default: e.g. data/python-stdlib-bpe4096."""
-    if source.startswith("hf:"):
-        name = source[3:].split("/", 1)[-1]
-    elif "*" in source or "?" in source or "[" in source:
-        name = source
-    else:
-        name = Path(source.rstrip("/")).name
-        for ext in (".jsonl", ".parquet", ".txt"):
-            name = name.removesuffix(ext)
-    tok = Path(tokenizer_kind.rstrip("/")).name if Path(tokenizer_kind).is_dir() else tokenizer_kind.replace(":", "")
-    return Path(root) / f"{_slug(name)}-{_slug(tok)}"
-
-
-def ensure_prepared(data_cfg, tokenizer_kind: str) -> Path:
-    """The dataset directory for a run's data config: `data.dir` as it is when complete, else prepared (with a
-    progress bar) on first use and reused afterwards."""
-    from slmkit.data.prepare import prepare
-
-    explicit = bool(data_cfg.dir)
-    out = Path(data_cfg.dir) if explicit else default_dataset_dir(data_cfg.source, tokenizer_kind)
-    if explicit and (out / META_FILE).is_file():
-        return out
-    return prepare(data_cfg.source, tokenizer=tokenizer_kind, out=out, val_fraction=data_cfg.val_fraction,
-                   seed=data_cfg.seed, text_field=data_cfg.text_field, include=tuple(data_cfg.include),
-                   exclude=tuple(data_cfg.exclude), progress=True)  # fmt: skip
 
 
 def split_shards(dir: str | Path, split: str, meta: dict | None = None) -> list[tuple[Path, int]]:

@@ -9,13 +9,14 @@ Split: a seeded draw per document (`val_fraction` of them go to val; the first d
 when no other went to val, the last one does). A source that is one plain text file is split by position instead
 (nanoGPT's way): its first 1 - val_fraction, cut at a line end, is train and the rest val.
 
-The directory is built under a hidden temporary name (`slmkit.atomic.atomic_dir`) and renamed into place with
+The directory is built under a hidden temporary name (`slmkit.base.atomic.atomic_dir`) and renamed into place with
 `meta.json` written last, so an interrupted prepare never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from slmkit import __version__
-from slmkit.atomic import atomic_dir, atomic_write_json
+from slmkit.base.atomic import atomic_dir, atomic_write_json
+from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
 from slmkit.data.sources import (
     DataError,
@@ -40,7 +42,6 @@ from slmkit.data.sources import (
     single_text_file,
     source_bytes,
 )
-from slmkit.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 
 BATCH_CHARS = 1 << 20  # text per encode task
 HOLD_CHARS = 16 << 20  # the last document is held back (to go to val if none did) only while smaller than this
@@ -436,3 +437,37 @@ def _meta(tok: Tokenizer, dtype, splits: dict, stats: SourceStats, settings: dic
         "elapsed_s": round(elapsed, 3),
         "tokens_per_s": round(n_tokens / max(elapsed, 1e-9)),
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prepare on first use: where a run's data goes, and preparing it once.
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "data"
+
+
+def default_dataset_dir(source: str, tokenizer_kind: str, root: str | Path = "data") -> Path:
+    """Where a source prepared with a tokenizer goes by default: e.g. data/python-stdlib-bpe4096."""
+    if source.startswith("hf:"):
+        name = source[3:].split("/", 1)[-1]
+    elif "*" in source or "?" in source or "[" in source:
+        name = source
+    else:
+        name = Path(source.rstrip("/")).name
+        for ext in (".jsonl", ".parquet", ".txt"):
+            name = name.removesuffix(ext)
+    tok = Path(tokenizer_kind.rstrip("/")).name if Path(tokenizer_kind).is_dir() else tokenizer_kind.replace(":", "")
+    return Path(root) / f"{_slug(name)}-{_slug(tok)}"
+
+
+def ensure_prepared(data_cfg, tokenizer_kind: str) -> Path:
+    """The dataset directory for a run's data config: `data.dir` as it is when complete, else prepared (with a
+    progress bar) on first use and reused afterwards."""
+    explicit = bool(data_cfg.dir)
+    out = Path(data_cfg.dir) if explicit else default_dataset_dir(data_cfg.source, tokenizer_kind)
+    if explicit and (out / META_FILE).is_file():
+        return out
+    return prepare(data_cfg.source, tokenizer=tokenizer_kind, out=out, val_fraction=data_cfg.val_fraction,
+                   seed=data_cfg.seed, text_field=data_cfg.text_field, include=tuple(data_cfg.include),
+                   exclude=tuple(data_cfg.exclude), progress=True)  # fmt: skip

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
 
-from slmkit.atomic import atomic_path
-from slmkit.errors import SlmError
+from slmkit.base.atomic import atomic_path
+from slmkit.base.errors import SlmError
 
 BLOCK_BYTES = 1 << 20  # a large text file is read and yielded in pieces of about this size, cut at line ends
 JSONL_MAX_BAD = 1000  # fail when more jsonl lines than this are bad ...

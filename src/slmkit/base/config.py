@@ -1,0 +1,598 @@
+"""The run configuration: one typed dataclass tree, loaded from TOML, overridden from the command line.
+
+Every field has a docstring right under it; those docstrings are the help text of `slm config show`.
+Validation lives in each section's `__post_init__` and names the field to change. Derived values
+(padded vocabulary, MLP hidden size, accumulation) are computed in one place: `RunConfig.resolve`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.base.atomic import atomic_write_text
+from slmkit.base.errors import SlmError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(SlmError, ValueError):
+    """A user mistake in a config file or override; the message says what to change."""
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+@dataclass
+class ModelConfig:
+    """The transformer's architecture. GPT-2 and LLaMA are two presets of these same fields."""
+
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Number of attention (query) heads; must divide n_embd."""
+    n_kv_head: int = 0
+    """Number of key/value heads (GQA/MQA); 0 means the same as n_head (plain multi-head attention)."""
+    n_embd: int = 128
+    """Width of the residual stream."""
+    block_size: int = 256
+    """Context length in tokens."""
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes it from the tokenizer. Padded up to a multiple of 64 for speed."""
+    norm: str = "layernorm"
+    """Normalization layer: layernorm | rmsnorm."""
+    norm_position: str = "pre"
+    """Where the norm sits in each block: pre (GPT-2, LLaMA) | post (original transformer)."""
+    norm_eps: float = 1e-5
+    """Epsilon of the normalization layers."""
+    pos_emb: str = "learned"
+    """Position information: learned (absolute, GPT-2) | rope (rotary, LLaMA)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary frequencies (pos_emb = rope only)."""
+    mlp: str = "gelu"
+    """Feed-forward type: gelu (GPT-2) | swiglu (LLaMA) | relu2 (squared ReLU, modded-nanogpt)."""
+    mlp_hidden: int = 0
+    """Hidden size of the MLP; 0 means 4*n_embd (gelu, relu2) or 8/3*n_embd rounded up to 64 (swiglu)."""
+    qk_norm: bool = False
+    """Normalize queries and keys per head before attention (stabilizes training at high LR)."""
+    bias: bool = True
+    """Biases in linear layers and layernorms (GPT-2 has them, LLaMA does not)."""
+    tie_embeddings: bool = True
+    """Share the token embedding matrix with the output head."""
+    dropout: float = 0.0
+    """Dropout probability; 0 for pretraining small models, 0.1-0.2 for fine-tuning on little data."""
+    init_std: float = 0.02
+    """Standard deviation of the normal init; residual projections get init_std/sqrt(2*n_layer) (GPT-2)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
+        _check_choice("model", "norm_position", self.norm_position, ("pre", "post"))
+        _check_choice("model", "pos_emb", self.pos_emb, ("learned", "rope"))
+        _check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.kv_heads <= 0 or self.n_head % self.kv_heads:
+            raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rope needs an even head dim; n_embd/n_head = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return -(-int(8 * self.n_embd / 3) // 64) * 64
+        return 4 * self.n_embd
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes token ids."""
+
+    kind: str = "bpe:4096"
+    """char | gpt2 | bpe:<vocab size> (trained on the corpus), or a path to a saved tokenizer directory."""
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        ok = k in ("char", "gpt2") or (k.startswith("bpe:") and k[4:].isdigit()) or os.sep in k or k.startswith(".")
+        if not ok:
+            raise ConfigError(
+                f"tokenizer.kind = {k!r} is unknown; use char, gpt2, bpe:<vocab size> (e.g. bpe:8192) "
+                "or the path of a saved tokenizer directory"
+            )
+
+
+@dataclass
+class DataConfig:
+    """Where the training text comes from and where its tokens are stored."""
+
+    source: str = "python-stdlib"
+    """A built-in corpus (python-stdlib, tinyshakespeare, tinystories, wikitext-2), a file, directory,
+    glob, .jsonl, .parquet, or hf:<dataset>[:<config>]."""
+    dir: str = ""
+    """Prepared dataset directory; empty means data/<source>-<tokenizer>. Prepared on first use."""
+    val_fraction: float = 0.05
+    """Fraction of documents held out for validation."""
+    seed: int = 1337
+    """Seed of the train/val document split."""
+    text_field: str = "text"
+    """Field of .jsonl records or column of .parquet files holding the text."""
+    include: list[str] = field(default_factory=list)
+    """Glob patterns of files to include when the source is a directory (default: all text files)."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of files to skip when the source is a directory."""
+    align_to_docs: bool = False
+    """Start training windows at document starts instead of anywhere."""
+    format: str = "text"
+    """text (pretraining on prepared token shards) | auto | alpaca | messages | prompt_completion (supervised
+    fine-tuning: chat examples read from data.source, loss only on the assistant's replies)."""
+    packing: bool = True
+    """Fine-tuning: pack several whole examples into each block_size row (no loss target crosses from one example
+    into the next); false puts one example per row, padded."""
+    chat_template: str = "slm"
+    """Fine-tuning: how messages become tokens (slm: <|role|>content<|end|> per turn, after end-of-text)."""
+    add_chat_tokens: bool = True
+    """Fine-tuning: when the tokenizer lacks the chat tokens (char, gpt2), add them and grow the embeddings (new
+    rows start at the mean embedding); false refuses such a tokenizer."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check_choice("data", "format", self.format, ("text", "auto", "alpaca", "messages", "prompt_completion"))
+        _check_choice("data", "chat_template", self.chat_template, ("slm",))
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "adamw"
+    """adamw | muon (Muon on hidden matrices, AdamW on embeddings, head, norms and biases)."""
+    lr: float = 1e-3
+    """Peak learning rate (of AdamW, and of the AdamW groups under muon)."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the decay."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (nanoGPT's rule): applied to every parameter with >= 2 dims (weight matrices,
+    embeddings, the head; the Muon matrices under muon), never to norms or biases."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    schedule: str = "cosine"
+    """cosine (warmup then cosine to min_lr) | wsd (warmup, stable, decay) | constant (after warmup)."""
+    warmup: float = 100
+    """Warmup length: steps when >= 1, a fraction of train.max_steps when < 1."""
+    decay_fraction: float = 0.2
+    """wsd only: fraction of the steps spent decaying to min_lr at the end."""
+    muon_lr: float = 0.02
+    """Learning rate of the Muon groups (optim.name = muon)."""
+    muon_momentum: float = 0.95
+    """Momentum of Muon (Nesterov)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("optim", "name", self.name, ("adamw", "muon"))
+        _check_choice("optim", "schedule", self.schedule, ("cosine", "wsd", "constant"))
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
+        if self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr ({self.min_lr}) must be between 0 and optim.lr ({self.lr})")
+        if self.warmup < 0:
+            raise ConfigError(f"optim.warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batch, steps, device, checkpoints."""
+
+    name: str = ""
+    """Run name (describe the hypothesis); empty derives it from the preset and overrides."""
+    out_dir: str = "runs"
+    """Parent directory of run directories."""
+    max_steps: int = 600
+    """Number of optimizer steps."""
+    batch_size: int = 16
+    """Micro-batch size (sequences per forward pass)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step (ignored when tokens_per_step is set)."""
+    tokens_per_step: int = 0
+    """Tokens per optimizer step; when set, grad_accum is derived from it."""
+    seed: int = 1337
+    """Seed of model init and dropout."""
+    data_seed: int = -1
+    """Seed of the data order; -1 uses train.seed. Separate so ablations can vary one without the other."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; on a CPU with AVX-512-bf16 about 1.3-1.6x fp32's
+    tokens/s for small models, same loss)."""
+    compile: bool = False
+    """torch.compile the model (20-35 s of compilation first; pays off on long runs)."""
+    parallel: str = "ddp"
+    """With several processes (torchrun, slm train --nproc N): ddp (a full copy of the model per process, gradients
+    all-reduced) | fsdp (FSDP2: parameters, gradients and optimizer state sharded across processes)."""
+    eval_every: int = 100
+    """Evaluate val loss every this many steps (and at the end); 0 evaluates only at the end."""
+    eval_batches: int = 20
+    """Number of val batches per evaluation."""
+    log_every: int = 10
+    """Print a console line every this many steps (metrics.jsonl gets every step)."""
+    ckpt_every: int = 0
+    """Save a checkpoint every this many steps; 0 means at every eval."""
+    ckpt_minutes: float = 0.0
+    """Also save a checkpoint when this many minutes passed since the last one; 0 disables."""
+    keep_last: int = 2
+    """Keep the last K checkpoints (plus the best by val loss)."""
+    threads: int = 0
+    """CPU threads for torch; 0 lets torch decide."""
+    doctor: bool = True
+    """Watch loss and gradient norm live: console warnings and doctor/* events in metrics.jsonl."""
+    on_spike: str = "none"
+    """Guard against loss spikes (needs train.doctor): none | skip (skip that update) | rollback (restore the last
+    good checkpoint's weights and optimizer, keep reading new data so the bad window is skipped)."""
+    init_from: str = ""
+    """Start from another run's weights (its best checkpoint, or a checkpoint dir): continued pretraining and
+    fine-tuning. The model section must match the parent's (vocab_size may grow, dropout may change)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train", "dtype", self.dtype, ("auto", "fp32", "bf16"))
+        _check_choice("train", "on_spike", self.on_spike, ("none", "skip", "rollback"))
+        _check_choice("train", "parallel", self.parallel, ("ddp", "fsdp"))
+        if self.on_spike != "none" and not self.doctor:
+            raise ConfigError(f"train.on_spike = {self.on_spike!r} needs train.doctor = true (it detects the spikes)")
+        least = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_batches": 1, "log_every": 1, "keep_last": 1,
+                 "eval_every": 0, "ckpt_every": 0}  # fmt: skip
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training."""
+
+    tasks: list[str] = field(default_factory=list)
+    """Benchmark tasks to run every eval.every steps (e.g. hellaswag, arc_easy)."""
+    every: int = 0
+    """Run eval.tasks every this many steps; 0 only at the end (when tasks are given)."""
+    limit: int = 0
+    """Items per task; 0 means all."""
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go. metrics.jsonl and the console are always written."""
+
+    backends: list[str] = field(default_factory=list)
+    """Extra metric backends: tensorboard, wandb, trackio."""
+    project: str = "slmkit"
+    """Project name for wandb and trackio."""
+
+    def __post_init__(self) -> None:
+        for b in self.backends:
+            _check_choice("log", "backends", b, ("tensorboard", "wandb", "trackio"))
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA): train small matrices A, B beside frozen projections, W x + (alpha/rank) B A x."""
+
+    rank: int = 0
+    """Rank of the adapters; 0 turns LoRA off (every parameter trains)."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "mlp"])
+    """Projections that get adapters: q, k, v, o (attention), up, gate, down, or mlp (all three)."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank must be >= 0 (0 = off), got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty; name projections such as q,v or q,k,v,o,mlp")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    preset: str = ""
+    """Name of the preset this config started from (informational; used in derived run names)."""
+    description: str = ""
+    """One line saying what this config is for."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A validated copy with dotted keys changed, e.g. replace(**{"optim.lr": 3e-4})."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            section, _, name = key.rpartition(".")
+            (data.setdefault(section, {}) if section else data)[name] = value
+        return from_dict(data)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Field help: the docstring under each field, read from the source once.
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name -> the docstring written right under it in the class body."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):  # pragma: no cover - source not available (frozen app)
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+class _Field(typing.NamedTuple):
+    name: str
+    type: Any
+    type_cls: type | None  # the dataclass type for a section, else None
+
+
+def _fields(cls: type) -> list[_Field]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        out.append(_Field(f.name, t, t if dataclasses.is_dataclass(t) else None))
+    return out
+
+
+def describe(cfg: RunConfig) -> list[tuple[str, Any, Any, str]]:
+    """Every leaf field as (dotted key, value, default, help), in declaration order."""
+    rows = []
+    for sec in _fields(RunConfig):
+        if sec.type_cls is None:
+            default = getattr(RunConfig(), sec.name)
+            rows.append((sec.name, getattr(cfg, sec.name), default, field_docs(RunConfig).get(sec.name, "")))
+            continue
+        default, docs = sec.type_cls(), field_docs(sec.type_cls)
+        for f in _fields(sec.type_cls):
+            value = getattr(getattr(cfg, sec.name), f.name)
+            rows.append((f"{sec.name}.{f.name}", value, getattr(default, f.name), docs.get(f.name, "")))
+    return rows
+
+
+def all_keys() -> list[str]:
+    return [k for k, *_ in describe(RunConfig())]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building from dicts, typed coercion, overrides.
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, t: Any) -> Any:
+    """Convert a TOML value or a command-line string to the field's type, or raise naming the field."""
+    origin = typing.get_origin(t)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if origin is list:
+        (item_t,) = typing.get_args(t)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() not in ("", "[]") else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} expects a list of {_type_name(item_t)}, got {value!r}")
+        return [_coerce(key, v, item_t) for v in value]
+    try:
+        if t is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if t is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            if isinstance(value, str):
+                f = float(value.replace("_", ""))
+                if not f.is_integer():
+                    raise ValueError
+                return int(f)
+            return int(value)
+        if t is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if t is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key} expects {_type_name(t)}, got {value!r}") from None
+    raise ConfigError(f"{key}: unsupported field type {t}")  # pragma: no cover
+
+
+def _unknown(key: str, candidates: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5)
+    if not close:  # also match on the last part: "lr" -> "optim.lr"
+        tail = key.rsplit(".", 1)[-1]
+        close = [c for c in candidates if c.rsplit(".", 1)[-1] == tail][:3] or difflib.get_close_matches(
+            tail, candidates, n=3, cutoff=0.4
+        )
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; `slm config show` lists every key"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    fields = {f.name: f for f in _fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            raise _unknown(key, all_keys())
+        f = fields[k]
+        if f.type_cls is not None:
+            if not isinstance(v, dict):
+                raise ConfigError(f"[{key}] must be a table of fields, got {v!r}")
+            kwargs[k] = _build(f.type_cls, v, f"{key}.")
+        else:
+            kwargs[k] = _coerce(key, v, f.type)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Build a validated RunConfig; unknown keys and wrong types raise ConfigError."""
+    return _build(RunConfig, data, "")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.field=value` strings to a nested dict (values are coerced later, in from_dict)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    keys = set(all_keys())
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value (e.g. optim.lr=3e-4)")
+        key, value = item.split("=", 1)
+        key = key.strip().removeprefix("--")
+        if key not in keys:
+            raise _unknown(key, sorted(keys))
+        if "." in key:
+            sec, name = key.split(".", 1)
+            data.setdefault(sec, {})[name] = value
+        else:
+            data[key] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Presets and TOML files.
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def resolve_config_path(spec: str) -> Path:
+    """A config argument is a TOML path or a preset name (e.g. `shakespeare-char`)."""
+    p = Path(spec)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {spec} not found; presets: {', '.join(preset_names())}")
+        return p
+    cand = PRESETS_DIR / f"{spec}.toml"
+    if cand.is_file():
+        return cand
+    close = difflib.get_close_matches(spec, preset_names(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"presets: {', '.join(preset_names())}"
+    raise ConfigError(f"no config file or preset named {spec!r}; {hint}")
+
+
+def read_toml(path: str | Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+def load_config(spec: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset or TOML file (default: the embedded `default` preset) and apply dotted overrides."""
+    path = resolve_config_path(spec or "default")
+    data = read_toml(path)
+    if path.parent.resolve() == PRESETS_DIR.resolve() and "preset" not in data:
+        data["preset"] = path.stem
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if v is None:
+        raise ConfigError("TOML has no null; use a default instead of None")
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dumps_toml(data: dict) -> str:
+    """Write a two-level dict (scalars, then [section] tables) as TOML."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def to_toml(cfg: RunConfig) -> str:
+    return dumps_toml(cfg.to_dict())
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+
+    atomic_write_text(path, to_toml(cfg))
+
+
+def diff_configs(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ: {key: (a_value, b_value)}."""
+    ra, rb = describe(a), describe(b)
+    return {k: (va, vb) for (k, va, _, _), (_, vb, _, _) in zip(ra, rb) if va != vb}

@@ -1,7 +1,0 @@
-"""`python -m slmkit.cli ...` is `slm ...`."""
-
-import sys
-
-from slmkit.cli import main
-
-sys.exit(main())

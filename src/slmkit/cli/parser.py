@@ -1,0 +1,388 @@
+"""Every verb's arguments. Light on purpose: it imports no library code, so `slm --help` and `slm VERB --help`
+answer at once. A verb names its handler as "module:function" of `slmkit.cli` (`core`, `study`, `ship`), imported
+only when that verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from slmkit.cli.base import add, add_checkpoint, add_sampling, group
+
+
+def register(sub) -> None:
+    """Add every verb to the `slm` parser, in the order `slm --help` lists them."""
+    for register_group in (register_core, register_study, register_ship):
+        register_group(sub)
+
+
+def register_core(sub) -> None:
+    """Add this module's verbs to the `slm` parser."""
+    cfg = group(sub, "config", "show config fields, values, defaults and help; list presets")
+    p = add(cfg, "show", "core:cmd_config_show", "print every config field with its value, default and help")
+    p.add_argument("config", nargs="?", help="a preset name or TOML file (default: the embedded default)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
+    add(cfg, "presets", "core:cmd_config_presets", "list the built-in presets")
+
+    tk = group(sub, "tokenizer", "train, inspect and compare tokenizers")
+    p = add(tk, "train", "core:cmd_tokenizer_train", "train a byte-level BPE tokenizer on a corpus")
+    p.add_argument("source", help="corpus: built-in name, file, directory, glob, .jsonl or .parquet")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--out", required=True, help="directory to save the tokenizer into")
+    p.add_argument("--max-bytes", type=int, default=0, help="train on at most this many bytes of text (0: all)")
+    p = add(tk, "info", "core:cmd_tokenizer_info", "show a tokenizer's kind, vocabulary size, specials and fingerprint")
+    p.add_argument("path", help="a tokenizer directory, dataset directory or run directory")
+    p = add(tk, "eval", "core:cmd_tokenizer_eval", "compare tokenizers by bytes per token on a sample")
+    p.add_argument("source", help="sample corpus")
+    p.add_argument("--tokenizers", nargs="+", default=["char", "gpt2", "bpe:8192"], metavar="KIND")
+    p.add_argument("--max-bytes", type=int, default=2_000_000, help="sample size in bytes")
+
+    p = add(sub, "prepare", "core:cmd_prepare", "tokenize a corpus into a dataset directory (train/val shards)")
+    p.add_argument("source", help="built-in name (python-stdlib, tinyshakespeare, tinystories, wikitext-2), file, "
+                   "directory, glob, .jsonl, .parquet or hf:<dataset>[:<config>]")  # fmt: skip
+    p.add_argument("--tokenizer", default="bpe:8192", help="char | gpt2 | bpe:<vocab> | a tokenizer directory")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val document split")
+    p.add_argument("--text-field", default="text", help="field of .jsonl records / column of .parquet files")
+    p.add_argument("--include", action="append", default=[], help="glob of files to include (directories)")
+    p.add_argument("--exclude", action="append", default=[], help="glob of files to skip (directories)")
+    p.add_argument("--workers", type=int, default=0, help="tokenizer workers (0: one per CPU)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
+    p.add_argument("--force", action="store_true", help="rebuild even if the directory is already prepared")
+
+    dt = group(sub, "data", "inspect dataset directories")
+    p = add(dt, "info", "core:cmd_data_info", "print a dataset directory's meta (tokenizer, counts, sources)")
+    p.add_argument("dir")
+
+    p = add(
+        sub,
+        "train",
+        "core:cmd_train",
+        "train a model (no arguments: the embedded default, a few minutes on a CPU)",
+        TRAIN_HELP,
+    )
+    p.add_argument("config", nargs="?", help="preset name or TOML file (default: the embedded default preset)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides typed against the config, e.g. optim.lr=3e-4")
+    p.add_argument("--name", help="run name (default: derived from the preset and overrides)")
+    p.add_argument("--resume", metavar="RUN", help="continue runs/<name> exactly from its latest checkpoint")
+    p.add_argument("--allow-changed", action="store_true", help="with --resume: accept changed optimizer/schedule")
+    p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (continued pretraining on new "
+                   "text: add data.source=...); a config file, if given, must describe the same model")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--nproc", type=int, default=0, metavar="N", help="train with N processes on this machine "
+                   "(torchrun; one per GPU, or CPU cores shared out); train.parallel picks ddp or fsdp")  # fmt: skip
+
+    p = add(sub, "sample", "core:cmd_sample", "generate text from a trained run (streams to the terminal)")
+    p.add_argument("run", help="run directory, e.g. runs/default")
+    add_checkpoint(p)
+    p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
+    add_sampling(p, max_new_tokens=200, temperature=0.8, top_k=0)
+    p.add_argument("--seed", type=int, default=None, help="make the sample reproducible")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
+
+
+def register_study(sub) -> None:
+    """Add this module's verbs to the `slm` parser."""
+    p = add(sub, "plot", "study:cmd_plot", "chart loss, val loss, gradient norm, LR and tokens/s of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
+    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x axis (default: step)")
+    p.add_argument("--out", default="plot.png", help="PNG file to write (default: plot.png)")
+    p.add_argument("--logy", action="store_true", help="log scale for the loss axis")
+
+    p = add(
+        sub, "doctor", "study:cmd_doctor", "diagnose a run: spikes, divergence, plateaus, clipping, overfitting, ..."
+    )
+    p.add_argument("run", help="run directory")
+
+    p = add(sub, "report", "study:cmd_report", "write RUN/report.md and a self-contained RUN/report.html")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--samples", type=int, default=2, help="sample generations to include (0: none)")
+
+    p = add(sub, "runs", "study:cmd_runs", "table of runs: name, parent, params, tokens, steps, val loss, status")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default: runs)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+    p = add(
+        sub,
+        "ablate",
+        "study:cmd_ablate",
+        "ablation study: vary one thing at a time over seeds; verdicts vs noise",
+        ABLATE_HELP,
+    )
+    p.add_argument("config", nargs="?", help="base preset name or TOML file (default: the embedded default)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to the base, e.g. train.max_steps=300")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        required=True,
+        help="a config key and the values to try (repeatable), e.g. optim.lr=1e-3,3e-4",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
+    p.add_argument("--grid", action="store_true", help="every combination of the --vary values, not one at a time")
+    p.add_argument("--vary-data-seed", action="store_true", help="vary the data order with the seed too")
+    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses (default: 1)")
+    p.add_argument("--out", help="study directory (default: <train.out_dir>/ablate-<base name>)")
+    p.add_argument("--no-train", action="store_true", help="only recompute the summary from finished runs")
+
+    sc = group(sub, "scaling", "scaling laws: compute calculator, map of known models, fits, sweeps")
+    p = add(
+        sc,
+        "calc",
+        "study:cmd_scaling_calc",
+        "parameters <-> Chinchilla tokens, compute, budgets, LR for a new batch",
+        SCALING_CALC_HELP,
+    )
+    p.add_argument("--params", help="model parameters, e.g. 124M")
+    p.add_argument("--tokens", help="training tokens, e.g. 2.5B")
+    p.add_argument("--config", help="preset or TOML: exact parameters and FLOPs/token (with the attention term)")
+    p.add_argument("--budget", help="compute budget in FLOPs (e.g. 1e18) or wall time (e.g. 2h; needs --run or "
+                   "--measure): gives the compute-optimal N and D")  # fmt: skip
+    p.add_argument("--run", help="a run dir whose measured tokens/s gives this machine's FLOP/s")
+    p.add_argument("--measure", action="store_true", help="measure FLOP/s with a few steps of --config's model")
+    p.add_argument("--ratio", type=float, default=20.0, help="tokens per parameter (default: 20, Chinchilla)")
+    p.add_argument("--lr", type=float, help="the current learning rate (with --batch)")
+    p.add_argument("--batch", type=float, nargs=2, metavar=("OLD", "NEW"), help="batch change for the sqrt LR rule")
+    p = add(
+        sc, "map", "study:cmd_scaling_map", "PNG of known models on parameters vs tokens, the 20x line and your runs"
+    )
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run dirs, or folders holding them, to put on the map")
+    p.add_argument("--out", default="scaling-map.png", help="PNG to write (default: scaling-map.png)")
+    p.add_argument("--ratio", type=float, default=20.0, help="tokens per parameter of the reference line")
+    p = add(
+        sc, "fit", "study:cmd_scaling_fit", "fit L(N, D) = E + A/N^a + B/D^b and the L(C) frontier to finished runs"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs, or folders holding them (>= 5 runs)")
+    p.add_argument("--out", default="scaling-fit.png", help="PNG to write (default: scaling-fit.png)")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties (0: none)")
+    p.add_argument("--budget", help="extrapolate loss and optimal N, D to this many FLOPs, e.g. 1e18")
+    p.add_argument("--json", action="store_true", help="print the fit as JSON")
+    p = add(
+        sc,
+        "sweep",
+        "study:cmd_scaling_sweep",
+        "train the sizes x compute grid a fit needs, then fit and plot",
+        SCALING_SWEEP_HELP,
+    )
+    p.add_argument("config", nargs="?", help="base preset or TOML (default: the embedded default)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    p.add_argument("--budget", required=True, help="total compute: FLOPs (e.g. 2e13) or wall time (e.g. 30m)")
+    p.add_argument("--sizes", default="2x32,2x48,2x64,4x64", help="model sizes as n_layer x n_embd, comma-separated")
+    p.add_argument("--levels", type=int, default=3, help="compute levels per size (default: 3; L(C) needs 3)")
+    p.add_argument("--level-ratio", type=float, default=3.0, help="compute ratio between levels (default: 3)")
+    p.add_argument("--out", default="runs/sweep", help="folder for the runs and the fit (default: runs/sweep)")
+    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
+    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties")
+
+
+def register_ship(sub) -> None:
+    """Add this module's verbs to the `slm` parser."""
+    p = add(
+        sub, "sft", "ship:cmd_sft", "supervised fine-tuning of a run on chat/instruction data (a child run)", SFT_HELP
+    )
+    p.add_argument("parent", metavar="PARENT_RUN", help="the run to fine-tune")
+    p.add_argument("--data", required=True, help="alpaca .json/.jsonl, messages/ShareGPT .jsonl or prompt/completion "
+                   ".jsonl")  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8 train.max_steps=500")
+    p.set_defaults(overrides_anywhere=True)  # `slm sft RUN --data FILE a.b=1`: overrides may follow the options
+    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP (default: best)")
+    p.add_argument("--name", help="child run name (default: <parent>-sft or <parent>-lora)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    lo = group(sub, "lora", "LoRA adapters: merge them into a full model")
+    p = add(lo, "merge", "ship:cmd_lora_merge", "write a new run dir with the adapters folded into full weights")
+    p.add_argument("run", help="a run fine-tuned with lora.rank > 0")
+    add_checkpoint(p)
+    p.add_argument("--name", help="name of the merged run (default: <run>-merged)")
+
+    p = add(sub, "chat", "ship:cmd_chat", "chat with a fine-tuned run in the terminal (/reset, /system TEXT, /quit)")
+    p.add_argument("run", help="run directory of a fine-tuned (sft) run")
+    add_checkpoint(p)
+    p.add_argument("--system", default="", help="system message")
+    add_sampling(p, max_new_tokens=256, temperature=0.7, top_k=50)
+    p.add_argument("--seed", type=int, default=None)
+
+    p = add(
+        sub,
+        "eval",
+        "ship:cmd_eval",
+        "evaluate a run: val loss/ppl/bpb and zero-shot benchmarks (lm-eval scoring)",
+        EVAL_HELP,
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument(
+        "--tasks",
+        default="val,hellaswag",
+        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, "
+        "piqa, winogrande, lambada (default: val,hellaswag)",
+    )
+    p.add_argument("--limit", type=int, default=0, help="items per benchmark task (0: all)")
+    add_checkpoint(p)
+    p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
+    p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
+    p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default 262144)")
+    p.add_argument(
+        "--task-source",
+        default="local",
+        choices=("local", "hf"),
+        help="benchmark items: local files "
+        "under $SLM_DATA_DIR/eval, or hf: the Hugging Face datasets (needs network or the HF cache)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint (hf: transformers-loadable directory)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", default="hf", help="export format: hf | gguf (llama.cpp, LLaMA-style) (default: hf)")
+    p.add_argument("--type", choices=("f16", "q8_0"), help="gguf: tensor type of the matrices (default: f16)")
+    p.add_argument("--out", required=True, help="directory to write")
+    add_checkpoint(p)
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    p = add(sub, "quantize", "ship:cmd_quantize", "int8/bf16 copy of a run, with a size/speed/quality report vs fp32")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--method", default="int8-dynamic", choices=("int8-dynamic", "int8-weight", "bf16"),
+                   help="int8-dynamic: fastest on CPU; int8-weight: int8 on disk, fp32 compute; bf16 (default: "
+                   "int8-dynamic)")  # fmt: skip
+    p.add_argument("--out", help="directory to write (default: <run>-<method> beside the run)")
+    add_checkpoint(p)
+    p.add_argument("--data", help="dataset dir or text file for the val loss (default: the run's dataset)")
+    p.add_argument("--eval-tokens", type=int, default=32768, help="val tokens to score (default: 32768)")
+    p.add_argument("--no-report", action="store_true", help="skip the comparison with fp32")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    p = add(
+        sub, "serve", "ship:cmd_serve", "OpenAI-compatible HTTP API and web chat page for a run (or quantized model)"
+    )
+    p.add_argument("run", help="run directory or `slm quantize` output")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    add_checkpoint(p)
+    p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--slots", type=int, default=4, help="requests generated at once, round-robin (default: 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is often fastest "
+                   "for small models)")  # fmt: skip
+
+    p = add(
+        sub, "import-hf", "ship:cmd_import_hf", "turn a local Hugging Face GPT-2 or LLaMA checkpoint into a run dir"
+    )
+    p.add_argument("dir", help="Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("--out", required=True, help="run directory to create, e.g. runs/gpt2")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    p = add(
+        sub,
+        "lm-eval",
+        "ship:cmd_lm_eval",
+        "run lm-evaluation-harness with the slmkit model and the local task files",
+        "lm-evaluation-harness's command line (needs lm-eval installed) with `--model slmkit` registered and\n"
+        "the local tasks slm_hellaswag, slm_arc_easy, slm_arc_challenge, slm_piqa, slm_winogrande, slm_lambada\n"
+        "available. Put its arguments after --:\n"
+        "  slm lm-eval -- --model slmkit --model_args run=runs/x --tasks slm_hellaswag --limit 100",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="lm_eval arguments")
+
+    p = add(
+        sub, "compare", "ship:cmd_compare", "generations of several models side by side, each scored by every model"
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="run directories or Hugging Face model directories")
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line (\\n for a newline), or .jsonl")
+    p.add_argument("--out", default="compare", help="folder for compare.md and compare.html (default: compare)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--num-seeds", type=int, default=1, help="samples per prompt and model, seeds seed..seed+N-1")
+    add_sampling(p, max_new_tokens=64, temperature=0.8, top_k=0, top_p=False)
+    p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs (default: best)")
+
+
+TRAIN_HELP = """train a model and write a run directory (runs/<name>/: config, tokenizer, metrics.jsonl, checkpoints)
+
+examples:
+  slm train                                          the embedded default (python-stdlib corpus)
+  slm train shakespeare-char                         nanoGPT's CPU recipe on TinyShakespeare
+  slm train shakespeare-char optim.lr=3e-4           one change, run named shakespeare-char.lr=3e-4
+  slm train configs/my.toml train.max_steps=200 --name my-test
+  slm train --resume runs/shakespeare-char           continue exactly where it stopped (Ctrl-C saves)
+  slm train --init-from runs/default data.source=docs/   continued pretraining of a run on new text
+  slm train gpt2-124m --nproc 8 train.parallel=fsdp  8 processes on this machine (docs/distributed.md)
+"""
+
+
+ABLATE_HELP = """run an ablation study: each --vary value changed alone against the base (all combinations with --grid),
+each arm trained with --seeds seeds; then per arm the final val loss mean +- std with a 95% CI, the delta against
+the base in nats, a Welch t-test (and bootstrap) of the delta, and a verdict: better, worse, or "not
+distinguishable from noise" when the 95% CI of the delta covers 0.
+
+seeds: seed-k sets train.seed (model init and dropout) to base seed + k - 1. The data order (train.data_seed)
+stays the base's, so every arm sees the same batches and an arm's spread measures init noise only. With
+--vary-data-seed the data order changes with the seed too and the spread is the full run-to-run noise.
+Varying optim.lr scales optim.min_lr with it, so every LR arm has the same schedule shape.
+
+the usual order of ablations (each settles what the next one needs):
+  1. learning rate      nothing else is comparable at a bad LR
+  2. warmup             then the schedule around that LR
+  3. batch size         re-tune the LR with it (square-root rule: slm scaling calc --lr LR --batch OLD NEW)
+  4. optimizer          adamw vs muon, betas, weight decay
+  5. architecture       norm, mlp, pos_emb, qk_norm, width/depth
+
+the study dir is resumable: rerun the same command; finished runs are skipped, interrupted ones resumed, crashed
+ones moved aside into <arm>/.failed/ and rerun. Outputs: summary.md, summary.json, ablation.png, curves.png.
+
+examples:
+  slm ablate configs/base.toml --vary optim.lr=1e-3,3e-4,1e-4 --seeds 3
+  slm ablate configs/base.toml --vary model.norm=rmsnorm --vary model.mlp=swiglu --grid --seeds 3
+  slm ablate configs/base.toml --vary optim.warmup=0,200 --seeds 5 --out runs/warmup --parallel 2
+"""
+
+
+SCALING_CALC_HELP = """scaling calculator
+
+examples:
+  slm scaling calc --params 124M                      Chinchilla-optimal tokens (20x) and compute (6ND)
+  slm scaling calc --config gpt2-124m --tokens 10B     exact FLOPs/token of a config (6N + attention)
+  slm scaling calc --budget 1e18                      compute-optimal N and D for a FLOP budget
+  slm scaling calc --budget 2h --run runs/default     ... for two hours at the speed a run measured here
+  slm scaling calc --lr 3e-3 --batch 16 64            square-root rule: LR for a 4x larger batch
+"""
+
+
+SCALING_SWEEP_HELP = """train a grid of model sizes x compute levels within a total budget, then fit L(N, D) and L(C)
+
+Level j gives every size c0 * level_ratio^j FLOPs, so each size is trained to several token counts and each compute
+level is tried at several sizes: what both fits need. Runs are ordinary run dirs under --out; rerun to resume.
+
+examples:
+  slm scaling sweep tiny --budget 30m                 half an hour of this machine (speed measured first)
+  slm scaling sweep tiny --budget 2e13 --sizes 2x32,2x64,4x64,4x128 --levels 3
+"""
+
+
+SFT_HELP = """fine-tune a run on instruction or chat data: loss only on the assistant's replies, a held-out split with
+masked val loss, a child run dir that records its parent run and checkpoint. Same loop as `slm train`.
+
+data formats (chosen from the first record, or data.format=...):
+  alpaca             {"instruction", "input", "output"} (.json array or .jsonl)
+  messages           {"messages": [{"role", "content"}, ...]} or ShareGPT {"conversations": [{"from", "value"}]}
+  prompt_completion  {"prompt", "completion"}
+
+examples:
+  slm sft runs/default --data alpaca.json                        full fine-tuning
+  slm sft runs/default --data chats.jsonl lora.rank=8            LoRA: only adapters train
+  slm sft runs/default --data alpaca.json data.packing=false     one example per row (padded)
+  slm lora merge runs/default-lora                               then: slm chat runs/default-lora-merged
+"""
+
+
+EVAL_HELP = """evaluate a run; results go to RUN/evals/<task>.json and a table with chance and reference models
+
+tasks: val (loss, perplexity, bits per byte on the run's val split, or --data), hellaswag, arc_easy, arc_challenge,
+piqa, winogrande (acc, acc_norm as lm-eval defines them, with standard errors), lambada (last-word accuracy and
+perplexity). Task files are read from $SLM_DATA_DIR/eval/<task>/, or with --task-source hf from the Hugging Face
+datasets Rowan/hellaswag, allenai/ai2_arc, baber/piqa, allenai/winogrande, EleutherAI/lambada_openai.
+
+examples:
+  slm eval runs/x --tasks val,hellaswag --limit 500
+  slm eval runs/x --tasks val --data notes.txt --stride 128
+  slm eval runs/x --tasks hellaswag,arc_easy --task-source hf
+"""

@@ -1,0 +1,184 @@
+"""Run a list of tasks on a model: scores, standard errors, results files, the printed table.
+
+`evaluate_run(run_dir, tasks)` is the `slm eval` verb; `evaluate_tasks(model, tokenizer, tasks)` is what the
+training loop calls every eval.every steps (flat `eval/<task>/<metric>` keys).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.base.atomic import atomic_write_json
+from slmkit.base.errors import SlmError
+from slmkit.base.tokenizer import Tokenizer
+from slmkit.engine.evaluate.loss import DEFAULT_MAX_TOKENS, evaluate_text_loss
+from slmkit.engine.evaluate.references import REFERENCES
+from slmkit.engine.evaluate.scoring import Scorer, encode_pair
+from slmkit.engine.evaluate.tasks import LOSS_TASK, TASKS, check_tasks, load_items
+from slmkit.model.gpt import GPT
+from slmkit.runs.checkpoint import load_model, read_run_info, read_state
+
+EVALS_DIR = "evals"
+
+
+def mean_stderr(values: list[float]) -> float:
+    """Sample standard deviation / sqrt(n), as lm-eval reports the stderr of a mean (0 for n < 2)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mu = sum(values) / n
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
+def task_metrics(name: str, items, scores: list[list[tuple[float, bool]]]) -> dict:
+    """acc / acc_norm (multiple choice), acc (partial), acc + ppl (lambada), each with its stderr."""
+    kind = TASKS[name].kind
+    if kind == "lambada":
+        lls = [s[0][0] for s in scores]
+        per = {"acc": [float(s[0][1]) for s in scores]}
+        out = {"ppl": math.exp(-sum(lls) / max(len(lls), 1))}
+    else:
+        per = {"acc": [], "acc_norm": []} if kind == "mc" else {"acc": []}
+        for item, s in zip(items, scores):
+            lls = np.array([ll for ll, _ in s])
+            per["acc"].append(float(int(np.argmax(lls)) == item.gold))
+            if kind == "mc":
+                lengths = np.array([float(len(c)) for c in item.choice_texts])
+                per["acc_norm"].append(float(int(np.argmax(lls / lengths)) == item.gold))
+        out = {}
+    for metric, values in per.items():
+        out[metric] = sum(values) / max(len(values), 1)
+        out[f"{metric}_stderr"] = mean_stderr(values)
+    return out
+
+
+def run_task(
+    model: GPT,
+    tokenizer: Tokenizer,
+    name: str,
+    *,
+    limit: int = 0,
+    root: str | Path | None = None,
+    progress: bool = False,
+    source: str = "local",
+) -> dict:
+    """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
+
+    source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py)."""
+    from tqdm import tqdm
+
+    items = load_items(name, root, limit, source)
+    scorer = Scorer(model)
+    t0 = time.perf_counter()
+    scores = []
+    for item in tqdm(items, desc=name, unit="item", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+        scores.append(scorer.score_requests([encode_pair(tokenizer, c, k) for c, k in item.requests()]))
+    seconds = time.perf_counter() - t0
+    return {
+        "task": name,
+        "n": len(items),
+        "metrics": task_metrics(name, items, scores),
+        "chance": TASKS[name].chance,
+        "truncated": scorer.truncated,
+        "limit": limit,
+        "source": source,
+        "seconds": seconds,
+        "items_per_s": len(items) / seconds if seconds else None,
+        "loglikelihoods": [[ll for ll, _ in s] for s in scores],
+        "is_greedy": [[g for _, g in s] for s in scores],
+    }
+
+
+def evaluate_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], limit: int = 0) -> dict[str, float]:
+    """Flat `eval/<task>/<metric>` values for the metrics log (the training loop's hook; `val` is skipped,
+    the trainer logs val/* itself)."""
+    out = {}
+    was_training = model.training
+    for name in check_tasks(tasks):
+        if name == LOSS_TASK:
+            continue
+        for metric, value in run_task(model, tokenizer, name, limit=limit)["metrics"].items():
+            if not metric.endswith("_stderr"):
+                out[f"eval/{name}/{metric}"] = value
+    model.train(was_training)
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: list[str],
+    *,
+    limit: int = 0,
+    checkpoint: str = "best",
+    data: str | Path | None = None,
+    stride: int = 0,
+    val_tokens: int | None = None,
+    progress: bool = True,
+    write: bool = True,
+    task_source: str = "local",
+) -> dict[str, dict]:
+    """`slm eval`: score a run's checkpoint on `tasks`; write RUN/evals/<task>.json (atomic); return the results.
+
+    task_source: where benchmark items come from, "local" files or "hf" datasets (the only path that uses the
+    network)."""
+
+    tasks = check_tasks(tasks)
+    model, tokenizer, cfg, ckpt = load_model(run_dir, checkpoint)
+    step = read_state(ckpt).get("step")
+    results = {}
+    for name in tasks:
+        if name == LOSS_TASK:
+            source = data or read_run_info(run_dir).get("dataset")
+            if not source:
+                raise SlmError(f"{run_dir} records no dataset; pass --data FILE_OR_DATASET_DIR for the val task")
+            t0 = time.perf_counter()
+            res = {
+                "task": name,
+                "n": None,
+                "metrics": evaluate_text_loss(
+                    model, tokenizer, source, stride, DEFAULT_MAX_TOKENS if val_tokens is None else val_tokens
+                ),
+                "chance": None,
+                "truncated": 0,
+                "seconds": time.perf_counter() - t0,
+            }
+        else:
+            res = run_task(model, tokenizer, name, limit=limit, progress=progress, source=task_source)
+        res.update(checkpoint=str(ckpt), step=step, tokenizer=tokenizer.name)
+        results[name] = res
+        if write:
+            saved = {k: v for k, v in res.items() if k not in ("loglikelihoods", "is_greedy")}
+            atomic_write_json(Path(run_dir) / EVALS_DIR / f"{name}.json", saved)
+    return results
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Markdown table: our scores with stderr, chance, and the reference models' published numbers."""
+    refs = list(REFERENCES)
+    lines = [
+        "| task | metric | value | ± stderr | chance | " + " | ".join(refs) + " |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(refs),
+    ]
+    for name, res in results.items():
+        m = res["metrics"]
+        if name == LOSS_TASK:
+            for metric in ("loss", "ppl", "bpb"):
+                lines.append(f"| val | {metric} | {m[metric]:.4f} | | | " + " | ".join("" for _ in refs) + " |")
+            continue
+        for metric in [k for k in m if not k.endswith("_stderr")]:
+            chance = "" if metric == "ppl" else f"{res['chance']:.2f}"
+            ref = [REFERENCES[r].get(name, {}).get(metric) for r in refs]
+            err = m.get(f"{metric}_stderr")
+            lines.append(
+                f"| {name} | {metric} | {m[metric]:.4f} | {'' if err is None else f'{err:.4f}'} | {chance} | "
+                + " | ".join("" if v is None else f"{v:.4f}" for v in ref)
+                + " |"
+            )
+        if res.get("truncated"):
+            lines.append(f"| {name} | truncated | {res['truncated']} | | | " + " | ".join("" for _ in refs) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Sampling: stream token ids (with a KV cache) and decode them to text as they come.
+
+`generate` yields one token id at a time; `sample_text` wraps it with a tokenizer, streams complete UTF-8 text
+to a callback and stops at stop strings or the end-of-text token. Randomness comes from a local
+`torch.Generator`, so a seed reproduces its sample whatever the global RNG did.
+
+Long generations: the model sees at most block_size tokens. Without a cache every step feeds the last
+block_size tokens (a sliding window). With a cache, when it is full the last `block_size - block_size // 4` tokens
+are prefilled again into a fresh cache and decoding goes on; so past block_size the cached and uncached paths
+condition on slightly different windows, and only up to block_size are they identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from slmkit.base.tokenizer import EOT, Tokenizer
+from slmkit.model.gpt import GPT
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> int:  # fmt: skip
+    """One token id from logits (V,) already masked: greedy at temperature 0, else top-k then top-p sampling."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the smallest prefix reaching top_p (>= 1 id)
+        probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
+             vocab_limit: int | None = None, use_cache: bool = True) -> Iterator[int]:  # fmt: skip
+    """Yield up to max_new_tokens new token ids, one at a time, continuing the prompt `idx` (1-D, or (1, T)).
+
+    temperature 0 is greedy. Ids >= vocab_limit (default: the model's unpadded vocab_size) are never sampled.
+    A sampled id in stop_ids ends generation and is not yielded. The model is put in eval mode.
+    """
+    model.eval()
+    device = model.lm_head.weight.device
+    tokens = [int(t) for t in (idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else idx)]
+    if not tokens:
+        raise ValueError("generate needs a prompt of at least one token (e.g. the end-of-text id)")
+    limit = min(vocab_limit or model.config.vocab_size, model.config.vocab_size)
+    block = model.config.block_size
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+    stop = set(stop_ids)
+    cache = model.new_kv_cache(1) if use_cache else None
+    pending = tokens[-block:]  # ids not yet fed to the model
+    for _ in range(max_new_tokens):
+        if cache is not None and cache.length + len(pending) > block:  # full: re-prefill the recent window
+            cache.reset()
+            pending = tokens[-(block - block // 4) :]
+        x = torch.tensor([pending], dtype=torch.long, device=device)  # (1, T)
+        logits, _ = model(x, kv_cache=cache, last_only=True)  # (1, 1, padded_vocab)
+        logits = logits[0, -1]
+        logits[limit:] = float("-inf")
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)
+        if nxt in stop:
+            return
+        tokens.append(nxt)
+        pending = [nxt] if cache is not None else tokens[-block:]
+        yield nxt
+
+
+class TextStream:
+    """Incremental decoding: text is released once its bytes are complete UTF-8 and it cannot be the start
+    of a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None):
+        self.tok, self.stop, self.on_text = tokenizer, [s for s in stop if s], on_text
+        self.text, self.undecoded, self.released = "", [], 0
+
+    def add(self, token_id: int) -> bool:
+        """Add one id; True when a stop string was reached (the text is cut before it)."""
+        self.undecoded.append(token_id)
+        piece = self.tok.decode(self.undecoded)
+        if piece.endswith("\ufffd") and len(self.undecoded) < 8:  # an incomplete multi-byte character
+            return False
+        self.text += piece
+        self.undecoded = []
+        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            self.flush()
+            return True
+        held = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        self._release(len(self.text) - held)
+        return False
+
+    def flush(self) -> None:
+        if self.undecoded:
+            self.text += self.tok.decode(self.undecoded)
+            self.undecoded = []
+        self._release(len(self.text))
+
+    def _release(self, upto: int) -> None:
+        if upto > self.released and self.on_text is not None:
+            self.on_text(self.text[self.released : upto])
+        self.released = max(self.released, upto)
+
+
+def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 256, *,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
+                use_cache: bool = True) -> str:  # fmt: skip
+    """Continue `prompt` and return the new text (without the prompt, cut before any stop string).
+
+    on_text receives printable text as soon as it is complete (streaming). Generation ends at max_new_tokens,
+    a stop string, or the tokenizer's end-of-text token. An empty prompt starts from end-of-text. Special-token
+    strings in the prompt (e.g. chat markers) are encoded as their special ids.
+    """
+    eot = tokenizer.token_id(EOT)
+    ids = tokenizer.encode(prompt, allow_special=True) if prompt else []
+    if not ids:
+        if eot is None:
+            raise ValueError("an empty prompt needs a tokenizer with an end-of-text token")
+        ids = [eot]
+    stream = TextStream(tokenizer, stop, on_text)
+    for nxt in generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                        stop_ids=() if eot is None else (eot,), vocab_limit=tokenizer.vocab_size,
+                        use_cache=use_cache):  # fmt: skip
+        if stream.add(nxt):
+            return stream.text
+    stream.flush()
+    return stream.text

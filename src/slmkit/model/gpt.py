@@ -1,0 +1,358 @@
+"""The transformer: a decoder-only language model whose architecture is a `ModelConfig`.
+
+GPT-2 and LLaMA are two settings of the same fields (norm, norm_position, pos_emb, mlp, bias, tie_embeddings,
+n_kv_head, qk_norm), never two classes. Read top to bottom: norms, rotary embedding, KV cache, attention,
+MLP, block, then the model.
+
+Parameter names are an interface (the optimizer groups, LoRA and the HF weight mapping in `hf.py` rely on them):
+`wte`, `wpe` (learned positions only), `blocks.{i}.norm1`, `blocks.{i}.attn.{q,k,v,o}`,
+`blocks.{i}.attn.{q_norm,k_norm}` (qk_norm only), `blocks.{i}.norm2`, `blocks.{i}.mlp.{up,gate,down}`
+(gate for swiglu only), `norm_f`, `lm_head` (its weight *is* `wte.weight` when tie_embeddings).
+Every hidden 2-D matrix lives under `blocks.`.
+
+Batch-1 decoding pays a fixed cost per op (and, quantized, per matmul call), so forward keeps the op count low:
+RoPE as one roll with the sign folded into the sin table, no mask for a single new token, GQA inside SDPA (keys
+never repeated), no dropout call in eval. Int8 quantization sets `attn.qkv` and `mlp.gate_up`, single fused matmuls
+used in place of the separate projections (the parameters and their names stay as above).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slmkit.base.config import ModelConfig
+
+VOCAB_MULTIPLE = 64
+"""Embedding and head rows are padded to a multiple of this (faster matmuls); padded ids are never sampled."""
+SDPA_FP32_MAX_T = 256
+"""Training under bf16 autocast on CPU runs attention in fp32 up to this sequence length: there the CPU flash-attention
+backward is slower in bf16 than in fp32 (2.1x at T=64, 1.7x at T=128, 1.1x at T=256; bf16 wins from T=512 on).
+Measured on AVX-512-bf16 without AMX by `benchmarks/bench_train.py --sdpa` (results/sdpa.md)."""
+IGNORE_INDEX = -100
+"""Targets with this value contribute nothing to the loss (prompt tokens in SFT, padding)."""
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """`vocab_size` rounded up to a multiple of VOCAB_MULTIPLE."""
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normalization
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back (as LLaMA does). Written out rather than
+    `F.rms_norm`, whose CPU composite is slower for the one-row inputs of decoding."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, cfg.norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rotary position embedding (HF LLaMA convention: rotate the two halves of each head, no weight permutation)
+#   rope(x) = x * cos + cat(-x2, x1) * sin  with x = cat(x1, x2)
+#           = x * cos + cat(x2, x1) * cat(-sin, sin)   (the sign folded into the table: the same floats, fewer ops)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin tables, each (max_len, head_dim), for positions 0..max_len-1 (see the formula above)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)  # (hd/2,)
+    freqs = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, hd/2)
+    cos, sin = freqs.cos(), freqs.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # (max_len, hd) each
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, heads, hd) by the (T, 1, hd) tables of its positions."""
+    return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, preallocated per layer: (B, kv_heads, max_len, head_dim).
+
+    `length` is the number of positions filled; the model's forward writes the new positions and advances it.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, kv_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):  # fmt: skip
+        shape = (n_layer, batch_size, kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, kv_heads, T, hd) at positions start..start+T; return all keys/values up to there."""
+        end = start + k.size(2)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, kv_heads, end, hd)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention, MLP, block
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped outright when it is the identity (eval, or p = 0): one call less per layer when decoding."""
+    return F.dropout(x, p, training) if training and p > 0 else x
+
+
+class Attention(nn.Module):
+    """Causal self-attention with separate q/k/v projections, GQA/MQA, optional QK-norm and RoPE.
+
+    `qkv`, when set (int8 quantization does), is one module computing q, k and v together as (..., q|k|v); it
+    then replaces the three projections in forward.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.n_head, self.kv_heads, self.head_dim = layer, cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.n_embd, cfg.n_head * cfg.head_dim, bias=cfg.bias)
+        self.k = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.v = nn.Linear(cfg.n_embd, cfg.kv_heads * cfg.head_dim, bias=cfg.bias)
+        self.o = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
+        if cfg.qk_norm:
+            self.q_norm = make_norm(cfg, cfg.head_dim)
+            self.k_norm = make_norm(cfg, cfg.head_dim)
+        self.qk_norm = cfg.qk_norm
+        self.dropout = cfg.dropout
+        self.qkv: nn.Module | None = None
+        self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None, start: int) -> torch.Tensor:  # fmt: skip
+        B, T, _ = x.shape
+        if self.qkv is not None:  # one fused matmul
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)  # (B, T, heads * hd) each
+        q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, hd)
+        k, v = k.view(B, T, self.kv_heads, self.head_dim), v.view(B, T, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v, start)  # (B, kv_heads, start+T, hd)
+        # No cached prefix: plain causal. One new token after the cache: it sees every key, no mask.
+        # A chunk after the cache: query i (position start+i) sees keys 0..start+i, an explicit (T, S) mask.
+        is_causal, mask = start == 0 and T > 1, None
+        if start > 0 and T > 1:
+            key_pos = torch.arange(k.size(2), device=x.device)  # (S,)
+            mask = key_pos[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]  # (T, S)
+        dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
+        # y: (B, n_head, T, hd)
+        if q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
+            with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal,
+                                                   enable_gqa=gqa).to(q.dtype)  # fmt: skip
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*hd)
+        return dropout(self.o(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    """Feed-forward: gelu (tanh approximation, as GPT-2), swiglu (LLaMA) or relu2 (squared ReLU).
+
+    `gate_up`, when set (int8 quantization does, for swiglu), computes gate and up together as (..., gate|up).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        self.up = nn.Linear(cfg.n_embd, cfg.hidden_size, bias=cfg.bias)
+        if cfg.mlp == "swiglu":
+            self.gate = nn.Linear(cfg.n_embd, cfg.hidden_size, bias=cfg.bias)
+        self.down = nn.Linear(cfg.hidden_size, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.gate_up: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            if self.gate_up is not None:  # one fused matmul
+                gate, up = self.gate_up(x).chunk(2, dim=-1)
+            else:
+                gate, up = self.gate(x), self.up(x)  # (B, T, hidden) each
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(self.up(x)).square()
+        else:
+            h = F.gelu(self.up(x), approximate="tanh")
+        return dropout(self.down(h), self.dropout, self.training)  # h: (B, T, hidden)
+
+
+class Block(nn.Module):
+    """pre-norm: x + f(norm(x)) (GPT-2, LLaMA); post-norm: norm(x + f(x)) (the original transformer)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.pre = cfg.norm_position == "pre"
+        self.norm1 = make_norm(cfg, cfg.n_embd)
+        self.attn = Attention(cfg, layer)
+        self.norm2 = make_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope, cache: KVCache | None, start: int) -> torch.Tensor:
+        if self.pre:
+            x = x + self.attn(self.norm1(x), rope, cache, start)
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x, rope, cache, start))
+        return self.norm2(x + self.mlp(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    """Token embedding, n_layer blocks, final norm, output head. Logits have `padded_vocab` columns."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (the tokenizer's vocabulary size) to build a GPT")
+        self.config = cfg
+        self.padded_vocab = padded_vocab_size(cfg.vocab_size)
+        self.wte = nn.Embedding(self.padded_vocab, cfg.n_embd)
+        if cfg.pos_emb == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hd)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        # Post-norm blocks already end in a norm, so the original transformer has no final norm: Identity there.
+        self.norm_f = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.n_embd, self.padded_vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 init: every Linear and Embedding weight ~ normal(0, init_std), biases 0, norm weights 1
+        (norm biases 0); the residual projections `attn.o` and `mlp.down` get init_std / sqrt(2 * n_layer)
+        so the residual stream's variance does not grow with depth. Also recomputes the RoPE tables
+        (needed after building on the meta device)."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                residual = name.endswith(("attn.o", "mlp.down"))
+                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * self.config.n_layer) if residual else std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.config.pos_emb == "rope":
+            cfg = self.config
+            cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty KV cache for up to `max_len` (default block_size) positions, on the model's device/dtype."""
+        cfg, p = self.config, self.lm_head.weight
+        max_len = min(max_len or cfg.block_size, cfg.block_size)
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype)  # fmt: skip
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        start_pos: int | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, padded_vocab) and the loss, or None without targets.
+
+        idx: (B, T) int64 token ids. targets: (B, T) int64, IGNORE_INDEX (-100) where no loss is wanted; the loss
+        is the fp32 mean cross-entropy over the other positions (0 when every position is ignored).
+        kv_cache: read and extended in place (positions start_pos..start_pos+T); start_pos defaults to
+        kv_cache.length (0 without a cache). last_only: compute logits for the last position only (B, 1, V).
+        """
+        B, T = idx.shape
+        start = (kv_cache.length if kv_cache is not None else 0) if start_pos is None else start_pos
+        limit = kv_cache.max_len if kv_cache is not None else self.config.block_size
+        if start + T > limit:
+            raise ValueError(f"positions {start}..{start + T} exceed the context of {limit} tokens")
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast over B
+        else:
+            rope = (self.rope_cos[start : start + T, None], self.rope_sin[start : start + T, None])  # (T, 1, hd) each
+        x = dropout(x, self.config.dropout, self.training)
+        for block in self.blocks:
+            x = block(x, rope, kv_cache, start)
+        if kv_cache is not None:
+            kv_cache.length = start + T
+        x = self.norm_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        if targets is None:
+            return logits, None
+        return logits, masked_cross_entropy(logits, targets)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (a tied head counted once). non_embedding excludes wte and wpe (Kaplan's N)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.config.pos_emb == "learned":
+                n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, forward + backward (PaLM appendix B, as nanoGPT):
+
+            6 * N + 12 * n_layer * n_embd * block_size
+
+        N = parameters that take part in matmuls = num_params(non_embedding=True) plus the output head when it is
+        tied (the head's matmul costs compute whether or not its weight is shared; the embedding lookups cost
+        none). The second term is the attention scores and weighted sum (QK^T and AV) at full context.
+        """
+        cfg = self.config
+        n = self.num_params(non_embedding=True) + (self.lm_head.weight.numel() if cfg.tie_embeddings else 0)
+        return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean fp32 cross-entropy over targets != IGNORE_INDEX; exactly 0 (with zero gradient) when none count."""
+    logits = logits.float().view(-1, logits.size(-1))  # (B*T, V)
+    targets = targets.reshape(-1)  # (B*T,)
+    total = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    count = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    return total / count

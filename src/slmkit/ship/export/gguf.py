@@ -1,0 +1,213 @@
+"""`slm export --format gguf`: a GGUF file that llama.cpp runs, for LLaMA-style models.
+
+What GGUF's `llama` architecture expresses: RMSNorm, pre-norm, RoPE, SwiGLU, no biases, no QK-norm (GQA and a
+tied or untied head are fine); anything else is refused naming the field. Tensors use llama.cpp's names
+(`token_embd`, `blk.N.attn_q`, ..., `output_norm`, `output`; a tied head is left out and llama.cpp reuses
+`token_embd`). The embedding and head keep only the tokenizer's `vocab_size` rows (ours are padded).
+
+RoPE layout: our q/k projections follow Hugging Face's rotate-half convention (the two halves of each head are
+rotated together), while llama.cpp's llama rotates adjacent pairs. As llama.cpp's own HF converter does, the rows
+of each q/k head are permuted so that adjacent pairs hold what the halves held: per head, row r of the half h
+(h = 0, 1; r < head_dim/2) moves to row 2r + h.
+
+Types (`type`): f16 stores every matrix in float16; q8_0 stores matrices whose rows are a multiple of 32 long in
+Q8_0 (blocks of 32 values: one float16 scale = max|x|/127, then 32 int8), the rest in f16. Norm weights are f32.
+
+Tokenizer: `tokenizer.ggml.model = "gpt2"` (byte-level BPE: tokens as byte-level strings, merges, token types,
+`pre = "gpt-2"` for GPT-2's pre-tokenizer regex), from the bpe kind's tokenizer.json or, for the gpt2 kind, from
+tiktoken's ranks. A char tokenizer has no GGUF equivalent and is refused. The chat template (when the tokenizer
+has the chat tokens) is stored as `tokenizer.chat_template`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slmkit.base.errors import SlmError
+from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
+from slmkit.model.hf_tokenizer import hf_tokenizer_json
+
+GGUF_TYPES = ("f16", "q8_0")
+GGUF_FILE = "model.gguf"
+LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu", "bias": False,
+                "qk_norm": False}  # fmt: skip
+"""ModelConfig values GGUF's llama architecture requires."""
+Q8_BLOCK = 32
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")  # fmt: skip
+"""The `slm` chat template (slmkit.data.chat.render) in Jinja, for llama.cpp's chat endpoints."""
+
+_LAYER = {  # ours (inside blocks.{i}) -> llama.cpp (inside blk.{i})
+    "norm1.weight": "attn_norm.weight",
+    "attn.q.weight": "attn_q.weight",
+    "attn.k.weight": "attn_k.weight",
+    "attn.v.weight": "attn_v.weight",
+    "attn.o.weight": "attn_output.weight",
+    "norm2.weight": "ffn_norm.weight",
+    "mlp.gate.weight": "ffn_gate.weight",
+    "mlp.up.weight": "ffn_up.weight",
+    "mlp.down.weight": "ffn_down.weight",
+}
+
+
+class GGUFExportError(SlmError):
+    """A model or tokenizer that GGUF's llama architecture cannot express."""
+
+
+def check_llama(cfg) -> None:
+    """Refuse, naming each field, a model that GGUF's llama architecture cannot express."""
+    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {v!r})" for k, v in LLAMA_FIELDS.items() if getattr(cfg, k) != v]
+    if bad:
+        raise GGUFExportError(f"GGUF export supports LLaMA-style models only: {', '.join(bad)}; export this run with "
+                              "--format hf instead, or train with the llama-tiny preset's model fields")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensors
+
+
+def permute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """q/k rows from rotate-half order (HF, ours) to llama.cpp's adjacent-pair order, per head."""
+    out_dim, in_dim = w.shape
+    return w.reshape(heads, 2, out_dim // heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def unpermute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of permute_rope."""
+    out_dim, in_dim = w.shape
+    return w.reshape(heads, out_dim // heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def gguf_tensors(model, cfg) -> dict[str, torch.Tensor]:
+    """llama.cpp name -> fp32 tensor (vocabulary cut, q/k permuted), in llama.cpp's order."""
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    V = cfg.vocab_size
+    out = {"token_embd.weight": sd["wte.weight"][:V]}
+    for i in range(cfg.n_layer):
+        for ours, theirs in _LAYER.items():
+            w = sd[f"blocks.{i}.{ours}"]
+            if ours == "attn.q.weight":
+                w = permute_rope(w, cfg.n_head)
+            elif ours == "attn.k.weight":
+                w = permute_rope(w, cfg.kv_heads)
+            out[f"blk.{i}.{theirs}"] = w
+    out["output_norm.weight"] = sd["norm_f.weight"]
+    if not cfg.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"][:V]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """Q8_0 bytes of a float matrix (rows, cols), cols % 32 == 0: (rows, cols/32 * 34) uint8, as ggml's reference
+    quantize_row_q8_0 (scale d = max|x|/127 stored as f16, values round(x/d) half away from zero)."""
+    rows, cols = x.shape
+    blocks = x.astype(np.float32).reshape(-1, Q8_BLOCK)  # (n_blocks, 32)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / 127  # (n_blocks, 1)
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    scaled = blocks * inv
+    q = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int8)
+    packed = np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)  # (n_blocks, 34)
+    return packed.reshape(rows, cols // Q8_BLOCK * (2 + Q8_BLOCK))
+
+
+def dequantize_q8_0(data: np.ndarray, cols: int) -> np.ndarray:
+    """Float32 (rows, cols) from Q8_0 bytes."""
+    blocks = data.reshape(-1, 2 + Q8_BLOCK)
+    d = blocks[:, :2].copy().view(np.float16).astype(np.float32)  # (n_blocks, 1)
+    q = blocks[:, 2:].copy().view(np.int8).astype(np.float32)
+    return (q * d).reshape(-1, cols)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _hf_json(tokenizer: Tokenizer) -> dict:
+    if tokenizer.kind in ("bpe", "gpt2"):  # gpt2: merges rebuilt from tiktoken's ranks
+        return json.loads(hf_tokenizer_json(tokenizer))
+    raise GGUFExportError(f"a {tokenizer.kind} tokenizer has no GGUF equivalent (llama.cpp tokenizes with byte-level "
+                          "BPE or SentencePiece); train with tokenizer.kind=bpe:N or gpt2 for GGUF")  # fmt: skip
+
+
+def tokenizer_metadata(tokenizer: Tokenizer) -> dict:
+    """tokens (id order), merges ("a b"), token types (1 normal, 3 control) and special ids for GGUF."""
+    spec = _hf_json(tokenizer)
+    vocab = dict(spec["model"]["vocab"])
+    for t in spec.get("added_tokens", []):
+        vocab[t["content"]] = t["id"]
+    n = tokenizer.vocab_size
+    tokens = [None] * n
+    for text, i in vocab.items():
+        if i < n:
+            tokens[i] = text
+    if any(t is None for t in tokens):
+        raise GGUFExportError(f"the tokenizer's ids are not contiguous 0..{n - 1}; cannot write a GGUF vocabulary")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    specials = set(tokenizer.special_tokens.values())
+    types = [3 if i in specials else 1 for i in range(n)]
+    return {"tokens": tokens, "merges": merges, "types": types}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "f16", name: str = "slmkit") -> Path:
+    """Write `model` (ours; cfg is its RunConfig) as a llama GGUF file at `path`."""
+    import gguf
+
+    if type not in GGUF_TYPES:
+        raise GGUFExportError(f"unknown GGUF type {type!r}; use one of {', '.join(GGUF_TYPES)}")
+    m = cfg.model
+    check_llama(m)
+    vocab = tokenizer_metadata(tokenizer)
+    path = Path(path)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(name)
+    w.add_context_length(m.block_size)
+    w.add_embedding_length(m.n_embd)
+    w.add_block_count(m.n_layer)
+    w.add_feed_forward_length(m.hidden_size)
+    w.add_head_count(m.n_head)
+    w.add_head_count_kv(m.kv_heads)
+    w.add_layer_norm_rms_eps(m.norm_eps)
+    w.add_rope_freq_base(m.rope_theta)
+    w.add_rope_dimension_count(m.head_dim)
+    w.add_vocab_size(m.vocab_size)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(vocab["tokens"])
+    w.add_token_types(vocab["types"])
+    w.add_token_merges(vocab["merges"])
+    eot = tokenizer.token_id(EOT)
+    if eot is not None:
+        w.add_bos_token_id(eot)
+        w.add_eos_token_id(eot)
+    w.add_add_bos_token(False)
+    if tokenizer.has_chat_tokens:
+        w.add_eot_token_id(tokenizer.token_id(END_OF_TURN))
+        w.add_chat_template(CHAT_TEMPLATE)
+    for tname, t in gguf_tensors(model, m).items():
+        a = t.numpy()
+        if a.ndim == 1:
+            w.add_tensor(tname, a.astype(np.float32))
+        elif type == "q8_0" and a.shape[1] % Q8_BLOCK == 0:
+            w.add_tensor(tname, quantize_q8_0(a), raw_dtype=gguf.GGMLQuantizationType.Q8_0)  # bytes -> shape
+        else:
+            w.add_tensor(tname, a.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def export_gguf(model, tokenizer: Tokenizer, cfg, out: Path, type: str = "f16") -> None:
+    """`slm export --format gguf`: write out/model.gguf (the EXPORTERS entry)."""
+    check_llama(cfg.model)
+    write_gguf(model, tokenizer, cfg, Path(out) / GGUF_FILE, type=type, name=cfg.train.name or "slmkit")
