@@ -70,7 +70,7 @@ def main() -> None:
 
     from slmkit.base.config import TrainConfig, load_config
     from slmkit.engine.runtime import resolve_runtime
-    from slmkit.engine.train import train_step
+    from slmkit.engine.trainer import train_step
     from slmkit.model.gpt import GPT
     from slmkit.model.optim import build_optimizer, set_lr
 

@@ -55,7 +55,7 @@ def dataset(tiny_dataset):
 
 @pytest.mark.slow
 def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.train as tr
+    import slmkit.engine.trainer as tr
     from slmkit.engine.train import train
 
     out = tmp_path / "study"

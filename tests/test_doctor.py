@@ -204,7 +204,7 @@ def tiny_run(dataset, tmp_path, name, *extra):
 
 @pytest.mark.slow
 def test_real_lr_1_explodes_or_diverges(dataset, tmp_path):
-    from slmkit.engine.train import TrainingDiverged
+    from slmkit.engine.trainer import TrainingDiverged
 
     try:
         run = tiny_run(dataset, tmp_path, "lr1", "optim.lr=1.0", "optim.min_lr=0.1", "train.max_steps=150",

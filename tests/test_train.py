@@ -9,7 +9,9 @@ import pytest
 
 from slmkit.base.config import ConfigError, load_config
 from slmkit.base.metrics import read_metrics, series
-from slmkit.engine.train import TrainingDiverged, derive_run_name, lr_scaling_hint, train
+from slmkit.engine.resolve import derive_run_name, lr_scaling_hint
+from slmkit.engine.train import train
+from slmkit.engine.trainer import TrainingDiverged
 from slmkit.runs import checkpoint as ckpt_io
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
@@ -121,7 +123,7 @@ def test_resume_refuses_a_different_model(dataset, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.train as tr
+    import slmkit.engine.trainer as tr
 
     real, calls = tr.train_step, []
 
@@ -137,7 +139,7 @@ def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.train as tr
+    import slmkit.engine.trainer as tr
 
     real, calls = tr.train_step, []
 

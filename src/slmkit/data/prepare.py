@@ -30,6 +30,7 @@ import numpy as np
 
 from slmkit import __version__
 from slmkit.base.atomic import atomic_dir, atomic_write_json
+from slmkit.base.console import progress as progress_bar
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
 from slmkit.data.sources import (
@@ -299,13 +300,6 @@ def _clean_partials(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1000, desc=desc, disable=not enabled,
-                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)  # fmt: skip
-
-
 def prepare(
     source: str,
     *,
@@ -360,8 +354,9 @@ def prepare(
         workers = workers or _cpu_count()
         if backend == "auto":
             backend = "process" if workers > 1 and (total == 0 or total >= PROCESS_MIN_BYTES) else "thread"
+        bar = progress_bar(total or None, f"prepare {source}", "B", enabled=progress, unit_scale=True)
         splits = _write_splits(tmp, tok, tok_dir, dtype, _limited(docs, max_bytes), val_fraction, seed, workers,
-                               shard_tokens, backend, _progress_bar(total, f"prepare {source}", progress))  # fmt: skip
+                               shard_tokens, backend, bar)  # fmt: skip
         if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
             seen = f"{stats.files} files, {stats.binary_files_skipped} binary skipped, {stats.bad_lines} bad records"
             raise DataError(f"empty corpus: {source} holds no text ({seen})")

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
+from slmkit.base.console import say
 from slmkit.base.errors import SlmError
-from slmkit.engine.train import say, train
+from slmkit.engine.train import train
 from slmkit.model.lora import ADAPTER_FILE, has_lora, merge_lora
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.parents import parent_config, resolve_parent

@@ -7,13 +7,13 @@ training loop calls every eval.every steps (flat `eval/<task>/<metric>` keys).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from slmkit.base.atomic import atomic_write_json
+from slmkit.base.console import progress as progress_bar
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.engine.evaluate.loss import DEFAULT_MAX_TOKENS, evaluate_text_loss
@@ -70,14 +70,15 @@ def run_task(
     """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
 
     source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py)."""
-    from tqdm import tqdm
-
     items = load_items(name, root, limit, source)
     scorer = Scorer(model)
     t0 = time.perf_counter()
     scores = []
-    for item in tqdm(items, desc=name, unit="item", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+    bar = progress_bar(len(items), name, "item", enabled=progress)
+    for item in items:
         scores.append(scorer.score_requests([encode_pair(tokenizer, c, k) for c, k in item.requests()]))
+        bar.update(1)
+    bar.close()
     seconds = time.perf_counter() - t0
     return {
         "task": name,
