@@ -68,7 +68,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU, fp32, no results written")
     args = p.parse_args()
 
-    from slmkit.base.config import TrainConfig, load_config
+    from slmkit.base.config import TrainConfig
+    from slmkit.base.config_files import load_config
     from slmkit.engine.runtime import resolve_runtime
     from slmkit.engine.trainer import train_step
     from slmkit.model.gpt import GPT

@@ -28,7 +28,7 @@ TARGETS = {"decode_speedup": 3.0, "size_ratio": 0.5, "loss_delta_pct": 2.0}
 
 
 def train_model(out_dir: Path) -> Path:
-    from slmkit.base.config import load_config
+    from slmkit.base.config_files import load_config
     from slmkit.engine.train import train
 
     overrides = [*TRAIN, f"train.out_dir={out_dir}"]

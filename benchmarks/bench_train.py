@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.base.metrics import series
 from slmkit.engine.train import train
 

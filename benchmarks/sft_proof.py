@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.base.metrics import series
 from slmkit.base.tokenizer import END_OF_TURN, EOT
 from slmkit.data.chat import load_chat_data, render

@@ -64,7 +64,7 @@ def tiny_run(workdir: Path) -> Path:
     """Train the 300-step tiny run on a few stdlib files (char tokenizer; no shared data needed)."""
     import os
 
-    from slmkit.base.config import load_config
+    from slmkit.base.config_files import load_config
     from slmkit.data.prepare import prepare
     from slmkit.engine.train import train
 

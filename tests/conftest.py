@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -19,23 +20,92 @@ os.environ.update(
     HF_DATASETS_CACHE=str(_TMP / "hf" / "datasets"),
     TORCHINDUCTOR_CACHE_DIR=str(_TMP / "inductor"),
     TRACKIO_DIR=str(_TMP / "trackio"),
+    SLM_CACHE_DIR=str(_TMP / "slm-cache"),  # the measured peak FLOP/s (MFU) is cached per machine
     WANDB_MODE="offline",
     WANDB_DIR=str(_TMP / "wandb"),
     TOKENIZERS_PARALLELISM="false",
 )
-os.environ.setdefault("SLM_DATA_DIR", str(_REPO.parent / "shared" / "data"))
-DATA_DIR = Path(os.environ["SLM_DATA_DIR"])
-if "TIKTOKEN_CACHE_DIR" not in os.environ and (DATA_DIR / "tiktoken_cache").is_dir():
+
+
+def _load_fetch_script():
+    """scripts/fetch_data.py (`make data`) as a module: the one list of the fetchable files and where they go."""
+    spec = importlib.util.spec_from_file_location("fetch_data", _REPO / "scripts" / "fetch_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The shared data (TinyShakespeare, eval sets, tiktoken's GPT-2 files, ...) is not in the repository. It is read from
+# $SLM_DATA_DIR when that names a folder (CI sets it), else from data/shared, which `make data` fills; a test asks for
+# the files it needs with `need_data`, `need_tasks` or `gpt2_files` and is skipped, with one line saying what to set
+# or run, when they are in neither (in CI `_ci_strict` turns that skip into a failure).
+FETCH = _load_fetch_script()
+_GIVEN_DATA_DIR = os.environ.get("SLM_DATA_DIR", "")
+if _GIVEN_DATA_DIR and (Path(_GIVEN_DATA_DIR).is_dir() or not FETCH.DEFAULT_OUT.is_dir()):
+    DATA_DIR = Path(_GIVEN_DATA_DIR).absolute()  # when missing too, the skip reasons name it; absolute for subprocesses
+else:
+    DATA_DIR = FETCH.DEFAULT_OUT
+os.environ["SLM_DATA_DIR"] = str(DATA_DIR)  # what slmkit itself reads (built-in corpora, eval task files)
+_USER_TIKTOKEN_CACHE = "TIKTOKEN_CACHE_DIR" in os.environ
+if not _USER_TIKTOKEN_CACHE and (DATA_DIR / "tiktoken_cache").is_dir():
     os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA_DIR / "tiktoken_cache")
 
 STDLIB_DIR = Path(os.__file__).parent
+_HOW = "set SLM_DATA_DIR to the shared data folder or run `make data`"
+
+
+def _skip_unless_present(root: Path, parts: tuple[str, ...], what: str = "", how: str = _HOW) -> None:
+    """Skip the running test with one line when a file of `parts` (relative to `root`) is missing: what is
+    needed (`what`, else the missing files), where it was looked for, and how to supply it."""
+    missing = [p for p in parts if not (root / p).is_file()]
+    if not missing:
+        return
+    hand_made = [p for p in missing if p in FETCH.NOT_FETCHABLE]
+    if hand_made:
+        how = f"set SLM_DATA_DIR to a copy of the shared data ({hand_made[0]} cannot be downloaded: "
+        how += f"{FETCH.NOT_FETCHABLE[hand_made[0]]})"
+    pytest.skip(f"needs {what or ', '.join(missing)}, not in {root}: {how}")
+
+
+def need_data(*parts: str) -> Path:
+    """The shared-data folder, when it holds every file of `parts` (e.g. "tinyshakespeare/input.txt"); otherwise
+    the test is skipped, naming the missing files and how to supply them. Tests get it as the `need_data` fixture."""
+    _skip_unless_present(DATA_DIR, parts)
+    return DATA_DIR
+
+
+def need_tasks(*tasks: str) -> Path:
+    """`need_data` for the files of the zero-shot benchmark `tasks` (eval/<task>/...)."""
+    from slmkit.engine.evaluate.tasks import TASKS
+
+    need_data(*(f"eval/{task}/{name}" for task in tasks for name in TASKS[task].files))
+    return DATA_DIR
+
+
+@pytest.fixture(name="need_data", scope="session")
+def need_data_fixture():
+    return need_data
+
+
+@pytest.fixture(name="need_tasks", scope="session")
+def need_tasks_fixture():
+    return need_tasks
+
+
+@pytest.fixture
+def gpt2_files() -> None:
+    """Skips the test unless tiktoken's GPT-2 files are where the `gpt2` tokenizer will look offline:
+    $TIKTOKEN_CACHE_DIR, which is <shared data>/tiktoken_cache unless the user chose another folder."""
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or DATA_DIR / "tiktoken_cache")
+    how = "put them there or unset TIKTOKEN_CACHE_DIR and run `make data`" if _USER_TIKTOKEN_CACHE else _HOW
+    _skip_unless_present(cache, tuple(Path(p).name for p in FETCH.GPT2_FILES), "tiktoken's GPT-2 BPE files", how)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """$SLM_DATA_DIR: the shared data (TinyShakespeare, eval sets, ...). CI always sets it."""
+    """The whole shared-data folder; skips when there is none. Prefer `need_data(...)`, which names the files."""
     if not DATA_DIR.is_dir():
-        pytest.fail(f"SLM_DATA_DIR={DATA_DIR} does not exist; data-dependent tests need it")
+        pytest.skip(f"needs the shared data, not in {DATA_DIR}: {_HOW}")
     return DATA_DIR
 
 
@@ -102,6 +172,26 @@ def tiny_dataset(tmp_path_factory, stdlib_dir):
 
 
 sys.dont_write_bytecode = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The one tiny run config. Tests and helpers import it (`from conftest import TINY, tiny_overrides`) and state their
+# own changes explicitly: `[*TINY, "model.norm=rmsnorm"]`, or `tiny_overrides("model.n_embd=64")` to change a value.
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
+        "train.eval_every=5", "train.eval_batches=2", "train.log_every=5", "optim.warmup=2", "train.max_steps=10",
+        "tokenizer.kind=char"]  # fmt: skip
+"""A 2-layer, 32-wide char model: 10 steps of 4 x 32 tokens, evaluated every 5 steps. Add data.dir and out_dir."""
+
+
+def tiny_overrides(*changes: str, drop: tuple[str, ...] = ()) -> list[str]:
+    """TINY with each `section.field=value` in `changes` replacing that key in place (or appended when TINY does not
+    set it), and the keys in `drop` left out (back to their defaults). No key appears twice."""
+    new = {c.split("=", 1)[0]: c for c in changes}
+    unknown = [k for k in drop if not any(o.startswith(f"{k}=") for o in TINY)]
+    assert not unknown, f"tiny_overrides: TINY does not set {unknown}"
+    kept = [new.pop(o.split("=", 1)[0], o) for o in TINY if o.split("=", 1)[0] not in drop]
+    return [*kept, *new.values()]
 
 
 # In CI a skipped test is a hole: every dependency is installed there, so a skip means something is missing.

@@ -5,17 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TINY = [
-    "model.n_layer=2",
-    "model.n_head=2",
-    "model.n_embd=32",
-    "train.batch_size=4",
-    "train.eval_every=5",
-    "train.eval_batches=2",
-    "optim.warmup=2",
-    "train.max_steps=5",
-    "train.doctor=false",
-]
+from conftest import tiny_overrides
+
+# 5 steps, no doctor; the tokenizer is the bpe dataset's and make_run sets model.block_size
+RUN = tiny_overrides("train.max_steps=5", "train.doctor=false",
+                     drop=("model.block_size", "train.log_every", "tokenizer.kind"))  # fmt: skip
 LLAMA = [
     "model.norm=rmsnorm",
     "model.pos_emb=rope",
@@ -40,11 +34,11 @@ def make_dataset(root: Path, tokenizer: str = "bpe:512") -> Path:
 
 
 def make_run(root: Path, dataset: Path, name: str, *extra: str, block_size: int = 256) -> Path:
-    from slmkit.base.config import load_config
+    from slmkit.base.config_files import load_config
     from slmkit.engine.train import train
 
     ov = [
-        *TINY,
+        *RUN,
         f"model.block_size={block_size}",
         f"data.dir={dataset}",
         f"train.out_dir={root / 'runs'}",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmkit.base.config import load_config
+from conftest import tiny_overrides
+
+from slmkit.base.config_files import load_config
 from slmkit.engine.train import train
 
-BASE = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=64", "train.batch_size=4",
-        "train.eval_every=10", "train.eval_batches=2", "train.log_every=10", "optim.warmup=2", "train.max_steps=10",
-        "train.doctor=false"]  # fmt: skip
+# block 64, an eval every 10 steps, no doctor; base_run sets tokenizer.kind
+BASE = tiny_overrides("model.block_size=64", "train.eval_every=10", "train.log_every=10", "train.doctor=false",
+                      drop=("tokenizer.kind",))  # fmt: skip
 SMALL_SFT = ["train.max_steps=6", "train.eval_every=3", "train.eval_batches=2", "train.batch_size=4"]
 
 

@@ -4,15 +4,17 @@
 import json
 
 import pytest
+from conftest import tiny_overrides
 
-from slmkit.base.config import ConfigError, load_config
+from slmkit.base.config import ConfigError
+from slmkit.base.config_files import load_config
 from slmkit.base.stats import NOISE, UNKNOWN
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.study.ablate import BASE_ARM, StudyError, make_arms, parse_vary, plan_study, run_study
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=16", "model.block_size=32", "train.batch_size=4",
-        "train.eval_every=3", "train.eval_batches=2", "train.log_every=100", "optim.warmup=2", "train.max_steps=6",
-        "tokenizer.kind=char", "train.threads=1"]  # fmt: skip
+# the base of the real studies: narrower than TINY, 6 steps with an eval every 3 (the kill test counts steps)
+STUDY_BASE = tiny_overrides("model.n_embd=16", "train.eval_every=3", "train.log_every=100", "train.max_steps=6",
+                            "train.threads=1")  # fmt: skip
 
 
 def test_parse_vary():
@@ -59,7 +61,7 @@ def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, mo
     from slmkit.engine.train import train
 
     out = tmp_path / "study"
-    study = plan_study(None, ["model.norm=rmsnorm"], seeds=2, out=out, overrides=[*TINY, f"data.dir={dataset}"])
+    study = plan_study(None, ["model.norm=rmsnorm"], seeds=2, out=out, overrides=[*STUDY_BASE, f"data.dir={dataset}"])
     assert [a.name for a in study.arms] == [BASE_ARM, "norm=rmsnorm"]
     rms = study.arms[1]
     # killed midway, part 1: one run stopped after 2 of its 6 steps (status interrupted, checkpoint at step 2)
@@ -85,7 +87,7 @@ def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, mo
 
     finished = {p: ckpt_io.read_run_info(p)["created"] for p in out.glob("*/seed-*") if p != out / "base" / "seed-2"}
     summary = run_study(plan_study(None, ["model.norm=rmsnorm"], seeds=2, out=out,
-                                   overrides=[*TINY, f"data.dir={dataset}"]))  # fmt: skip
+                                   overrides=[*STUDY_BASE, f"data.dir={dataset}"]))  # fmt: skip
     assert {p: ckpt_io.read_run_info(p)["created"] for p in finished} == finished  # skipped, not retrained
     assert ckpt_io.read_run_info(out / "base" / "seed-2")["status"] == "finished"
     assert len(list((out / "base" / ".failed").iterdir())) == 1  # the crashed run was kept aside
@@ -103,10 +105,10 @@ def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, mo
 
 def test_a_study_dir_refuses_a_different_base(dataset, tmp_path):
     out = tmp_path / "s"
-    run_study(plan_study(None, ["optim.lr=3e-4"], seeds=1, out=out, overrides=[*TINY, f"data.dir={dataset}"]),
+    run_study(plan_study(None, ["optim.lr=3e-4"], seeds=1, out=out, overrides=[*STUDY_BASE, f"data.dir={dataset}"]),
               train=False)  # fmt: skip
     with pytest.raises(StudyError, match="different base"):
-        run_study(plan_study(None, ["optim.lr=3e-4"], seeds=1, out=out, overrides=[*TINY, "model.n_embd=32"]),
+        run_study(plan_study(None, ["optim.lr=3e-4"], seeds=1, out=out, overrides=[*STUDY_BASE, "model.n_embd=32"]),
                   train=False)  # fmt: skip
 
 

@@ -31,7 +31,7 @@ def tokenizers(bpe):
     return [bpe, gpt2, char]
 
 
-def test_rendering_round_trips(bpe):
+def test_rendering_round_trips(bpe, gpt2_files):
     plain = [m for m in CONV if "<|" not in m["content"]]
     for tok in tokenizers(bpe):
         ids, mask = render(plain, tok)

@@ -3,18 +3,8 @@
 import pytest
 import tomllib
 
-from slmkit.base.config import (
-    PRESETS_DIR,
-    ConfigError,
-    RunConfig,
-    describe,
-    diff_configs,
-    field_docs,
-    from_dict,
-    load_config,
-    preset_names,
-    to_toml,
-)
+from slmkit.base.config import ConfigError, RunConfig, describe, diff_configs, field_docs, from_dict
+from slmkit.base.config_files import PRESETS_DIR, load_config, preset_names, to_toml
 
 
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.toml")), ids=lambda p: p.stem)
@@ -120,3 +110,62 @@ def test_config_show_bad_key_exits_2(run_cli):
     code, _, err = run_cli("config", "show", "default", "optim.lrr=1")
     assert code == 2
     assert err.startswith("error: unknown config key") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "value, expect",
+    [
+        ('["*.py"]', ["*.py"]),
+        ("['*.py', '*.md']", ["*.py", "*.md"]),
+        ('["*.py","*.md"]', ["*.py", "*.md"]),
+        ("[*.py, *.md]", ["*.py", "*.md"]),
+        ("*.py,*.md", ["*.py", "*.md"]),
+        ("*.py", ["*.py"]),
+        ("[]", []),
+        ("", []),
+    ],
+)
+def test_list_overrides_take_toml_json_and_comma_forms(value, expect):
+    cfg = load_config(None, [f"data.include={value}", f"data.exclude={value}"])
+    assert cfg.data.include == expect and cfg.data.exclude == expect
+
+
+def test_list_overrides_round_trip_what_config_show_prints():
+    cfg = load_config(None, ['log.backends=["tensorboard"]', "lora.targets=['q', 'v']"])
+    assert cfg.log.backends == ["tensorboard"] and cfg.lora.targets == ["q", "v"]
+    again = load_config(None, [f"log.backends={cfg.log.backends!r}", f"lora.targets={cfg.lora.targets!r}"])
+    assert again == cfg
+    with pytest.raises(ConfigError, match="log.backends"):
+        load_config(None, ['log.backends=["tensorbored"]'])
+    # strings that merely look like lists stay strings
+    assert load_config(None, ["data.source=[x].txt"]).data.source == "[x].txt"
+
+
+def test_config_show_accepts_list_overrides(run_cli):
+    code, out, err = run_cli("config", "show", "default", 'data.include=["*.py", "*.md"]')
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if "data.include " in line)
+    assert "['*.py', '*.md']" in line
+
+
+@pytest.mark.parametrize(
+    "key, expect",
+    [
+        ("optim.learning_rate", "optim.lr"),
+        ("train.learning_rate", "optim.lr"),
+        ("train.batch", "train.batch_size"),
+        ("train.steps", "train.max_steps"),
+        ("model.layers", "model.n_layer"),
+        ("model.heads", "model.n_head"),
+        ("model.dim", "model.n_embd"),
+        ("model.width", "model.n_embd"),
+        ("optim.lrr", "optim.lr"),
+        ("optm.lr", "optim.lr"),
+        ("steps", "train.max_steps"),
+    ],
+)
+def test_unknown_keys_suggest_the_field_meant(key, expect):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"{key}=1"])
+    hint = str(e.value).split("did you mean ", 1)[1].rstrip("?")
+    assert hint.split(" or ")[0] == expect, str(e.value)

@@ -13,18 +13,18 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.base.metrics import read_metrics
 from slmkit.engine.runtime import Runtime
 from slmkit.engine.train import train
 from slmkit.runs import checkpoint as ckpt_io
 
 B, T = 4, 32
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", f"model.block_size={T}", f"train.batch_size={B}",
-        f"train.tokens_per_step={2 * B * T}", "train.eval_every=10", "train.eval_batches=2", "train.log_every=10",
-        "optim.warmup=2", "train.max_steps=20", "train.keep_last=5", "train.threads=1",
-        "tokenizer.kind=char"]  # fmt: skip
+RUN = tiny_overrides(f"model.block_size={T}", f"train.batch_size={B}", f"train.tokens_per_step={2 * B * T}",
+                     "train.eval_every=10", "train.log_every=10", "train.max_steps=20", "train.keep_last=5",
+                     "train.threads=1")  # fmt: skip
 # tokens_per_step = 2 x B x T: one process accumulates 2 micro-batches of B; two processes take one each
 TOL = 1e-5
 
@@ -35,7 +35,7 @@ def dataset(tiny_dataset):
 
 
 def _overrides(dataset, out, *extra):
-    return [*TINY, f"data.dir={dataset}", f"train.out_dir={out}", *extra]
+    return [*RUN, f"data.dir={dataset}", f"train.out_dir={out}", *extra]
 
 
 def _torchrun(*args: str) -> subprocess.Popen:

@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+from conftest import tiny_overrides
 
 from slmkit.engine.doctor import Finding, LiveDoctor, RunFacts, diagnose, format_findings
 
@@ -185,8 +186,9 @@ def test_cli_doctor_on_missing_run(run_cli, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # Real induced failures on tiny CPU runs.
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
-        "train.eval_batches=4", "train.log_every=1000", "tokenizer.kind=char", "optim.warmup=10"]  # fmt: skip
+# bigger batches, a longer warmup and quiet logs; every run sets its own train.max_steps and train.eval_every
+RUN = tiny_overrides("train.batch_size=8", "train.eval_batches=4", "train.log_every=1000", "optim.warmup=10",
+                     drop=("train.max_steps", "train.eval_every"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -195,10 +197,10 @@ def dataset(tiny_dataset):
 
 
 def tiny_run(dataset, tmp_path, name, *extra):
-    from slmkit.base.config import load_config
+    from slmkit.base.config_files import load_config
     from slmkit.engine.train import train
 
-    ov = [*TINY, f"data.dir={dataset}", f"train.out_dir={tmp_path / 'runs'}", f"train.name={name}", *extra]
+    ov = [*RUN, f"data.dir={dataset}", f"train.out_dir={tmp_path / 'runs'}", f"train.name={name}", *extra]
     return train(load_config(None, ov), overrides=ov, progress=False)
 
 

@@ -46,8 +46,9 @@ def hf_rows(task: str, n: int = N) -> list[dict]:
 
 
 @pytest.fixture
-def fake_hub(monkeypatch, data_dir):
-    """Replace datasets.load_dataset by the rows above; records every call."""
+def fake_hub(monkeypatch):
+    """Replace datasets.load_dataset by the rows above (read from the local files: the test asks for them); records
+    every call."""
     datasets = pytest.importorskip("datasets")
     calls = []
     by_source = {spec: task for task, spec in HF_DATASETS.items()}
@@ -61,7 +62,8 @@ def fake_hub(monkeypatch, data_dir):
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_hf_items_equal_the_local_items(task, fake_hub):
+def test_hf_items_equal_the_local_items(task, fake_hub, need_tasks):
+    need_tasks(task)
     assert load_items(task, limit=N, source="hf") == load_items(task, limit=N)
     assert fake_hub == [HF_DATASETS[task]]
     assert len(load_items(task, limit=3, source="hf")) == 3
@@ -88,7 +90,8 @@ def test_hf_conversions_follow_lm_eval():
     assert item.gold == 0
 
 
-def test_local_source_never_calls_the_hub(monkeypatch, data_dir):
+def test_local_source_never_calls_the_hub(monkeypatch, need_tasks):
+    need_tasks(*TASKS)
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was called"))
     for task in TASKS:
@@ -109,7 +112,7 @@ def test_missing_datasets_package_gives_the_pip_hint(monkeypatch):
         load_items("lambada", source="hf")
 
 
-def test_unknown_source_is_refused(data_dir):
+def test_unknown_source_is_refused():
     with pytest.raises(TaskError, match="unknown task source 'hub'"):
         load_items("piqa", source="hub")
 
@@ -120,7 +123,8 @@ def tiny_run(tmp_path_factory):
     return make_run(root, make_dataset(root), "tiny", block_size=64)
 
 
-def test_slm_eval_task_source_hf(tiny_run, run_cli, fake_hub):
+def test_slm_eval_task_source_hf(tiny_run, run_cli, fake_hub, need_tasks):
+    need_tasks("arc_easy", "winogrande")
     code, out, err = run_cli("eval", tiny_run, "--tasks", "arc_easy,winogrande", "--limit", "5", "--task-source", "hf",
                              "--no-progress")  # fmt: skip
     assert code == 0, err

@@ -23,7 +23,8 @@ COUNTS = {
 
 
 @pytest.mark.parametrize("task", list(TASKS))
-def test_loaders_read_every_item(task, data_dir):
+def test_loaders_read_every_item(task, need_tasks):
+    need_tasks(task)
     items = load_items(task)
     assert len(items) == COUNTS[task]
     n_choices = {"hellaswag": 4, "arc_easy": 4, "arc_challenge": 4, "piqa": 2, "winogrande": 2, "lambada": 1}[task]
@@ -32,7 +33,8 @@ def test_loaders_read_every_item(task, data_dir):
     assert len(load_items(task, limit=7)) == 7
 
 
-def test_requests_follow_lm_eval_prompts(data_dir):
+def test_requests_follow_lm_eval_prompts(need_tasks):
+    need_tasks("arc_easy", "piqa", "winogrande", "lambada")
     arc = load_items("arc_easy", limit=1)[0]
     assert arc.contexts[0].startswith("Question: ") and arc.contexts[0].endswith("\nAnswer:")
     piqa = load_items("piqa", limit=1)[0]
@@ -46,7 +48,8 @@ def test_requests_follow_lm_eval_prompts(data_dir):
     assert lam.continuations == [" signs"] and not lam.contexts[0].endswith(" ")
 
 
-def test_hellaswag_preprocess_equals_lm_evals(data_dir):
+def test_hellaswag_preprocess_equals_lm_evals(need_tasks):
+    need_tasks("hellaswag")
     lm_utils = pytest.importorskip("lm_eval.tasks.hellaswag.utils")
     from slmkit.engine.evaluate.tasks import hellaswag_preprocess
 
@@ -65,7 +68,7 @@ def test_missing_files_say_where_and_how(tmp_path):
         task_files("piqa", root=tmp_path)
 
 
-def test_encode_pair_matches_lm_eval_rules():
+def test_encode_pair_matches_lm_eval_rules(gpt2_files):
     tok = build_tokenizer("gpt2")
     ctx, cont = encode_pair(tok, "Question: why?\nAnswer: ", "because")  # trailing space moves to the continuation
     assert tok.decode(ctx) == "Question: why?\nAnswer:" and tok.decode(cont) == " because"

@@ -60,7 +60,7 @@ def test_windows_are_slices_of_the_stream_across_shards(positions):
     assert loader.num_tokens == 20_000
 
 
-def test_prepared_dataset_batches(small_corpus, tmp_path):
+def test_prepared_dataset_batches(small_corpus, tmp_path, gpt2_files):
     out = prepare(str(small_corpus), tokenizer="gpt2", out=tmp_path / "ds", shard_tokens=4096, progress=False)
     x, y = TokenLoader(out, "train", 4, 32).next_batch()
     assert (x[:, 1:] == y[:, :-1]).all() and int(x.max()) < 50257

@@ -53,7 +53,8 @@ def test_optional_backends(tmp_path, name):
 
 
 def test_unknown_backend_is_a_config_error():
-    from slmkit.base.config import ConfigError, load_config
+    from slmkit.base.config import ConfigError
+    from slmkit.base.config_files import load_config
 
     with pytest.raises(ConfigError, match="log.backends"):
         load_config(None, ["log.backends=mlflow"])

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from slmkit.base.config import ModelConfig, load_config
+from slmkit.base.config import ModelConfig
+from slmkit.base.config_files import load_config
 from slmkit.model.gpt import GPT, IGNORE_INDEX, padded_vocab_size
 
 

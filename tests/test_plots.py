@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from slmkit.base.config import load_config, save_config
+from slmkit.base.config_files import load_config, save_config
 from slmkit.study.plots import PlotError, load_series, plot_runs
 
 

@@ -37,7 +37,7 @@ def _docs_of(out, split, tok) -> list[str]:
 
 
 @pytest.fixture
-def gpt2_ds(small_corpus, tmp_path):
+def gpt2_ds(small_corpus, tmp_path, gpt2_files):
     return prepare(str(small_corpus), tokenizer="gpt2", out=tmp_path / "ds", val_fraction=0.3, progress=False)
 
 
@@ -60,7 +60,7 @@ def test_prepare_writes_shards_meta_and_tokenizer(gpt2_ds, small_corpus):
     assert meta["settings"]["val_fraction"] == 0.3 and find_tokenizer(gpt2_ds).fingerprint == tok.fingerprint
 
 
-def test_split_is_deterministic_for_a_seed(small_corpus, tmp_path):
+def test_split_is_deterministic_for_a_seed(small_corpus, tmp_path, gpt2_files):
     kw = dict(tokenizer="gpt2", val_fraction=0.4, progress=False)
     a = prepare(str(small_corpus), out=tmp_path / "a", seed=1, **kw)
     b = prepare(str(small_corpus), out=tmp_path / "b", seed=1, **kw)
@@ -69,7 +69,7 @@ def test_split_is_deterministic_for_a_seed(small_corpus, tmp_path):
     assert len({_tokens(d, "val").tobytes() for d in starts | {a}}) > 1  # the seed changes the draw
 
 
-def test_val_never_empty_and_zero_fraction(small_corpus, tmp_path):
+def test_val_never_empty_and_zero_fraction(small_corpus, tmp_path, gpt2_files):
     tiny = prepare(str(small_corpus), tokenizer="gpt2", out=tmp_path / "t", val_fraction=1e-6, progress=False)
     meta = read_meta(tiny)
     assert meta["splits"]["val"]["documents"] == 1 and meta["splits"]["train"]["documents"] > 1
@@ -77,7 +77,7 @@ def test_val_never_empty_and_zero_fraction(small_corpus, tmp_path):
     assert read_meta(none)["splits"]["val"]["tokens"] == 0
 
 
-def test_fixed_size_shards(small_corpus, tmp_path):
+def test_fixed_size_shards(small_corpus, tmp_path, gpt2_files):
     out = prepare(str(small_corpus), tokenizer="gpt2", out=tmp_path / "ds", shard_tokens=5000, progress=False)
     shards = read_meta(out)["splits"]["train"]["shards"]
     assert len(shards) > 3 and all(s["tokens"] == 5000 for s in shards[:-1]) and 0 < shards[-1]["tokens"] <= 5000
@@ -94,7 +94,8 @@ def test_uint32_when_the_vocabulary_needs_it(tmp_path):
     assert np.fromfile(tmp_path / "train" / "doc_starts.u64", dtype="<u8").tolist() == [0]
 
 
-def test_single_text_file_splits_by_position_like_nanogpt(data_dir, tmp_path, run_cli):
+def test_single_text_file_splits_by_position_like_nanogpt(need_data, tmp_path, run_cli):
+    data_dir = need_data("tinyshakespeare/input.txt")
     code, out, err = run_cli("prepare", "tinyshakespeare", "--tokenizer", "char", "--out", tmp_path / "sc",
                              "--val-fraction", "0.1")  # fmt: skip
     assert code == 0, err
@@ -119,7 +120,7 @@ def test_bpe_trained_on_the_corpus_and_max_bytes(small_corpus, tmp_path):
     assert 60_000 <= meta["splits"]["train"]["bytes"] + meta["splits"]["val"]["bytes"] < 120_000
 
 
-def test_process_workers_match_threads(small_corpus, tmp_path):
+def test_process_workers_match_threads(small_corpus, tmp_path, gpt2_files):
     kw = dict(tokenizer="gpt2", val_fraction=0.2, shard_tokens=7000, progress=False, workers=2)
     a = prepare(str(small_corpus), out=tmp_path / "t", backend="thread", **kw)
     b = prepare(str(small_corpus), out=tmp_path / "p", backend="process", **kw)
@@ -137,7 +138,7 @@ def test_rerun_reuses_refuses_or_rebuilds(gpt2_ds, small_corpus):
     assert read_meta(gpt2_ds)["settings"]["val_fraction"] == 0.1
 
 
-def test_interrupted_prepare_leaves_nothing_that_looks_complete(small_corpus, tmp_path, monkeypatch):
+def test_interrupted_prepare_leaves_nothing_that_looks_complete(small_corpus, tmp_path, monkeypatch, gpt2_files):
     out = tmp_path / "ds"
     calls = []
 
@@ -180,7 +181,7 @@ def test_cli_missing_path(run_cli, tmp_path):
     _assert_cli_error(run_cli, [str(tmp_path / "nope.txt")], "no such file", tmp_path)
 
 
-def test_cli_empty_corpus(run_cli, tmp_path):
+def test_cli_empty_corpus(run_cli, tmp_path, gpt2_files):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("")
@@ -192,13 +193,13 @@ def test_cli_unknown_tokenizer(run_cli, small_corpus, tmp_path):
     _assert_cli_error(run_cli, [str(small_corpus), "--tokenizer", "wordpiece"], "unknown tokenizer", tmp_path)
 
 
-def test_cli_bad_jsonl_fails_with_line_number(run_cli, tmp_path):
+def test_cli_bad_jsonl_fails_with_line_number(run_cli, tmp_path, gpt2_files):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join([json.dumps({"text": "fine"})] * 3 + ["not json"] * 30) + "\n")
     _assert_cli_error(run_cli, [str(path), "--tokenizer", "gpt2"], "bad.jsonl:4", tmp_path)
 
 
-def test_bad_jsonl_lines_and_non_utf8_counted_in_meta(tmp_path):
+def test_bad_jsonl_lines_and_non_utf8_counted_in_meta(tmp_path, gpt2_files):
     root = tmp_path / "mixed"
     root.mkdir()
     lines = [json.dumps({"text": f"record {i}"}) for i in range(40)]
@@ -231,7 +232,7 @@ def test_out_that_is_not_a_dataset_is_refused(small_corpus, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_default_dir_and_ensure_prepared(small_corpus, tmp_path, monkeypatch):
+def test_default_dir_and_ensure_prepared(small_corpus, tmp_path, monkeypatch, gpt2_files):
     assert str(default_dataset_dir("python-stdlib", "bpe:4096")) == os.path.join("data", "python-stdlib-bpe4096")
     assert (
         default_dataset_dir("hf:HuggingFaceFW/fineweb-edu:sample-10BT", "gpt2").name == "fineweb-edu-sample-10BT-gpt2"

@@ -5,17 +5,17 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.model.generate import sample_text
 from slmkit.model.qweights import METHODS, DynamicInt8Linear, QuantizeError, dequantize_rows, quantize_rows
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.quantize import format_report, quantize
 
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=32", "train.batch_size=4",
-        "train.eval_every=10", "train.eval_batches=2", "train.log_every=10", "optim.warmup=2", "train.max_steps=10",
-        "tokenizer.kind=char", "model.norm=rmsnorm", "model.pos_emb=rope", "model.mlp=swiglu", "model.bias=false",
-        "train.name=q"]  # fmt: skip
+# LLaMA-style (swiglu, rmsnorm, rope, no biases), 64 wide, evaluated at steps 0 and 10
+RUN = tiny_overrides("model.n_embd=64", "train.eval_every=10", "train.log_every=10", "model.norm=rmsnorm",
+                     "model.pos_emb=rope", "model.mlp=swiglu", "model.bias=false", "train.name=q")  # fmt: skip
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +32,7 @@ def run(tmp_path_factory, stdlib_dir):
     data = tmp_path_factory.mktemp("data") / "tiny-char"
     prepare(str(src), tokenizer="char", out=data, val_fraction=0.2, progress=False)
     runs = tmp_path_factory.mktemp("runs")
-    overrides = [*TINY, f"data.dir={data}", f"train.out_dir={runs}"]
+    overrides = [*RUN, f"data.dir={data}", f"train.out_dir={runs}"]
     return train(load_config(None, overrides), overrides=overrides, progress=False)
 
 

@@ -14,13 +14,14 @@ import pytest
 from slmkit.study.expectations import hints
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["train.max_steps=40", "train.eval_every=20", "train.eval_batches=2", "train.log_every=100",
-        "model.n_embd=32", "train.name=rep"]  # fmt: skip
+# changes to the `tiny` preset (not conftest's TINY): the report lists them against the preset
+PRESET_CHANGES = ["train.max_steps=40", "train.eval_every=20", "train.eval_batches=2", "train.log_every=100",
+                  "model.n_embd=32", "train.name=rep"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, stdlib_dir):
-    from slmkit.base.config import load_config
+    from slmkit.base.config_files import load_config
     from slmkit.data.prepare import prepare
     from slmkit.engine.train import train
 
@@ -30,7 +31,7 @@ def run(tmp_path_factory, stdlib_dir):
     for name in ("textwrap.py", "shlex.py", "fnmatch.py", "bisect.py", "heapq.py"):
         (src / name).write_text((stdlib_dir / name).read_text(encoding="utf-8"), encoding="utf-8")
     prepare(str(src), tokenizer="char", out=root / "data", val_fraction=0.2, progress=False)
-    ov = [*TINY, f"data.source={src}", f"data.dir={root / 'data'}", f"train.out_dir={root / 'runs'}"]
+    ov = [*PRESET_CHANGES, f"data.source={src}", f"data.dir={root / 'data'}", f"train.out_dir={root / 'runs'}"]
     return train(load_config("tiny", ov), overrides=ov, progress=False)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.study.scaling import (
     KNOWN_MODELS,
     LawFit,

@@ -124,15 +124,16 @@ def test_python_stdlib_builtin_offline(stdlib_dir):
     assert next(iter_texts("python-stdlib", max_bytes=1)) == files[0].read_text(encoding="utf-8")
 
 
-def test_builtin_from_data_dir_and_iter_texts_limit(data_dir):
-    text = (data_dir / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+def test_builtin_from_data_dir_and_iter_texts_limit(need_data):
+    text = (need_data("tinyshakespeare/input.txt") / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     docs, stats = _docs("tinyshakespeare")
     assert "".join(d.text for d in docs) == text and stats.sha256 == ""
     assert stats.to_meta()["sha256"] == BUILTINS["tinyshakespeare"].sha256[0]
     assert sum(len(t) for t in iter_texts("tinyshakespeare", max_bytes=100_000)) < 2 * sources.BLOCK_BYTES
 
 
-def test_wikitext_is_split_into_articles(data_dir):
+def test_wikitext_is_split_into_articles(need_data):
+    need_data("wikitext-2/valid.txt", "wikitext-2/test.txt")
     docs, stats = _docs("wikitext-2")
     assert len(docs) > 50 and stats.files == 2
     heads = [d.text.lstrip(" \n") for d in docs]  # a file starts with a blank line

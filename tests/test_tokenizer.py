@@ -31,7 +31,7 @@ def bpe(corpus):
     return train_bpe(corpus + [TRICKY], 1024)
 
 
-def test_round_trip_all_kinds(bpe):
+def test_round_trip_all_kinds(bpe, gpt2_files):
     toks = [CharTokenizer.from_texts([TRICKY]), build_tokenizer("gpt2"), bpe]
     for tok in toks:
         ids = tok.encode(TRICKY)
@@ -56,7 +56,7 @@ def test_bpe_reserves_chat_tokens(bpe):
     assert bpe.special_tokens["<|user|>"] not in bpe.encode("<|user|>hi")  # plain text by default
 
 
-def test_gpt2_known_ids():
+def test_gpt2_known_ids(gpt2_files):
     tok = build_tokenizer("gpt2")
     assert tok.encode("hello world") == [31373, 995]
     assert tok.vocab_size == 50257 and tok.eot_id == 50256
@@ -72,14 +72,16 @@ def test_fingerprint_is_stable_and_sensitive(tmp_path, bpe, corpus):
 
 
 @pytest.mark.parametrize("kind", ["char", "gpt2", "bpe"])
-def test_save_load_preserves_fingerprint(tmp_path, kind, bpe):
-    tok = {"char": CharTokenizer.from_texts([TRICKY]), "gpt2": build_tokenizer("gpt2"), "bpe": bpe}[kind]
+def test_save_load_preserves_fingerprint(tmp_path, kind, bpe, request):
+    if kind == "gpt2":
+        request.getfixturevalue("gpt2_files")
+    tok = bpe if kind == "bpe" else CharTokenizer.from_texts([TRICKY]) if kind == "char" else build_tokenizer("gpt2")
     tok.save(tmp_path / kind)
     loaded = load_tokenizer(tmp_path / kind)
     assert loaded.fingerprint == tok.fingerprint and loaded.encode(TRICKY) == tok.encode(TRICKY)
 
 
-def test_added_chat_tokens_survive_save(tmp_path):
+def test_added_chat_tokens_survive_save(tmp_path, gpt2_files):
     tok = CharTokenizer.from_texts(["hello"])
     fp = tok.fingerprint
     tok.add_special_tokens(CHAT_TOKENS)

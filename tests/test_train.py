@@ -6,17 +6,15 @@ import os
 import signal
 
 import pytest
+from conftest import TINY
 
-from slmkit.base.config import ConfigError, load_config
+from slmkit.base.config import ConfigError
+from slmkit.base.config_files import load_config
 from slmkit.base.metrics import read_metrics, series
 from slmkit.engine.resolve import derive_run_name, lr_scaling_hint
 from slmkit.engine.train import train
 from slmkit.engine.trainer import TrainingDiverged
 from slmkit.runs import checkpoint as ckpt_io
-
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",
-        "train.eval_every=5", "train.eval_batches=2", "train.log_every=5", "optim.warmup=2", "train.max_steps=10",
-        "tokenizer.kind=char"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +192,46 @@ def test_sample_cli_streams_from_the_run(dataset, tmp_path, run_cli):
     assert run_cli(*args)[1] == out  # a seed reproduces its sample
     code, _, err = run_cli("sample", tmp_path / "nope")
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_mfu_never_exceeds_100_percent_when_the_peak_was_measured_low(dataset, tmp_path, monkeypatch, capsys):
+    """A busy CPU while the start-up matmul is timed makes the peak read low; MFU must still stay <= 100%."""
+    from slmkit.engine import runtime, trainer
+
+    monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(runtime, "_PEAKS", {}, raising=False)
+    monkeypatch.setattr(runtime, "_REMEASURED", set(), raising=False)
+    monkeypatch.setattr(runtime, "_measure_peak", lambda *a, **k: 1e3, raising=False)  # a very busy machine
+    monkeypatch.setattr(trainer, "peak_flops", lambda *a, **k: 1e3)
+    cfg, ov = tiny(dataset, tmp_path, "train.max_steps=6", "train.log_every=1")
+    run = train(cfg, overrides=ov, progress=False)
+    _, mfu = series(run, "perf/mfu")
+    assert len(mfu) == 6 and all(0 < v <= 1.0 for v in mfu), mfu
+    err = capsys.readouterr().err
+    assert err.count("above the") == 1 and "mfu 100.0%" in err  # one warning, then the capped value
+    assert "mfu 1" not in err.replace("mfu 100.0%", "")  # never above 100% on the console either
+
+
+def test_peak_flops_is_the_best_measurement_kept_per_machine(tmp_path, monkeypatch):
+    from slmkit.engine import runtime
+
+    monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path))
+    measured = iter([2e9, 5e9, 1e9])
+    monkeypatch.setattr(runtime, "_measure_peak", lambda *a, **k: next(measured))
+    monkeypatch.setattr(runtime, "_PEAKS", {})
+    assert runtime.peak_flops("cpu", "fp32") == 2e9
+    key = runtime.peak_key("cpu", "fp32")
+    assert "threads=" in key and "fp32" in key
+    assert json.loads((tmp_path / runtime.PEAK_CACHE_FILE).read_text()) == {key: 2e9}
+    monkeypatch.setattr(runtime, "_PEAKS", {})  # a new process: a higher measurement refreshes the cache
+    assert runtime.peak_flops("cpu", "fp32") == 5e9
+    monkeypatch.setattr(runtime, "_PEAKS", {})  # a busy start-up later: the cached best wins
+    assert runtime.peak_flops("cpu", "fp32") == 5e9
+    assert json.loads((tmp_path / runtime.PEAK_CACHE_FILE).read_text()) == {key: 5e9}
+
+
+def test_peak_flops_measures_a_real_matmul():
+    from slmkit.engine import runtime
+
+    flops = runtime._measure_peak("cpu", "fp32", budget_s=0.05)
+    assert 1e8 < flops < 1e14

@@ -1,6 +1,7 @@
-"""The run configuration: one typed dataclass tree, loaded from TOML, overridden from the command line.
+"""The run configuration: one typed dataclass tree, built from dicts and overridden from the command line.
 
-Every field has a docstring right under it; those docstrings are the help text of `slm config show`.
+Every field has a docstring right under it; those docstrings are the help text of `slm config show` and of the
+CLI flags that mirror a field (`field_default`, `field_help`). Configs on disk (presets, TOML) are `config_files`.
 Validation lives in each section's `__post_init__` and names the field to change. Derived values
 (padded vocabulary, MLP hidden size, accumulation) are computed in one place: `RunConfig.resolve`.
 """
@@ -11,7 +12,6 @@ import ast
 import dataclasses
 import difflib
 import functools
-import inspect
 import os
 import sys
 import types
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.base.atomic import atomic_write_text
 from slmkit.base.errors import SlmError
 
 if sys.version_info >= (3, 11):
@@ -361,19 +360,27 @@ class RunConfig:
 
 
 @functools.cache
+def _docs_by_class() -> dict[str, dict[str, str]]:
+    """Class name -> {field name -> the docstring written right under it}, for every class of this module (one
+    parse of this file: `inspect.getsource` per class is several times slower, and `slm --help` reads them)."""
+    try:
+        tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    except OSError:  # pragma: no cover - source not available (frozen app)
+        return {}
+    out = {}
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        docs = out.setdefault(cls.name, {})
+        for node, nxt in zip(cls.body, cls.body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else None
+                if isinstance(doc, str):
+                    docs[node.target.id] = " ".join(doc.split())
+    return out
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Map field name -> the docstring written right under it in the class body."""
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError):  # pragma: no cover - source not available (frozen app)
-        return {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    return _docs_by_class().get(cls.__name__, {})
 
 
 class _Field(typing.NamedTuple):
@@ -382,6 +389,7 @@ class _Field(typing.NamedTuple):
     type_cls: type | None  # the dataclass type for a section, else None
 
 
+@functools.cache
 def _fields(cls: type) -> list[_Field]:
     hints = typing.get_type_hints(cls)
     out = []
@@ -389,6 +397,27 @@ def _fields(cls: type) -> list[_Field]:
         t = hints[f.name]
         out.append(_Field(f.name, t, t if dataclasses.is_dataclass(t) else None))
     return out
+
+
+def _section_of(key: str) -> tuple[type, str]:
+    section, _, name = key.partition(".")
+    cls = {f.name: f.type_cls for f in _fields(RunConfig)}.get(section)
+    if cls is None or name not in {f.name for f in _fields(cls)}:
+        raise _unknown(key, all_keys())
+    return cls, name
+
+
+def field_default(key: str) -> Any:
+    """The default of a dotted config field, e.g. field_default("data.val_fraction") -> 0.05 (a CLI flag that
+    mirrors a field takes its default from here, so the two never drift apart)."""
+    cls, name = _section_of(key)
+    return getattr(cls(), name)
+
+
+def field_help(key: str) -> str:
+    """The docstring under a dotted config field (the help text of a CLI flag that mirrors it)."""
+    cls, name = _section_of(key)
+    return field_docs(cls).get(name, "")
 
 
 def describe(cfg: RunConfig) -> list[tuple[str, Any, Any, str]]:
@@ -429,7 +458,7 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
     if origin is list:
         (item_t,) = typing.get_args(t)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() not in ("", "[]") else []
+            value = _parse_list(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} expects a list of {_type_name(item_t)}, got {value!r}")
         return [_coerce(key, v, item_t) for v in value]
@@ -466,15 +495,87 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
     raise ConfigError(f"{key}: unsupported field type {t}")  # pragma: no cover
 
 
+# Names people reach for (other libraries' spellings) -> this tree's field name; used by the "did you mean".
+_SYNONYMS = {
+    "learning_rate": "lr", "learningrate": "lr", "max_lr": "lr", "peak_lr": "lr", "final_lr": "min_lr",
+    "end_lr": "min_lr", "lr_min": "min_lr", "wd": "weight_decay", "decay": "weight_decay", "clip": "grad_clip",
+    "grad_norm_clip": "grad_clip", "clip_grad": "grad_clip", "max_grad_norm": "grad_clip", "warmup_steps": "warmup",
+    "warmup_iters": "warmup", "optimizer": "name", "lr_schedule": "schedule", "scheduler": "schedule",
+    "batch": "batch_size", "bs": "batch_size", "micro_batch_size": "batch_size", "batch_size_per_device": "batch_size",
+    "steps": "max_steps", "iters": "max_steps", "max_iters": "max_steps", "num_steps": "max_steps",
+    "total_steps": "max_steps", "train_steps": "max_steps", "accum": "grad_accum",
+    "gradient_accumulation": "grad_accum", "gradient_accumulation_steps": "grad_accum",
+    "grad_accumulation": "grad_accum", "eval_interval": "eval_every",
+    "eval_iters": "eval_batches", "log_interval": "log_every", "checkpoint_every": "ckpt_every",
+    "save_every": "ckpt_every", "layers": "n_layer", "n_layers": "n_layer", "num_layers": "n_layer",
+    "num_hidden_layers": "n_layer", "depth": "n_layer", "heads": "n_head", "n_heads": "n_head", "num_heads": "n_head",
+    "num_attention_heads": "n_head", "kv_heads": "n_kv_head", "n_kv_heads": "n_kv_head",
+    "num_key_value_heads": "n_kv_head", "dim": "n_embd", "width": "n_embd", "d_model": "n_embd", "n_embed": "n_embd",
+    "hidden_size": "n_embd", "embd": "n_embd", "emb_dim": "n_embd", "context": "block_size",
+    "context_length": "block_size", "ctx_len": "block_size", "seq_len": "block_size", "max_seq_len": "block_size",
+    "seq_length": "block_size", "n_ctx": "block_size", "max_position_embeddings": "block_size",
+    "vocab": "vocab_size", "n_vocab": "vocab_size", "ffn_hidden": "mlp_hidden", "intermediate_size": "mlp_hidden",
+    "d_ff": "mlp_hidden", "tie_word_embeddings": "tie_embeddings", "tokenizer": "kind", "path": "source",
+    "dataset": "source", "files": "include", "backend": "backends", "r": "rank",
+    "lora_rank": "rank", "lora_alpha": "alpha", "target_modules": "targets",
+}  # fmt: skip
+
+
+def _suggest(key: str, candidates: list[str], n: int = 3) -> list[str]:
+    """Up to `n` known keys that `key` probably meant, best first: the same field name (or a known synonym such
+    as learning_rate -> lr) in the same section first, then close spellings of the field name, then of the key."""
+    section, _, tail = key.rpartition(".")
+    tail = tail.strip().lower().replace("-", "_")
+    by_tail: dict[str, list[str]] = {}
+    for c in candidates:
+        by_tail.setdefault(c.rpartition(".")[2], []).append(c)
+    sections = {c.rpartition(".")[0] for c in candidates}
+    section_fix = (
+        section
+        if section in sections or not section
+        else next(iter(difflib.get_close_matches(section, sorted(sections), n=1, cutoff=0.6)), None)
+    )
+    picks: list[str] = []
+
+    def add(keys: list[str]) -> None:  # same (or corrected) section first
+        for c in sorted(keys, key=lambda c: c.rpartition(".")[0] != section_fix):
+            if c not in picks and c != key:
+                picks.append(c)
+
+    for name in dict.fromkeys((_SYNONYMS.get(tail, tail), tail, _SYNONYMS.get(tail.rstrip("s"), tail.rstrip("s")))):
+        add(by_tail.get(name, []))
+    for name in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.85 if picks else 0.75):
+        add(by_tail[name])
+    if section_fix and section_fix != section:  # a misspelled section: "optm.lr"
+        add(difflib.get_close_matches(f"{section_fix}.{tail}", candidates, n=n, cutoff=0.6))
+    if not picks:  # a looser spelling of the field name, then words in common ("max_tokens" -> tokens_per_step)
+        for name in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.6):
+            add(by_tail[name])
+        words = {w for w in tail.split("_") if len(w) > 2}
+        add([c for t, cs in by_tail.items() if words & set(t.split("_")) for c in cs])
+    return picks[:n]
+
+
 def _unknown(key: str, candidates: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5)
-    if not close:  # also match on the last part: "lr" -> "optim.lr"
-        tail = key.rsplit(".", 1)[-1]
-        close = [c for c in candidates if c.rsplit(".", 1)[-1] == tail][:3] or difflib.get_close_matches(
-            tail, candidates, n=3, cutoff=0.4
-        )
+    close = _suggest(key, candidates)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `slm config show` lists every key"
     return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _parse_list(text: str) -> list:
+    """A list field's value as typed on the command line: TOML/JSON list syntax (`["a", "b"]`, `['a']`, `[]`, what
+    `slm config show` prints) or the comma form (`a,b`); the items are typed by the caller."""
+    s = text.strip()
+    if s.startswith("[") and s.endswith("]"):
+        try:
+            value = tomllib.loads(f"v = {s}")["v"]
+        except tomllib.TOMLDecodeError:  # unquoted items, `[*.py, *.md]`: the comma form inside the brackets
+            s = s[1:-1]
+        else:
+            if isinstance(value, list):
+                return value
+    items = (v.strip() for v in s.split(","))
+    return [v[1:-1] if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"" else v for v in items if v]
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:
@@ -516,80 +617,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         else:
             data[key] = value
     return data
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Presets and TOML files.
-
-PRESETS_DIR = Path(__file__).parent / "presets"
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
-
-
-def resolve_config_path(spec: str) -> Path:
-    """A config argument is a TOML path or a preset name (e.g. `shakespeare-char`)."""
-    p = Path(spec)
-    if p.suffix == ".toml" or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"config file {spec} not found; presets: {', '.join(preset_names())}")
-        return p
-    cand = PRESETS_DIR / f"{spec}.toml"
-    if cand.is_file():
-        return cand
-    close = difflib.get_close_matches(spec, preset_names(), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else f"presets: {', '.join(preset_names())}"
-    raise ConfigError(f"no config file or preset named {spec!r}; {hint}")
-
-
-def read_toml(path: str | Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-
-
-def load_config(spec: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset or TOML file (default: the embedded `default` preset) and apply dotted overrides."""
-    path = resolve_config_path(spec or "default")
-    data = read_toml(path)
-    if path.parent.resolve() == PRESETS_DIR.resolve() and "preset" not in data:
-        data["preset"] = path.stem
-    return from_dict(apply_overrides(data, overrides or []))
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if v is None:
-        raise ConfigError("TOML has no null; use a default instead of None")
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dumps_toml(data: dict) -> str:
-    """Write a two-level dict (scalars, then [section] tables) as TOML."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def to_toml(cfg: RunConfig) -> str:
-    return dumps_toml(cfg.to_dict())
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-
-    atomic_write_text(path, to_toml(cfg))
 
 
 def diff_configs(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:

@@ -1,8 +1,9 @@
 """MetricsLogger: every metric goes to `metrics.jsonl` (always); extra backends sit behind the same interface.
 
 Keys are namespaced: `train/loss`, `train/grad_norm`, `train/lr`, `val/loss`, `val/bpb`, `perf/tok_per_s`,
-`perf/mfu`, `perf/step_ms`, `mem/rss_mb`, `doctor/*`. Reports and plots read the JSONL offline; the training loop
-never imports them. Each JSONL line is one event: {"step": int, "time": unix seconds, key: value, ...}.
+`perf/mfu`, `perf/step_ms`, `mem/rss_mb`, `doctor/*`. Each JSONL line is one event: {"step": int, "time": unix
+seconds, key: value, ...}. Reports, plots, the doctor, the run table and studies read it offline, all through the
+one reader `RunMetrics` (torn lines, NaN/inf and rollbacks handled once); the training loop never imports them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,25 +110,142 @@ class MetricsLogger:
         self.backends = []
 
 
-def read_metrics(run_dir: str | Path) -> Iterator[dict]:
-    """Every event of a run's metrics.jsonl (a torn last line from a crash is skipped)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
+# ---------------------------------------------------------------------------------------------------------
+# The one reader of metrics.jsonl: the doctor, plots, reports, the run table and studies all read through it.
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # how `_clean` wrote them
+_EVENT_START = '{"step": '  # every line the logger writes starts with this
+
+
+def _event(e: Any) -> dict | None:
+    """An event with the logger's "nan"/"inf" strings back as floats; None for anything that is not an event."""
+    if not isinstance(e, dict) or "step" not in e:
+        return None
+    return {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in e.items()}
+
+
+def _parse(line: str) -> tuple[dict | None, bool]:
+    """(the event on one line or None, whether the line was torn by a crash mid-write). When a resumed run appended
+    to a file whose last line was torn, its first event sits glued after the fragment on that line: it is kept."""
+    try:
+        return _event(json.loads(line)), False
+    except json.JSONDecodeError:
+        pass
+    i = line.rfind(_EVENT_START)
+    if i > 0:
+        try:
+            return _event(json.loads(line[i:])), True
+        except json.JSONDecodeError:
+            pass
+    return None, True
+
+
+class RunMetrics:
+    """One run's metric events, parsed once, in file order, with rollbacks applied.
+
+    Rollback rule (train.on_spike=rollback): the trainer restores the checkpoint of step T after a spike at step
+    F > T, logs {"step": T, "doctor/rollback": F} and replays from T + 1. Every earlier event with a step after T
+    is superseded and dropped (kept in `superseded`); the rollback event itself stays. `rollbacks` lists every
+    rollback as (T, F) in file order, also one that a later rollback to an earlier step superseded.
+    """
+
+    def __init__(self, events: list[dict], superseded: list[dict] | None = None,
+                 rollbacks: list[tuple[int, int]] | None = None, torn: int = 0):  # fmt: skip
+        self.events = events
+        self.superseded = superseded or []
+        self.rollbacks = rollbacks or []
+        self.torn = torn  # lines cut short by a crash mid-write (skipped)
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunMetrics:
+        """The run dir's metrics.jsonl (empty when there is none yet)."""
+        path = Path(run_dir) / METRICS_FILE
+        if not path.exists():
+            return cls([])
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return cls.from_lines(f)
+
+    @classmethod
+    def from_lines(cls, lines: Iterable[str]) -> RunMetrics:
+        events, torn = [], 0
+        for line in lines:
+            if not line.strip():
                 continue
+            e, cut = _parse(line)
+            torn += cut
+            if e is not None:
+                events.append(e)
+        out = cls._replay(events)
+        out.torn = torn
+        return out
+
+    @classmethod
+    def from_events(cls, events: Iterable[dict]) -> RunMetrics:
+        """From events already in memory (a test stream, a report's events); a RunMetrics is returned as it is."""
+        if isinstance(events, RunMetrics):
+            return events
+        return cls._replay([e for e in map(_event, events) if e is not None])
+
+    @classmethod
+    def _replay(cls, events: list[dict]) -> RunMetrics:
+        kept: list[dict] = []
+        superseded: list[dict] = []
+        rollbacks: list[tuple[int, int]] = []
+        for e in events:
+            if "doctor/rollback" in e:
+                to = int(e["step"])
+                rollbacks.append((to, int(e["doctor/rollback"])))
+                superseded += [x for x in kept if int(x["step"]) > to]
+                kept = [x for x in kept if int(x["step"]) <= to]
+            kept.append(e)
+        return cls(kept, superseded, rollbacks)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def has(self, key: str) -> bool:
+        return any(key in e for e in self.events)
+
+    def with_key(self, key: str) -> list[dict]:
+        """The events that carry `key`, in order."""
+        return [e for e in self.events if key in e]
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric key, in order."""
+        evs = self.with_key(key)
+        return [int(e["step"]) for e in evs], [float(e[key]) for e in evs]
+
+    def values(self, key: str) -> list[float]:
+        return [float(e[key]) for e in self.events if key in e]
+
+    def first(self, key: str, default: float | None = None) -> float | None:
+        return next((float(e[key]) for e in self.events if key in e), default)
+
+    def last(self, key: str, default: float | None = None) -> float | None:
+        return next((float(e[key]) for e in reversed(self.events) if key in e), default)
+
+    def step_records(self) -> list[dict]:
+        """The optimizer-step events (train/loss with train/grad_norm), not eval points, doctor notes or the
+        trainer's NaN marker ({"train/loss": nan, "doctor/divergence": 1})."""
+        return [e for e in self.events if "train/loss" in e and "train/grad_norm" in e]
+
+    def train_seconds(self) -> list[float]:
+        """Training time (sum of perf/step_ms, evals excluded) at each of `step_records()`."""
+        out, t = [], 0.0
+        for e in self.step_records():
+            t += float(e.get("perf/step_ms", 0.0)) / 1000
+            out.append(t)
+        return out
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every event of a run's metrics.jsonl, rollbacks applied (`RunMetrics.read(run_dir).events`)."""
+    return RunMetrics.read(run_dir).events
 
 
 def series(run_dir: str | Path, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of one metric key, in order."""
-    steps, values = [], []
-    for rec in read_metrics(run_dir):
-        if key in rec:
-            v = rec[key]
-            steps.append(rec["step"])
-            values.append(float(v))  # "nan"/"inf" strings parse too
-    return steps, values
+    """(steps, values) of one metric key, in order, rollbacks applied (`RunMetrics.read(run_dir).series(key)`)."""
+    return RunMetrics.read(run_dir).series(key)

@@ -1,10 +1,10 @@
-"""`slm` verbs for the core path: config, tokenizer, prepare, data, train, sample."""
+"""`slm` verbs for the core path: tokenizer, prepare, data, train, sample (config is in `cli/config.py`)."""
 
 from __future__ import annotations
 
 import sys
 
-from slmkit.base.config import PRESETS_DIR, describe, load_config, preset_names, read_toml
+from slmkit.base.config_files import load_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import build_tokenizer, bytes_per_token, parse_kind, train_bpe
 from slmkit.cli.base import print_json, split_config_arg
@@ -18,33 +18,10 @@ from slmkit.runs.checkpoint import load_model, read_run_info
 from slmkit.ship.finetune import init_from_config
 
 # ---------------------------------------------------------------------------------------------------------
-# config
-
-
-def cmd_config_show(args) -> None:
-
-    cfg = load_config(args.config, args.overrides)
-    rows = describe(cfg)
-    width = max(len(k) for k, *_ in rows)
-    for key, value, default, help_text in rows:
-        mark = " " if value == default else "*"
-        print(f"{mark} {key:<{width}} = {value!r:<16} (default {default!r})  {help_text}")
-    print("\n* = differs from the default", file=sys.stderr)
-
-
-def cmd_config_presets(args) -> None:
-
-    for name in preset_names():
-        desc = read_toml(PRESETS_DIR / f"{name}.toml").get("description", "")
-        print(f"{name:<28} {desc}")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # tokenizer
 
 
 def cmd_tokenizer_train(args) -> None:
-
     _, _ = parse_kind(f"bpe:{args.vocab_size}")
     tok = train_bpe(iter_texts(args.source, max_bytes=args.max_bytes), args.vocab_size)
     tok.save(args.out)
@@ -52,12 +29,10 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def cmd_tokenizer_info(args) -> None:
-
     print_json(find_tokenizer(args.path).info())
 
 
 def cmd_tokenizer_eval(args) -> None:
-
     sample = list(iter_texts(args.source, max_bytes=args.max_bytes))
     rows = []
     for kind in args.tokenizers:
@@ -79,7 +54,6 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_data_info(args) -> None:
-
     print_json(read_meta(args.dir))
 
 
@@ -88,7 +62,6 @@ def cmd_data_info(args) -> None:
 
 
 def cmd_train(args) -> int:
-
     config, overrides = split_config_arg(args.config, args.overrides)
     if args.nproc:  # N processes on this machine via torchrun, each running this command without --nproc
         device = next((o.split("=", 1)[1].strip() for o in overrides if o.startswith("train.device=")), "auto")
@@ -110,7 +83,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> None:
-
     model, tokenizer, cfg, ckpt = load_model(args.run, args.checkpoint)
     print(f"# {ckpt} ({tokenizer.name})", file=sys.stderr)
     for i in range(args.num_samples):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from slmkit.cli.base import add, add_checkpoint, add_sampling, group
+from slmkit.base.chinchilla import TOKENS_PER_PARAM
+from slmkit.cli.base import add, add_checkpoint, add_field, add_overrides, add_sampling, group
 
 
 def register(sub) -> None:
@@ -19,34 +20,35 @@ def register(sub) -> None:
 def register_core(sub) -> None:
     """Add this module's verbs to the `slm` parser."""
     cfg = group(sub, "config", "show config fields, values, defaults and help; list presets")
-    p = add(cfg, "show", "core:cmd_config_show", "print every config field with its value, default and help")
+    p = add(cfg, "show", "config:cmd_config_show", "print every config field with its value, default and help")
     p.add_argument("config", nargs="?", help="a preset name or TOML file (default: the embedded default)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4")
-    add(cfg, "presets", "core:cmd_config_presets", "list the built-in presets")
+    add_overrides(p, "dotted overrides, e.g. optim.lr=3e-4")
+    add(cfg, "presets", "config:cmd_config_presets", "list the built-in presets")
 
     tk = group(sub, "tokenizer", "train, inspect and compare tokenizers")
     p = add(tk, "train", "core:cmd_tokenizer_train", "train a byte-level BPE tokenizer on a corpus")
     p.add_argument("source", help="corpus: built-in name, file, directory, glob, .jsonl or .parquet")
-    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size, special tokens included")
     p.add_argument("--out", required=True, help="directory to save the tokenizer into")
     p.add_argument("--max-bytes", type=int, default=0, help="train on at most this many bytes of text (0: all)")
     p = add(tk, "info", "core:cmd_tokenizer_info", "show a tokenizer's kind, vocabulary size, specials and fingerprint")
     p.add_argument("path", help="a tokenizer directory, dataset directory or run directory")
     p = add(tk, "eval", "core:cmd_tokenizer_eval", "compare tokenizers by bytes per token on a sample")
     p.add_argument("source", help="sample corpus")
-    p.add_argument("--tokenizers", nargs="+", default=["char", "gpt2", "bpe:8192"], metavar="KIND")
+    p.add_argument("--tokenizers", nargs="+", default=["char", "gpt2", "bpe:8192"], metavar="KIND",
+                   help="tokenizer kinds to compare")  # fmt: skip
     p.add_argument("--max-bytes", type=int, default=2_000_000, help="sample size in bytes")
 
     p = add(sub, "prepare", "core:cmd_prepare", "tokenize a corpus into a dataset directory (train/val shards)")
     p.add_argument("source", help="built-in name (python-stdlib, tinyshakespeare, tinystories, wikitext-2), file, "
                    "directory, glob, .jsonl, .parquet or hf:<dataset>[:<config>]")  # fmt: skip
-    p.add_argument("--tokenizer", default="bpe:8192", help="char | gpt2 | bpe:<vocab> | a tokenizer directory")
+    add_field(p, "--tokenizer", "tokenizer.kind")
     p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=1337, help="seed of the train/val document split")
-    p.add_argument("--text-field", default="text", help="field of .jsonl records / column of .parquet files")
-    p.add_argument("--include", action="append", default=[], help="glob of files to include (directories)")
-    p.add_argument("--exclude", action="append", default=[], help="glob of files to skip (directories)")
+    add_field(p, "--val-fraction", "data.val_fraction")
+    add_field(p, "--seed", "data.seed")
+    add_field(p, "--text-field", "data.text_field")
+    add_field(p, "--include", "data.include")
+    add_field(p, "--exclude", "data.exclude")
     p.add_argument("--workers", type=int, default=0, help="tokenizer workers (0: one per CPU)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is already prepared")
@@ -63,7 +65,7 @@ def register_core(sub) -> None:
         TRAIN_HELP,
     )
     p.add_argument("config", nargs="?", help="preset name or TOML file (default: the embedded default preset)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides typed against the config, e.g. optim.lr=3e-4")
+    add_overrides(p, "dotted overrides typed against the config, e.g. optim.lr=3e-4 (also after the options)")
     p.add_argument("--name", help="run name (default: derived from the preset and overrides)")
     p.add_argument("--resume", metavar="RUN", help="continue runs/<name> exactly from its latest checkpoint")
     p.add_argument("--allow-changed", action="store_true", help="with --resume: accept changed optimizer/schedule")
@@ -79,7 +81,7 @@ def register_core(sub) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     add_sampling(p, max_new_tokens=200, temperature=0.8, top_k=0)
     p.add_argument("--seed", type=int, default=None, help="make the sample reproducible")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--num-samples", type=int, default=1, help="how many samples (separated by ---)")
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
 
 
@@ -87,8 +89,8 @@ def register_study(sub) -> None:
     """Add this module's verbs to the `slm` parser."""
     p = add(sub, "plot", "study:cmd_plot", "chart loss, val loss, gradient norm, LR and tokens/s of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
-    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x axis (default: step)")
-    p.add_argument("--out", default="plot.png", help="PNG file to write (default: plot.png)")
+    p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x axis")
+    p.add_argument("--out", default="plot.png", help="PNG file to write")
     p.add_argument("--logy", action="store_true", help="log scale for the loss axis")
 
     p = add(
@@ -101,7 +103,7 @@ def register_study(sub) -> None:
     p.add_argument("--samples", type=int, default=2, help="sample generations to include (0: none)")
 
     p = add(sub, "runs", "study:cmd_runs", "table of runs: name, parent, params, tokens, steps, val loss, status")
-    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories (default: runs)")
+    p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     p = add(
@@ -112,7 +114,7 @@ def register_study(sub) -> None:
         ABLATE_HELP,
     )
     p.add_argument("config", nargs="?", help="base preset name or TOML file (default: the embedded default)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to the base, e.g. train.max_steps=300")
+    add_overrides(p, "dotted overrides applied to the base, e.g. train.max_steps=300")
     p.add_argument(
         "--vary",
         action="append",
@@ -121,10 +123,10 @@ def register_study(sub) -> None:
         required=True,
         help="a config key and the values to try (repeatable), e.g. optim.lr=1e-3,3e-4",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: 3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm")
     p.add_argument("--grid", action="store_true", help="every combination of the --vary values, not one at a time")
     p.add_argument("--vary-data-seed", action="store_true", help="vary the data order with the seed too")
-    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses (default: 1)")
+    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
     p.add_argument("--out", help="study directory (default: <train.out_dir>/ablate-<base name>)")
     p.add_argument("--no-train", action="store_true", help="only recompute the summary from finished runs")
 
@@ -143,20 +145,27 @@ def register_study(sub) -> None:
                    "--measure): gives the compute-optimal N and D")  # fmt: skip
     p.add_argument("--run", help="a run dir whose measured tokens/s gives this machine's FLOP/s")
     p.add_argument("--measure", action="store_true", help="measure FLOP/s with a few steps of --config's model")
-    p.add_argument("--ratio", type=float, default=20.0, help="tokens per parameter (default: 20, Chinchilla)")
+    p.add_argument(
+        "--ratio", type=float, default=TOKENS_PER_PARAM, help="tokens per parameter (default: %(default)g, Chinchilla)"
+    )
     p.add_argument("--lr", type=float, help="the current learning rate (with --batch)")
     p.add_argument("--batch", type=float, nargs=2, metavar=("OLD", "NEW"), help="batch change for the sqrt LR rule")
     p = add(
         sc, "map", "study:cmd_scaling_map", "PNG of known models on parameters vs tokens, the 20x line and your runs"
     )
     p.add_argument("runs", nargs="*", metavar="RUN", help="run dirs, or folders holding them, to put on the map")
-    p.add_argument("--out", default="scaling-map.png", help="PNG to write (default: scaling-map.png)")
-    p.add_argument("--ratio", type=float, default=20.0, help="tokens per parameter of the reference line")
+    p.add_argument("--out", default="scaling-map.png", help="PNG to write")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=TOKENS_PER_PARAM,
+        help="tokens per parameter of the reference line (default: %(default)g)",
+    )
     p = add(
         sc, "fit", "study:cmd_scaling_fit", "fit L(N, D) = E + A/N^a + B/D^b and the L(C) frontier to finished runs"
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs, or folders holding them (>= 5 runs)")
-    p.add_argument("--out", default="scaling-fit.png", help="PNG to write (default: scaling-fit.png)")
+    p.add_argument("--out", default="scaling-fit.png", help="PNG to write")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties (0: none)")
     p.add_argument("--budget", help="extrapolate loss and optimal N, D to this many FLOPs, e.g. 1e18")
     p.add_argument("--json", action="store_true", help="print the fit as JSON")
@@ -168,12 +177,12 @@ def register_study(sub) -> None:
         SCALING_SWEEP_HELP,
     )
     p.add_argument("config", nargs="?", help="base preset or TOML (default: the embedded default)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    add_overrides(p, "dotted overrides applied to every run")
     p.add_argument("--budget", required=True, help="total compute: FLOPs (e.g. 2e13) or wall time (e.g. 30m)")
     p.add_argument("--sizes", default="2x32,2x48,2x64,4x64", help="model sizes as n_layer x n_embd, comma-separated")
-    p.add_argument("--levels", type=int, default=3, help="compute levels per size (default: 3; L(C) needs 3)")
-    p.add_argument("--level-ratio", type=float, default=3.0, help="compute ratio between levels (default: 3)")
-    p.add_argument("--out", default="runs/sweep", help="folder for the runs and the fit (default: runs/sweep)")
+    p.add_argument("--levels", type=int, default=3, help="compute levels per size (L(C) needs 3)")
+    p.add_argument("--level-ratio", type=float, default=3.0, help="compute ratio between levels")
+    p.add_argument("--out", default="runs/sweep", help="folder for the runs and the fit")
     p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
     p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties")
 
@@ -186,9 +195,8 @@ def register_ship(sub) -> None:
     p.add_argument("parent", metavar="PARENT_RUN", help="the run to fine-tune")
     p.add_argument("--data", required=True, help="alpaca .json/.jsonl, messages/ShareGPT .jsonl or prompt/completion "
                    ".jsonl")  # fmt: skip
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. lora.rank=8 train.max_steps=500")
-    p.set_defaults(overrides_anywhere=True)  # `slm sft RUN --data FILE a.b=1`: overrides may follow the options
-    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP (default: best)")
+    add_overrides(p, "dotted overrides, e.g. lora.rank=8 train.max_steps=500 (also after the options)")
+    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
     p.add_argument("--name", help="child run name (default: <parent>-sft or <parent>-lora)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -203,7 +211,7 @@ def register_ship(sub) -> None:
     add_checkpoint(p)
     p.add_argument("--system", default="", help="system message")
     add_sampling(p, max_new_tokens=256, temperature=0.7, top_k=50)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="make the replies reproducible")
 
     p = add(
         sub,
@@ -216,14 +224,13 @@ def register_ship(sub) -> None:
     p.add_argument(
         "--tasks",
         default="val,hellaswag",
-        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, "
-        "piqa, winogrande, lambada (default: val,hellaswag)",
+        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, piqa, winogrande, lambada",
     )
-    p.add_argument("--limit", type=int, default=0, help="items per benchmark task (0: all)")
+    add_field(p, "--limit", "eval.limit")
     add_checkpoint(p)
     p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
     p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
-    p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default 262144)")
+    p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default: 262144)")
     p.add_argument(
         "--task-source",
         default="local",
@@ -233,23 +240,28 @@ def register_ship(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint (hf: transformers-loadable directory)")
+    p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint: hf (a transformers directory) or gguf "
+            "(llama.cpp)")  # fmt: skip
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", default="hf", help="export format: hf | gguf (llama.cpp, LLaMA-style) (default: hf)")
+    p.add_argument("--format", default="hf", help="hf (a transformers-loadable directory) | gguf (model.gguf for "
+                   "llama.cpp; LLaMA-style models)")  # fmt: skip
     p.add_argument("--type", choices=("f16", "q8_0"), help="gguf: tensor type of the matrices (default: f16)")
-    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--out", required=True, help="directory to write (gguf: it holds model.gguf)")
     add_checkpoint(p)
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = add(sub, "quantize", "ship:cmd_quantize", "int8/bf16 copy of a run, with a size/speed/quality report vs fp32")
     p.add_argument("run", help="run directory")
-    p.add_argument("--method", default="int8-dynamic", choices=("int8-dynamic", "int8-weight", "bf16"),
-                   help="int8-dynamic: fastest on CPU; int8-weight: int8 on disk, fp32 compute; bf16 (default: "
-                   "int8-dynamic)")  # fmt: skip
+    p.add_argument(
+        "--method",
+        default="int8-dynamic",
+        choices=("int8-dynamic", "int8-weight", "bf16"),
+        help="int8-dynamic: fastest on CPU; int8-weight: int8 on disk, fp32 compute; bf16",
+    )
     p.add_argument("--out", help="directory to write (default: <run>-<method> beside the run)")
     add_checkpoint(p)
     p.add_argument("--data", help="dataset dir or text file for the val loss (default: the run's dataset)")
-    p.add_argument("--eval-tokens", type=int, default=32768, help="val tokens to score (default: 32768)")
+    p.add_argument("--eval-tokens", type=int, default=32768, help="val tokens to score")
     p.add_argument("--no-report", action="store_true", help="skip the comparison with fp32")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
@@ -257,11 +269,11 @@ def register_ship(sub) -> None:
         sub, "serve", "ship:cmd_serve", "OpenAI-compatible HTTP API and web chat page for a run (or quantized model)"
     )
     p.add_argument("run", help="run directory or `slm quantize` output")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     add_checkpoint(p)
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--slots", type=int, default=4, help="requests generated at once, round-robin (default: 4)")
+    p.add_argument("--slots", type=int, default=4, help="requests generated at once, round-robin")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is often fastest "
                    "for small models)")  # fmt: skip
 
@@ -289,11 +301,11 @@ def register_ship(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="run directories or Hugging Face model directories")
     p.add_argument("--prompts", required=True, help="text file, one prompt per line (\\n for a newline), or .jsonl")
-    p.add_argument("--out", default="compare", help="folder for compare.md and compare.html (default: compare)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    p.add_argument("--out", default="compare", help="folder for compare.md and compare.html")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--num-seeds", type=int, default=1, help="samples per prompt and model, seeds seed..seed+N-1")
     add_sampling(p, max_new_tokens=64, temperature=0.8, top_k=0, top_p=False)
-    p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs (default: best)")
+    p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs")
 
 
 TRAIN_HELP = """train a model and write a run directory (runs/<name>/: config, tokenizer, metrics.jsonl, checkpoints)

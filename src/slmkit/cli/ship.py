@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from slmkit.base.errors import SlmError
 from slmkit.engine.evaluate import evaluate_run, format_table
+from slmkit.engine.evaluate.suite import EVALS_DIR
 from slmkit.model.qweights import QUANT_FILE
 from slmkit.ship.chat import chat
 from slmkit.ship.export import export
@@ -20,14 +22,12 @@ from slmkit.study.compare import compare, read_prompts
 
 
 def cmd_sft(args) -> None:
-
     overrides = [f"train.name={args.name}"] if args.name else []
     sft(args.parent, args.data, list(args.overrides) + overrides, checkpoint=args.checkpoint,
         progress=not args.no_progress)  # fmt: skip
 
 
 def cmd_lora_merge(args) -> None:
-
     print(merge_run(args.run, args.checkpoint, name=args.name))
 
 
@@ -41,7 +41,6 @@ def cmd_chat(args) -> None:
 
 
 def cmd_eval(args) -> None:
-
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     results = evaluate_run(
         args.run,
@@ -55,11 +54,11 @@ def cmd_eval(args) -> None:
         task_source=args.task_source,
     )
     print(format_table(results))
-    print(f"wrote {args.run}/evals/<task>.json for {', '.join(results)}", file=sys.stderr)
+    written = [str(Path(args.run) / EVALS_DIR / f"{task}.json") for task in results]
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
 
 
 def cmd_export(args) -> None:
-
     options = {"type": args.type} if args.type else None
     out = export(args.run, args.out, format=args.format, checkpoint=args.checkpoint, force=args.force, options=options)
     print(f"exported {args.run} ({args.format}) to {out}")
@@ -79,7 +78,6 @@ def cmd_serve(args) -> None:
 
 
 def cmd_import_hf(args) -> None:
-
     out = import_hf(args.dir, args.out, force=args.force)
     print(f"imported {args.dir} as run {out}. Next: slm sample {out}  |  slm eval {out} --tasks hellaswag")
 
@@ -94,7 +92,6 @@ def cmd_lm_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
-
     seeds = tuple(range(args.seed, args.seed + args.num_seeds))
     compare(
         args.models,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from slmkit.base.config import load_config
+from slmkit.base.config_files import load_config
 from slmkit.cli.base import print_json, split_config_arg
 from slmkit.engine.doctor import diagnose, format_findings
 from slmkit.runs.table import format_runs, list_runs
@@ -29,24 +29,20 @@ from slmkit.study.scaling import (
 
 
 def cmd_plot(args) -> None:
-
     print(plot_runs(args.runs, args.out, x=args.x, logy=args.logy))
 
 
 def cmd_doctor(args) -> None:
-
     print(format_findings(diagnose(args.run)))
 
 
 def cmd_report(args) -> None:
-
     md, html = write_report(args.run, samples=args.samples)
     print(md)
     print(html)
 
 
 def cmd_runs(args) -> None:
-
     rows = list_runs(args.dir)
     print_json(rows) if args.json else print(format_runs(rows))
 
@@ -56,7 +52,6 @@ def cmd_runs(args) -> None:
 
 
 def cmd_ablate(args) -> int:
-
     config, overrides = split_config_arg(args.config, args.overrides)
     study = plan_study(config, args.vary, seeds=args.seeds, grid=args.grid, out=args.out, overrides=overrides,
                        vary_data_seed=args.vary_data_seed)  # fmt: skip
@@ -67,7 +62,6 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_scaling_calc(args) -> None:
-
     cfg = load_config(args.config) if args.config else None
     fps = None
     if args.run:
@@ -81,12 +75,10 @@ def cmd_scaling_calc(args) -> None:
 
 
 def cmd_scaling_map(args) -> None:
-
     print(plot_map(args.out, collect_points(args.runs) if args.runs else [], ratio=args.ratio))
 
 
 def cmd_scaling_fit(args) -> None:
-
     budget = parse_count(args.budget) if args.budget else None
     result = fit_runs(args.runs, out=args.out, n_boot=args.bootstrap, budget=budget)
     print_json({k: v for k, v in result.items() if k != "report"}) if args.json else print(result["report"])
@@ -94,7 +86,6 @@ def cmd_scaling_fit(args) -> None:
 
 
 def cmd_scaling_sweep(args) -> None:
-
     config, overrides = split_config_arg(args.config, args.overrides)
     result = sweep(load_config(config, overrides), args.budget, parse_sizes(args.sizes), levels=args.levels,
                    level_ratio=args.level_ratio, out=args.out, parallel=args.parallel,

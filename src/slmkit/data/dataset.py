@@ -1,4 +1,5 @@
-"""A prepared dataset directory: reading its meta, its tokenizer and its shards; preparing it on first use.
+"""A prepared dataset directory: reading its meta, its tokenizer and its shards (`prepare` writes it, and
+prepares it on first use: `slmkit.data.prepare.ensure_prepared`).
 
 Layout (written by `slmkit.data.prepare.prepare`, built under a hidden temporary name and renamed into place):
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from slmkit import __version__
 from slmkit.base.atomic import atomic_dir, atomic_write_json
+from slmkit.base.config import DataConfig, TokenizerConfig
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
@@ -303,11 +304,11 @@ def _clean_partials(out: Path) -> None:
 def prepare(
     source: str,
     *,
-    tokenizer: str = "bpe:8192",
+    tokenizer: str = TokenizerConfig.kind,
     out: str | Path,
-    val_fraction: float = 0.05,
-    seed: int = 1337,
-    text_field: str = "text",
+    val_fraction: float = DataConfig.val_fraction,
+    seed: int = DataConfig.seed,
+    text_field: str = DataConfig.text_field,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     workers: int = 0,

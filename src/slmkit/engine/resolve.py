@@ -7,8 +7,10 @@ exists, so the resolved config written into the run is the one that trains.
 from __future__ import annotations
 
 import math
+import re
 
-from slmkit.base.config import ConfigError, RunConfig, load_config
+from slmkit.base.config import ConfigError, RunConfig
+from slmkit.base.config_files import load_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
 
@@ -21,8 +23,14 @@ def derive_run_name(cfg: RunConfig, overrides: list[str]) -> str:
         key, _, value = o.partition("=")
         if key.strip() in ("train.name", "train.out_dir", "train.device", "train.threads", "data.dir"):
             continue
-        parts.append(f"{key.strip().rsplit('.', 1)[-1]}={value.strip().replace('/', '_')}")
+        parts.append(f"{key.strip().rsplit('.', 1)[-1]}={_safe(value)}")
     return ".".join([base, *parts])[:120]
+
+
+def _safe(value: str) -> str:
+    """A value as a file-name-safe piece of a run name: `["*.py", "*.md"]` -> `_.py,_.md`, `a/b` -> `a_b`."""
+    value = re.sub(r"[\[\]\"' ]+", "", value.strip())
+    return re.sub(r"[^A-Za-z0-9._,=+-]", "_", value)
 
 
 def resolve_batch(cfg: RunConfig, world_size: int = 1) -> RunConfig:

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.base.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    diff_configs,
-    from_dict,
-    load_config,
-    save_config,
-)
+from slmkit.base.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict
+from slmkit.base.config_files import load_config, save_config
 from slmkit.base.console import enable, say
 from slmkit.base.tokenizer import TokenizerError, build_tokenizer
 from slmkit.data.chat import load_chat_data
@@ -112,8 +105,9 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         ckpt_io.write_run_info(run_dir, status=status, step=trainer.state.step,
                                tokens_seen=trainer.state.tokens_seen, best_val_loss=trainer.state.best_val)  # fmt: skip
     teardown()
+    verb = "chat" if cfg.data.format != "text" else "sample"  # a fine-tuned chat model answers; a base one continues
     say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {trainer.state.best_val:.4f}). "
-        f"Next: slm sample {run_dir}")  # fmt: skip
+        f"Next: slm {verb} {run_dir}")  # fmt: skip
     return run_dir
 
 

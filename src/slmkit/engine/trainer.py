@@ -41,7 +41,7 @@ from slmkit.engine.doctor import LiveDoctor
 from slmkit.engine.evaluate import evaluate_tasks
 from slmkit.engine.evaluate.tasks import check_tasks, task_files
 from slmkit.engine.resolve import tokens_per_step
-from slmkit.engine.runtime import Runtime, peak_flops
+from slmkit.engine.runtime import Runtime, peak_flops, raise_peak
 from slmkit.model.gpt import GPT
 from slmkit.model.lora import ADAPTER_FILE, apply_lora, save_adapter
 from slmkit.model.optim import build_optimizer, describe_groups, set_lr, warmup_steps
@@ -167,7 +167,6 @@ class Trainer:
 
     # -- pieces of the loop ---------------------------------------------------------------------------------
     def _token_loader(self, split: str, seed: int):
-
         t, block = self.cfg.train, self.cfg.model.block_size
         if split == "val":
             return TokenLoader(self.dataset_dir, "val", t.batch_size, block, seed=seed)
@@ -298,10 +297,13 @@ class Trainer:
     def _log_step(self, loss: float, gnorm: float, lr: float, dt: float) -> None:
         t, s = self.cfg.train, self.state
         tok_s = self.tokens_per_step / dt
+        achieved = self.flops_per_token * tok_s / self.rt.world_size  # FLOP/s of one process
+        if achieved > self.peak:  # the start-up peak was measured low (a busy machine): re-measure, keep the highest
+            self.peak = raise_peak(self.rt.device.type, self.rt.dtype, achieved)
         metrics = {"train/loss": loss, "train/grad_norm": gnorm, "train/lr": lr, "train/tokens": s.tokens_seen,
                    "train/clipped": int(self.cfg.optim.grad_clip > 0 and gnorm > self.cfg.optim.grad_clip),
                    "perf/step_ms": 1000 * dt, "perf/tok_per_s": tok_s,
-                   "perf/mfu": self.flops_per_token * tok_s / self.peak / self.rt.world_size,
+                   "perf/mfu": min(1.0, achieved / self.peak),
                    "mem/rss_mb": self._process.memory_info().rss / 2**20}  # fmt: skip
         self.logger.log(s.step, metrics)
         if self.doctor is not None:
@@ -355,7 +357,6 @@ class Trainer:
 
 
 def _live_doctor(cfg: RunConfig):
-
     return LiveDoctor(cfg.optim.grad_clip, warmup_steps(cfg.optim, cfg.train.max_steps))
 
 
@@ -364,7 +365,6 @@ def _main_thread() -> bool:
 
 
 def _bytes_per_token(dataset_dir: Path) -> float | None:
-
     val = read_meta(dataset_dir).get("splits", {}).get("val", {})
     if val.get("bytes") and val.get("tokens"):
         return val["bytes"] / val["tokens"]

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from slmkit import __version__
 from slmkit.base.atomic import atomic_write_json
-from slmkit.base.config import ConfigError, from_dict, read_toml, save_config
+from slmkit.base.config import ConfigError, from_dict
+from slmkit.base.config_files import read_toml, save_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import load_tokenizer
 from slmkit.model.gpt import GPT

@@ -28,7 +28,8 @@ import torch
 
 from slmkit import __version__
 from slmkit.base.atomic import atomic_dir, atomic_write_json
-from slmkit.base.config import ConfigError, RunConfig, from_dict, read_toml, save_config
+from slmkit.base.config import ConfigError, RunConfig, from_dict
+from slmkit.base.config_files import read_toml, save_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer, load_tokenizer
 from slmkit.model.gpt import GPT

@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from slmkit.base.metrics import METRICS_FILE, read_metrics
+from slmkit.base.metrics import METRICS_FILE, RunMetrics
 from slmkit.model.gpt import GPT
 from slmkit.runs import checkpoint as ckpt_io
 
@@ -80,15 +80,10 @@ def run_row(run_dir: str | Path) -> dict:
     """One row of the table: name, parent, params, tokens, steps, val_loss, status (+ path, created)."""
     run_dir = Path(run_dir)
     info = _info(run_dir)
-    steps = tokens = 0
-    val = None
-    for e in read_metrics(run_dir):
-        if "train/loss" in e:
-            steps = max(steps, int(e["step"]))
-        if "train/tokens" in e:
-            tokens = max(tokens, int(e["train/tokens"]))
-        if "val/loss" in e:
-            val = float(e["val/loss"])
+    metrics = RunMetrics.read(run_dir)
+    steps = max(metrics.series("train/loss")[0], default=0)
+    tokens = int(max(metrics.values("train/tokens"), default=0))
+    val = metrics.last("val/loss")
     return {"name": info.get("name", run_dir.name), "parent": info.get("parent") or "",
             "params": run_params(run_dir), "tokens": info.get("tokens_seen") or tokens,
             "steps": info.get("step") or steps, "val_loss": val, "status": run_status(run_dir, info),

@@ -1,0 +1,4 @@
+"""Verbs that adapt and ship a model: fine-tuning, quantization, export (hf, gguf), serving, chat.
+
+Imports the engine and everything below it; never `slmkit.study` or the CLI.
+"""

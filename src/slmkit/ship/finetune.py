@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
+from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict
+from slmkit.base.config_files import load_config
 from slmkit.base.console import say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train
@@ -81,7 +82,6 @@ def sft(parent_run: str | Path, data: str | Path, overrides: list[str] = (), *, 
 
 
 def _report_adapter(run_dir: Path, say) -> None:
-
     ckpt = ckpt_io.resolve_checkpoint(run_dir, "latest")
     adapter, full = ckpt / ADAPTER_FILE, ckpt / ckpt_io.WEIGHTS_FILE
     if adapter.is_file():

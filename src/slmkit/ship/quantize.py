@@ -113,7 +113,6 @@ def greedy_agreement(a: nn.Module, b: nn.Module, tokenizer, n_tokens: int = 32) 
 
 
 def _val_metrics(model: nn.Module, tokenizer, data: str | None, max_tokens: int) -> dict | None:
-
     if not data or not Path(data).exists():
         return None
     return evaluate_text_loss(model, tokenizer, data, max_tokens=max_tokens)
@@ -169,7 +168,6 @@ def format_report(r: dict) -> str:
 
 
 def _dataset_of(run_dir: Path) -> str | None:
-
     info = read_run_info(run_dir)
     return info.get("dataset")
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.base.atomic import atomic_write_json, atomic_write_text, nan_to_none
-from slmkit.base.config import ConfigError, RunConfig, diff_configs, from_dict, load_config
+from slmkit.base.config import ConfigError, RunConfig, diff_configs, from_dict
+from slmkit.base.config_files import load_config
 from slmkit.base.metrics import series
 from slmkit.base.stats import compare, mean_ci, mean_std
 from slmkit.study.queue import StudyError, final_status, run_configs

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.base.errors import SlmError
-from slmkit.base.metrics import read_metrics
+from slmkit.base.metrics import RunMetrics
 from slmkit.runs.checkpoint import check_run_dir, read_run_config
 
 X_LABELS = {"step": "optimizer step", "tokens": "tokens seen", "time": "training time (minutes, excluding evals)"}
@@ -24,7 +24,7 @@ class PlotError(SlmError):
 
 @dataclass
 class RunSeries:
-    """What the charts need from one run's metrics.jsonl (points superseded by a rollback are dropped)."""
+    """What the charts need from one run's metrics.jsonl (points superseded by a rollback are dropped: RunMetrics)."""
 
     name: str
     step: list[int] = field(default_factory=list)
@@ -40,14 +40,6 @@ class RunSeries:
     rollbacks: list[int] = field(default_factory=list)  # steps rolled back to
     grad_clip: float = 0.0
 
-    def truncate(self, step: int) -> None:
-        """Drop points after `step` (a rollback restarted there)."""
-        keep = sum(s <= step for s in self.step)
-        for name in ("step", "loss", "grad_norm", "clipped", "lr", "tokens", "minutes", "tok_s"):
-            setattr(self, name, getattr(self, name)[:keep])
-        kv = sum(s <= step for s in self.val_step)
-        self.val_step, self.val_loss = self.val_step[:kv], self.val_loss[:kv]
-
     def x(self, axis: str) -> list[float]:
         return {"step": self.step, "tokens": self.tokens, "time": self.minutes}[axis]
 
@@ -61,29 +53,21 @@ class RunSeries:
 
 
 def load_series(run_dir: str | Path) -> RunSeries:
-
     run_dir = check_run_dir(run_dir)
     rs = RunSeries(run_dir.name)
     try:
         rs.grad_clip = read_run_config(run_dir).optim.grad_clip
     except SlmError:
         pass
-    elapsed = 0.0
-    for e in read_metrics(run_dir):
-        if "doctor/rollback" in e:
-            rs.truncate(int(e["step"]))
-            rs.rollbacks.append(int(e["step"]))
-            elapsed = rs.minutes[-1] if rs.minutes else 0.0
-        if "train/loss" in e and "train/grad_norm" in e:
-            elapsed += float(e.get("perf/step_ms", 0.0)) / 60000
-            rs.step.append(int(e["step"]))
-            rs.minutes.append(elapsed)
-            for attr, key in (("loss", "train/loss"), ("grad_norm", "train/grad_norm"), ("clipped", "train/clipped"),
-                              ("lr", "train/lr"), ("tokens", "train/tokens"), ("tok_s", "perf/tok_per_s")):  # fmt: skip
-                getattr(rs, attr).append(float(e.get(key, math.nan)))
-        if "val/loss" in e:
-            rs.val_step.append(int(e["step"]))
-            rs.val_loss.append(float(e["val/loss"]))
+    metrics = RunMetrics.read(run_dir)
+    rs.rollbacks = [to for to, _ in metrics.rollbacks]
+    steps = metrics.step_records()
+    rs.step = [int(e["step"]) for e in steps]
+    rs.minutes = [t / 60 for t in metrics.train_seconds()]
+    for attr, key in (("loss", "train/loss"), ("grad_norm", "train/grad_norm"), ("clipped", "train/clipped"),
+                      ("lr", "train/lr"), ("tokens", "train/tokens"), ("tok_s", "perf/tok_per_s")):  # fmt: skip
+        setattr(rs, attr, [float(e.get(key, math.nan)) for e in steps])
+    rs.val_step, rs.val_loss = metrics.series("val/loss")
     return rs
 
 

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from slmkit.base.config import RunConfig, diff_configs, save_config
+from slmkit.base.config import RunConfig, diff_configs
+from slmkit.base.config_files import save_config
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train
 from slmkit.runs import checkpoint as ckpt_io

@@ -15,11 +15,13 @@ import statistics
 from pathlib import Path
 
 from slmkit.base.atomic import atomic_write_text
-from slmkit.base.config import ConfigError, diff_configs, load_config, to_toml
+from slmkit.base.chinchilla import TOKENS_PER_PARAM
+from slmkit.base.config import ConfigError, diff_configs
+from slmkit.base.config_files import load_config, to_toml
 from slmkit.base.errors import SlmError
-from slmkit.base.metrics import read_metrics
+from slmkit.base.metrics import RunMetrics
 from slmkit.data.dataset import read_meta
-from slmkit.engine.doctor import CHINCHILLA, diagnose, run_facts
+from slmkit.engine.doctor import diagnose, run_facts
 from slmkit.engine.runtime import hardware_summary
 from slmkit.model.generate import sample_text
 from slmkit.runs import checkpoint as ckpt_io
@@ -42,12 +44,12 @@ def _fmt(v, digits: int = 4) -> str:
     return str(v)
 
 
-def _summary(run_dir: Path, events: list[dict], info: dict, cfg) -> tuple[list, dict]:
+def _summary(run_dir: Path, metrics: RunMetrics, info: dict, cfg) -> tuple[list, dict]:
     """The headline numbers as table rows, and the values other sections reuse."""
 
-    train = [e for e in events if "train/loss" in e and "train/grad_norm" in e]
-    val = [(e["step"], float(e["val/loss"])) for e in events if "val/loss" in e]
-    bpb = [float(e["val/bpb"]) for e in events if "val/bpb" in e]
+    train = metrics.step_records()
+    val = list(zip(*metrics.series("val/loss")))
+    bpb = metrics.last("val/bpb")
     tail = train[-max(1, len(train) // 20) :]
     params = run_params(run_dir)
     tokens = int(max((e.get("train/tokens", 0) for e in train), default=0))
@@ -61,7 +63,10 @@ def _summary(run_dir: Path, events: list[dict], info: dict, cfg) -> tuple[list, 
         ("steps", _fmt(train[-1]["step"] if train else 0)),
         ("parameters", _fmt(params)),
         ("tokens seen", _fmt(tokens)),
-        ("tokens / parameter", f"{ratio:.2f} (Chinchilla's compute-optimal is ~{CHINCHILLA:g})" if ratio else "-"),
+        (
+            "tokens / parameter",
+            f"{ratio:.2f} (Chinchilla's compute-optimal is ~{TOKENS_PER_PARAM:g})" if ratio else "-",
+        ),
         (
             "final train loss (mean of the last 5% of steps)",
             _fmt(statistics.fmean(float(e["train/loss"]) for e in tail) if train else None),
@@ -69,7 +74,7 @@ def _summary(run_dir: Path, events: list[dict], info: dict, cfg) -> tuple[list, 
         ("final val loss", _fmt(final_val)),
         ("best val loss", f"{best[1]:.4g} at step {best[0]}" if best else "-"),
         ("val perplexity", _fmt(math.exp(min(final_val, 50)) if final_val is not None else None)),
-        ("val bits per byte", _fmt(bpb[-1] if bpb else None)),
+        ("val bits per byte", _fmt(bpb)),
         ("throughput (median tokens/s)", _fmt(round(statistics.median(tok_s))) if tok_s else "-"),
         ("MFU (median)", f"{100 * statistics.median(mfu):.1f}%" if mfu else "-"),
     ]
@@ -79,7 +84,6 @@ def _summary(run_dir: Path, events: list[dict], info: dict, cfg) -> tuple[list, 
 
 
 def _config_blocks(cfg) -> list:
-
     blocks: list = [("h2", "Config")]
     if cfg.preset:
         try:
@@ -132,7 +136,6 @@ def _checkpoint_blocks(run_dir: Path) -> list:
 
 
 def _hardware_blocks(info: dict) -> list:
-
     hw = hardware_summary()
     rows = [(k, str(v)) for k, v in hw.items()] + [("slmkit (training)", str(info.get("slmkit", "-")))]
     return [("h2", "Hardware and versions"), ("p", "Of the machine that wrote this report:"),
@@ -144,8 +147,8 @@ def build_report(run_dir: str | Path, samples: int = 2) -> list:
 
     run_dir = ckpt_io.check_run_dir(run_dir)
     info, cfg = ckpt_io.read_run_info(run_dir), ckpt_io.read_run_config(run_dir)
-    events = list(read_metrics(run_dir))
-    rows, facts = _summary(run_dir, events, info, cfg)
+    metrics = RunMetrics.read(run_dir)
+    rows, facts = _summary(run_dir, metrics, info, cfg)
     blocks: list = [("h1", f"Run report: {run_dir.name}"),
                     ("p", f"Preset: {cfg.preset or '-'} · data: {cfg.data.source} · tokenizer: {cfg.tokenizer.kind}"
                           f" · parent: {info.get('parent') or '-'} · {cfg.description}".rstrip(" ·")),
@@ -153,9 +156,9 @@ def build_report(run_dir: str | Path, samples: int = 2) -> list:
     bpt = _bytes_per_token(info)
     blocks += [("h2", "Is this normal?"), ("ul", hints(cfg.preset, cfg.data.source, cfg.tokenizer.kind,
                cfg.model.vocab_size, facts["step"], facts["initial_val"], facts["final_val"], bpt))]  # fmt: skip
-    if any("train/loss" in e for e in events):
+    if metrics.has("train/loss"):
         blocks += [("h2", "Charts"), ("img", plot_runs([run_dir], run_dir / CHART_FILE))]
-    findings = diagnose(events, run_facts(run_dir)) if events else []
+    findings = diagnose(metrics, run_facts(run_dir)) if metrics.events else []
     blocks.append(("h2", "Doctor"))
     blocks.append(("ul", [f"**{f.severity}** · {f.rule} at {f.where()}: {f.what}. Why: {f.why}. Try: {f.fix}."
                           for f in findings]) if findings else ("p", "Healthy: no problems found."))  # fmt: skip
@@ -164,7 +167,6 @@ def build_report(run_dir: str | Path, samples: int = 2) -> list:
 
 
 def _bytes_per_token(info: dict) -> float | None:
-
     try:
         val = read_meta(info["dataset"]).get("splits", {}).get("val", {})
     except (KeyError, SlmError, OSError):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from slmkit.base.atomic import atomic_write_json, nan_to_none
+from slmkit.base.chinchilla import TOKENS_PER_PARAM
 from slmkit.base.config import ConfigError, ModelConfig, RunConfig
 from slmkit.base.metrics import series
 from slmkit.data.dataset import load_dataset_tokenizer
@@ -44,7 +45,6 @@ from slmkit.study.scaling_fit import (  # noqa: F401 - re-exported
     human,
 )
 
-CHINCHILLA_RATIO = 20.0
 """Compute-optimal training tokens per parameter (Hoffmann et al. 2022, Table 3: ~20 tokens per parameter)."""
 
 
@@ -126,15 +126,15 @@ def model_size(model_cfg: ModelConfig, vocab_size: int = 0) -> tuple[int, float]
     return model.num_params(), model.flops_per_token()
 
 
-def chinchilla_tokens(params: float, ratio: float = CHINCHILLA_RATIO) -> float:
+def chinchilla_tokens(params: float, ratio: float = TOKENS_PER_PARAM) -> float:
     return ratio * params
 
 
-def chinchilla_params(tokens: float, ratio: float = CHINCHILLA_RATIO) -> float:
+def chinchilla_params(tokens: float, ratio: float = TOKENS_PER_PARAM) -> float:
     return tokens / ratio
 
 
-def compute_optimal(flops: float, ratio: float = CHINCHILLA_RATIO, overhead: float = 1.0) -> tuple[float, float]:
+def compute_optimal(flops: float, ratio: float = TOKENS_PER_PARAM, overhead: float = 1.0) -> tuple[float, float]:
     """(N, D) with D = ratio·N spending `flops` = 6·overhead·N·D (overhead = attention share, ~1 to 1.3)."""
     n = math.sqrt(flops / (6.0 * overhead * ratio))
     return n, ratio * n
@@ -191,7 +191,7 @@ class Calc:
 
 
 def calculate(params: float | None = None, tokens: float | None = None, budget: str | None = None,
-              cfg: RunConfig | None = None, flops_per_s: float | None = None, ratio: float = CHINCHILLA_RATIO,
+              cfg: RunConfig | None = None, flops_per_s: float | None = None, ratio: float = TOKENS_PER_PARAM,
               lr: float | None = None, batch: tuple[float, float] | None = None) -> Calc:  # fmt: skip
     """The calculator behind `slm scaling calc`.
 
@@ -315,7 +315,7 @@ def frontier(points: Sequence[RunPoint], bin_decades: float = 0.1) -> list[RunPo
 # Plots
 
 
-def plot_map(path: str | Path, points: Sequence[RunPoint] = (), ratio: float = CHINCHILLA_RATIO) -> Path:
+def plot_map(path: str | Path, points: Sequence[RunPoint] = (), ratio: float = TOKENS_PER_PARAM) -> Path:
     """Parameters vs training tokens: known models, the `ratio`× line, and the user's runs."""
     import matplotlib
     from matplotlib.figure import Figure

@@ -16,7 +16,7 @@ does not become the new normal until it has lasted `window` steps, when it is ad
 
 from slmkit.engine.doctor.live import LiveDoctor
 from slmkit.engine.doctor.rules import RunFacts, Streams, diagnose, format_findings, run_facts
-from slmkit.engine.doctor.signals import CHINCHILLA, SEVERITIES, Finding
+from slmkit.engine.doctor.signals import SEVERITIES, Finding
 
-__all__ = ["CHINCHILLA", "SEVERITIES", "Finding", "LiveDoctor", "RunFacts", "Streams", "diagnose", "format_findings",
+__all__ = ["SEVERITIES", "Finding", "LiveDoctor", "RunFacts", "Streams", "diagnose", "format_findings",
            "run_facts"]  # fmt: skip

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmkit.base.metrics import read_metrics
+from slmkit.base.chinchilla import TOKENS_PER_PARAM
+from slmkit.base.metrics import RunMetrics
 from slmkit.engine.doctor.signals import (
     BLOW_UP,
-    CHINCHILLA,
     CLIP_RATE,
     COLLAPSE_ABS,
     COLLAPSE_FRACTION,
@@ -32,7 +32,8 @@ from slmkit.runs.table import run_params
 
 @dataclass
 class Streams:
-    """Per-step train metrics (aligned, in file order) and the eval points."""
+    """Per-step train metrics (aligned, in file order) and the eval points; steps a rollback superseded are
+    left out (RunMetrics' rollback rule), so a spike that was rolled back is not diagnosed as if training kept it."""
 
     steps: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
@@ -47,7 +48,7 @@ class Streams:
     def from_events(cls, events: Iterable[dict]) -> Streams:
         s = cls()
         nan = float("nan")
-        for e in events:
+        for e in RunMetrics.from_events(events):
             if "train/loss" in e and "train/grad_norm" in e:  # a full step record (not a doctor/* note)
                 s.steps.append(int(e["step"]))
                 s.loss.append(float(e["train/loss"]))
@@ -414,13 +415,13 @@ def rule_chinchilla(s: Streams, facts: RunFacts) -> list[Finding]:
     if not facts.params or not tokens:
         return []
     ratio = tokens / facts.params
-    if ratio >= CHINCHILLA:
+    if ratio >= TOKENS_PER_PARAM:
         return []
-    need = CHINCHILLA * facts.params
+    need = TOKENS_PER_PARAM * facts.params
     per_step = tokens / max(s.steps[-1], 1)
     return [Finding("under_training", "info", s.steps[0], s.steps[-1],
                     f"trained on {tokens:,.0f} tokens for {facts.params:,} parameters: {ratio:.2g} tokens per "
-                    f"parameter, below Chinchilla's compute-optimal ~{CHINCHILLA:g}",
+                    f"parameter, below Chinchilla's compute-optimal ~{TOKENS_PER_PARAM:g}",
                     "the model has capacity it has not used yet; for this compute a smaller model trained on more "
                     "tokens would reach a lower loss",
                     f"train longer: {need:,.0f} tokens is about {need / per_step:,.0f} steps at {per_step:,.0f} "
@@ -457,14 +458,15 @@ def run_facts(run_dir: str | Path) -> RunFacts:
 
 
 def diagnose(source: str | Path | Iterable[dict], facts: RunFacts | None = None) -> list[Finding]:
-    """All findings for a run dir (facts read from it) or an iterable of metric events, in step order."""
+    """All findings for a run dir (facts read from it), a RunMetrics or an iterable of metric events, in step
+    order. Rollbacks are applied first: only the steps the run kept are diagnosed."""
     if isinstance(source, (str, Path)):
         run_dir = check_run_dir(source)
         facts = facts or run_facts(run_dir)
-        events = list(read_metrics(run_dir))
+        metrics = RunMetrics.read(run_dir)
     else:
-        events = list(source)
-    s = Streams.from_events(events)
+        metrics = RunMetrics.from_events(source)
+    s = Streams.from_events(metrics)
     facts = facts or RunFacts()
     if not s.loss:
         return []

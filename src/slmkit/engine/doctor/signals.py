@@ -16,7 +16,6 @@ COLLAPSE_FRACTION = 1e-3  # gradient collapse: norm below this fraction of the e
 COLLAPSE_ABS = 1e-8  # ... or below this absolute value
 BLOW_UP = 2.0  # divergence: the running median of the loss above this many times the starting loss
 CLIP_RATE = 0.5  # constant clipping: clipped on more than this fraction of the steps after warmup
-CHINCHILLA = 20.0  # tokens per parameter of a compute-optimal run (Hoffmann et al. 2022)
 MAD_TO_SIGMA = 1.4826  # MAD * this = standard deviation for normal noise
 
 
