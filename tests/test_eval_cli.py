@@ -20,7 +20,8 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_slm_eval_writes_results_and_prints_the_table(tiny, run_cli, data_dir):
+def test_slm_eval_writes_results_and_prints_the_table(tiny, run_cli, need_tasks):
+    need_tasks("hellaswag", "winogrande", "lambada")
     _, _, run = tiny
     code, out, err = run_cli(
         "eval",
@@ -66,7 +67,8 @@ def test_bad_task_names_and_missing_files_are_one_line_errors(tiny, run_cli, mon
 
 
 @pytest.mark.slow
-def test_training_runs_benchmarks_every_k_steps(tiny, data_dir):
+def test_training_runs_benchmarks_every_k_steps(tiny, need_tasks):
+    need_tasks("arc_easy", "winogrande")
     root, data, _ = tiny
     run = make_run(
         root, data, "with-evals", "eval.tasks=arc_easy,winogrande", "eval.every=2", "eval.limit=4", block_size=64
@@ -82,3 +84,13 @@ def test_training_refuses_an_unknown_task_before_it_starts(tiny):
     root, data, _ = tiny
     with pytest.raises(TaskError, match="unknown task 'hella'"):
         make_run(root, data, "bad-evals", "eval.tasks=hella", block_size=64)
+
+
+def test_eval_names_the_files_it_wrote(tiny, run_cli, tmp_path):
+    _, _, run = tiny
+    text = tmp_path / "t.txt"
+    text.write_text("def g(y):\n    return y\n" * 20)
+    code, _, err = run_cli("eval", run, "--tasks", "val", "--data", text, "--no-progress")
+    assert code == 0, err
+    line = next(line for line in err.splitlines() if line.startswith("wrote "))
+    assert line == f"wrote {run / 'evals' / 'val.json'}" and "<task>" not in err

@@ -7,7 +7,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from slmkit.base.config import load_config  # noqa: E402
+from slmkit.base.config_files import load_config  # noqa: E402
 from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
 from slmkit.model.gpt import GPT  # noqa: E402
 from slmkit.runs import checkpoint as ckpt_io  # noqa: E402
@@ -212,3 +212,31 @@ def test_llama_cpp_runs_the_file_like_we_do(tokenizer, tmp_path):
             break
         greedy_theirs.append(tok)
     assert greedy_theirs == greedy_ours[: len(greedy_theirs)] and len(greedy_theirs) >= 8
+
+
+def _run(tmp_path, name, tokenizer, *overrides):
+    cfg = load_config(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=16",
+                             f"model.vocab_size={tokenizer.vocab_size}", *overrides])  # fmt: skip
+    run = tmp_path / name
+    run.mkdir()
+    ckpt_io.init_run_dir(run, cfg, tokenizer)
+    ckpt_io.save_checkpoint(run, 1, GPT(cfg.model), None, {}, cfg, tokenizer)
+    return run
+
+
+def test_refusals_name_what_is_possible(tokenizer, tmp_path, run_cli):
+    """A refusal never sends the user to a format that refuses the same run: it names the format that exports it,
+    or says none does, and the presets whose runs the asked format exports."""
+    modern = ["model.norm=rmsnorm", "model.pos_emb=rope", "model.mlp=relu2", "model.qk_norm=true", "model.bias=false"]
+    run = _run(tmp_path, "modern", CharTokenizer("abc \n"), *modern, "tokenizer.kind=char")  # shakespeare-char-modern
+    for fmt, other in (("gguf", "hf"), ("hf", "gguf")):
+        code, _, err = run_cli("export", run, "--format", fmt, "--out", tmp_path / f"modern-{fmt}")
+        assert code == 2 and "model.mlp = 'relu2'" in err and "model.qk_norm = True" in err, err
+        assert "No export format supports this model yet" in err and f"--format {other}: " in err, err
+        assert "instead" not in err and not (tmp_path / f"modern-{fmt}").exists(), err  # "--format hf instead"
+    assert "llama-tiny" in err and "shakespeare-char," in err  # presets that export to hf
+    run = _run(tmp_path, "gpt2-style", tokenizer)  # the default model fields: GPT-2's
+    code, _, err = run_cli("export", run, "--format", "gguf", "--out", tmp_path / "g")
+    assert code == 2 and "model.pos_emb = 'learned'" in err and "This run exports with --format hf." in err, err
+    assert "train with the model fields of one of the presets llama-small, llama-tiny" in err
+    assert run_cli("export", run, "--format", "hf", "--out", tmp_path / "h")[0] == 0

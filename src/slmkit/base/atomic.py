@@ -1,4 +1,7 @@
-"""Atomic writes: write to a temporary sibling, fsync, rename. A crash never leaves a half-written file."""
+"""Atomic writes: write to a temporary sibling, fsync, rename. A crash never leaves a half-written file.
+
+The temporary file or directory gets the mode a plain open() or mkdir() would have given it (0666 / 0777 less the
+umask), not tempfile's private 0600 / 0700, so run dirs and exports can be shared like any other file."""
 
 from __future__ import annotations
 
@@ -24,6 +27,19 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc), else set and restored
+    (which another thread creating a file at that instant could notice)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no other way to read it; restored at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
@@ -33,6 +49,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600 whatever the umask
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -62,6 +79,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
         yield tmp
         _fsync_dir(tmp)
         if path.exists():

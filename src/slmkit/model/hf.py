@@ -5,22 +5,26 @@ Each direction is a name table plus the few tensor surgeries HF needs: GPT-2 sto
 convention, so no permutation). Our embedding and head have `padded_vocab` rows: loading pads HF's rows with
 zeros, exporting keeps the first `cfg.vocab_size` rows. Works on plain state dicts, so transformers is only
 needed to build the HF model itself. `load_hf_model` reads a local HF model directory as our GPT and tokenizer.
+
+config.json is read by transformers 4.x and 5.x (pyproject allows both): 5.x keeps `rope_theta` only inside
+`rope_parameters`, which 4.x does not read (it would silently use 10,000), so `portable_hf_config` writes it at the
+top level too. `hf_architecture` imports no torch, so `slm config presets` can ask it without loading torch.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.errors import SlmError
-from slmkit.model.gpt import GPT, padded_vocab_size
 from slmkit.model.hf_tokenizer import tokenizer_from_hf_dir
 
-StateDict = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so the architecture checks answer without it
+    import torch
+
+StateDict = dict[str, "torch.Tensor"]
 
 _GPT2_LAYER = {  # ours -> HF, inside blocks.{i} / transformer.h.{i}; Conv1D weights are transposed
     "norm1.weight": "ln_1.weight",
@@ -52,10 +56,19 @@ _LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model
               "lm_head.weight": "lm_head.weight"}  # fmt: skip
 
 
+def _gpt():
+    """slmkit.model.gpt, imported on first use: it imports torch, which the architecture checks must not need."""
+    import slmkit.model.gpt as gpt  # torch: only where weights are handled (see the module docstring)
+
+    return gpt
+
+
 def _pad_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
     if w.size(0) >= rows:
         return w[:rows].clone()
-    return torch.cat([w, w.new_zeros(rows - w.size(0), *w.shape[1:])])
+    out = w.new_zeros(rows, *w.shape[1:])
+    out[: w.size(0)] = w
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -64,7 +77,7 @@ def _pad_rows(w: torch.Tensor, rows: int) -> torch.Tensor:
 
 def gpt2_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
     """Our state dict from a GPT2LMHeadModel state dict (cfg: layernorm, pre, learned, gelu, bias, tied)."""
-    V, C = padded_vocab_size(cfg.vocab_size), cfg.n_embd
+    V, C = _gpt().padded_vocab_size(cfg.vocab_size), cfg.n_embd
     sd = {ours: hf_sd[theirs].clone() for ours, theirs in _GPT2_TOP.items()}
     sd["wte.weight"] = _pad_rows(hf_sd["transformer.wte.weight"], V)
     for i in range(cfg.n_layer):
@@ -82,6 +95,8 @@ def gpt2_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
 
 def gpt2_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
     """A GPT2LMHeadModel state dict (vocabulary cut to cfg.vocab_size) from ours."""
+    import torch
+
     out = {theirs: sd[ours].clone() for ours, theirs in _GPT2_TOP.items()}
     out["transformer.wte.weight"] = sd["wte.weight"][: cfg.vocab_size].clone()
     for i in range(cfg.n_layer):
@@ -109,7 +124,7 @@ def gpt2_hf_config(cfg: ModelConfig) -> dict:
 
 def llama_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
     """Our state dict from a LlamaForCausalLM state dict (cfg: rmsnorm, pre, rope, swiglu, no bias)."""
-    V = padded_vocab_size(cfg.vocab_size)
+    V = _gpt().padded_vocab_size(cfg.vocab_size)
     sd = {}
     for ours, theirs in _LLAMA_TOP.items():
         if theirs in hf_sd:
@@ -171,8 +186,7 @@ def hf_architecture(cfg: ModelConfig) -> str:
     arch = min(misses, key=lambda a: len(misses[a]))
     cls, need = _HF_CLASSES[arch]
     fields = ", ".join(f"model.{k} = {getattr(cfg, k)!r} ({cls} needs {need.get(k, 'n_head')!r})" for k in misses[arch])
-    raise HFConversionError(f"no Hugging Face class represents this model: {fields}; the closest is {cls}. "
-                            "Export a model trained with GPT-2 or LLaMA architecture fields")  # fmt: skip
+    raise HFConversionError(f"no Hugging Face class represents this model: {fields}; the closest is {cls}")
 
 
 def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
@@ -218,16 +232,29 @@ def state_dict_from_hf(hf_sd: StateDict, arch: str, cfg: ModelConfig) -> StateDi
     return (gpt2_state_dict_from_hf if arch == "gpt2" else llama_state_dict_from_hf)(hf_sd, cfg)
 
 
-def hf_config(cfg: ModelConfig, eot_id: int | None = None):
-    """The transformers config object (GPT2Config or LlamaConfig) equivalent to cfg."""
+def hf_config(cfg: ModelConfig, eot_id: int | None = None, eos_ids: list[int] | None = None):
+    """The transformers config object (GPT2Config or LlamaConfig) equivalent to cfg; end-of-text is bos and eos,
+    or `eos_ids` are (a chat model also ends at end-of-turn)."""
     import transformers
 
     arch = hf_architecture(cfg)
     kwargs = gpt2_hf_config(cfg) if arch == "gpt2" else llama_hf_config(cfg)
     if eot_id is not None:
         kwargs.update(bos_token_id=eot_id, eos_token_id=eot_id)
+    if eos_ids:
+        kwargs.update(eos_token_id=eos_ids[0] if len(eos_ids) == 1 else list(eos_ids))
     config_cls = transformers.GPT2Config if arch == "gpt2" else transformers.LlamaConfig
     return config_cls(**kwargs, architectures=[_HF_CLASSES[arch][0]])
+
+
+def portable_hf_config(hf: dict, cfg: ModelConfig) -> dict:
+    """The config.json dict the installed transformers wrote (`hf`), completed so that transformers 4.x and 5.x
+    both read cfg from it: 5.x nests rope_theta in rope_parameters, 4.x reads only the top-level key."""
+    out = dict(hf)
+    if hf_architecture(cfg) == "llama":
+        out["rope_theta"] = float(cfg.rope_theta)
+        out.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": float(cfg.rope_theta)})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,6 +262,9 @@ def hf_config(cfg: ModelConfig, eot_id: int | None = None):
 
 
 def _read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
+    import torch
+    from safetensors.torch import load_file
+
     if (src / "model.safetensors").is_file():
         return load_file(src / "model.safetensors")
     index = src / "model.safetensors.index.json"
@@ -257,6 +287,6 @@ def load_hf_model(src: str | Path):
     tokenizer = tokenizer_from_hf_dir(src)
     if mcfg.vocab_size < tokenizer.vocab_size:
         raise SlmError(f"{src}: model vocab_size {mcfg.vocab_size} < tokenizer's {tokenizer.vocab_size}")
-    model = GPT(mcfg)
+    model = _gpt().GPT(mcfg)
     model.load_state_dict(state_dict_from_hf(_read_hf_weights(src), arch, mcfg), strict=True)
     return model.eval(), tokenizer, arch

@@ -7,6 +7,11 @@ To HF (what `slm export --format hf` and the GGUF vocabulary use):
     decoder); characters outside the vocabulary become end-of-text, where our char tokenizer raises instead.
 From HF: byte-level BPE with GPT-2's pre-tokenizer (`tokenizer_from_hf_dir`), which is gpt2 itself when its ranks
 are GPT-2's.
+
+tokenizer_config.json is written by us (`hf_tokenizer_config`), not by the installed transformers' save_pretrained:
+transformers 5 names its own class (`TokenizersBackend`), which 4.x cannot load; `PreTrainedTokenizerFast` is
+read by both majors. A tokenizer with the chat tokens also gets `CHAT_TEMPLATE`, the one Jinja form of the `slm`
+chat format that both exports (hf, gguf) write.
 """
 
 from __future__ import annotations
@@ -18,7 +23,24 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from slmkit.base.errors import SlmError
-from slmkit.base.tokenizer import EOT, Tokenizer, bpe_from_hf_json, build_tokenizer, byte_to_unicode
+from slmkit.base.tokenizer import (
+    ASSISTANT,
+    END_OF_TURN,
+    EOT,
+    Tokenizer,
+    bpe_from_hf_json,
+    build_tokenizer,
+    byte_to_unicode,
+)
+
+HF_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The tokenizer_class written to tokenizer_config.json: a class transformers 4.x and 5.x both resolve."""
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}" + END_OF_TURN + "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+"""The `slm` chat template (`slmkit.data.chat.render`: end-of-text, then `<|role|>content<|end|>` per turn, then
+`<|assistant|>` for a generation prompt) in Jinja, for transformers' apply_chat_template and llama.cpp."""
 
 
 def _merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -78,18 +100,38 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
     return _char_to_hf(tokenizer)
 
 
+def hf_tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
+    """tokenizer_config.json for `hf_tokenizer_json(tokenizer)`: end-of-text as eos and bos (and unk for char), the
+    chat template when the tokenizer has the chat tokens; loadable by transformers 4.x and 5.x."""
+    config = {
+        "tokenizer_class": HF_TOKENIZER_CLASS,
+        "bos_token": EOT,
+        "eos_token": EOT,
+        "unk_token": EOT if tokenizer.kind == "char" else None,
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,
+    }
+    if tokenizer.has_chat_tokens:
+        config["chat_template"] = CHAT_TEMPLATE
+    return config
+
+
+def save_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int, out: Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json of `tokenizer` into the directory `out`."""
+    (out / "tokenizer.json").write_text(hf_tokenizer_json(tokenizer), encoding="utf-8")
+    config = hf_tokenizer_config(tokenizer, model_max_length)
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
 def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):
-    """A transformers PreTrainedTokenizerFast that encodes text as `tokenizer` does (end-of-text as eos and bos)."""
+    """A transformers PreTrainedTokenizerFast that encodes text as `tokenizer` does, configured as
+    `hf_tokenizer_config` says (end-of-text as eos and bos, the chat template when there are chat tokens)."""
     from transformers import PreTrainedTokenizerFast  # optional and slow to import
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=HFTokenizer.from_str(hf_tokenizer_json(tokenizer)),
-        eos_token=EOT,
-        bos_token=EOT,
-        unk_token=EOT if tokenizer.kind == "char" else None,
-        model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False,
-    )
+    config = {k: v for k, v in hf_tokenizer_config(tokenizer, model_max_length).items() if k != "tokenizer_class"}
+    return PreTrainedTokenizerFast(tokenizer_object=HFTokenizer.from_str(hf_tokenizer_json(tokenizer)), **config)
 
 
 def tokenizer_from_hf_dir(src: Path) -> Tokenizer:

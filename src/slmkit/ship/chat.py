@@ -3,7 +3,8 @@
 `ChatSession` holds the conversation and renders it with the chat template (`slmkit.data.chat.render`); each reply
 is generated until end-of-turn (or end-of-text, or max_new_tokens). When the conversation no longer fits the context
 window with room for the reply, the oldest turns (a user message and its answer) are dropped first; the system
-message always stays. `chat_loop` reads lines from any text stream, so tests drive it with StringIO.
+message always stays. `chat_loop` reads lines from any text stream, so tests drive it with StringIO. A run that
+was not fine-tuned for chat (a base model; `chat_tuned`) gets a one-line note under the banner.
 
 Commands: /reset (forget the conversation), /system TEXT (set the system message; /system alone clears it), /quit.
 """
@@ -12,15 +13,47 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
 from slmkit.data.chat import Message, render
 from slmkit.model.generate import generate
-from slmkit.runs.checkpoint import load_model
+from slmkit.runs.checkpoint import is_run_dir, load_model, read_run_config, read_run_info
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system message), /quit"
+
+
+def chat_tuned(run: str | Path) -> bool | None:
+    """Whether a run (or a `slm quantize` output) was fine-tuned for chat: True when its config.toml, or that of a
+    run it descends from (run.json's `parent`, e.g. a merged LoRA run), has a chat data.format; False for a base
+    model (pretrained on text only); None when it cannot tell (no config, an imported model, a missing parent)."""
+    path, seen = Path(run), set()
+    while True:
+        try:
+            if read_run_config(path).data.format != "text":
+                return True
+            info = read_run_info(path) if is_run_dir(path) else {}
+        except SlmError:
+            return None
+        if info.get("imported_from"):
+            return None
+        if not info.get("parent"):
+            return False
+        seen.add(path.resolve())
+        path = Path(info["parent"])
+        if path.resolve() in seen:
+            return None
+
+
+def base_model_note(run: str | Path) -> str | None:
+    """One line saying that a run was not fine-tuned for chat (so it will continue text rather than answer), or
+    None when it was or when that cannot be told."""
+    if chat_tuned(run) is not False:
+        return None
+    return (f"note: {Path(run).name} is a base model, not fine-tuned for chat (data.format = text): it continues the "
+            f"text rather than answering; fine-tune it first: slm sft {run} --data FILE")  # fmt: skip
 
 
 class ChatSession:
@@ -125,4 +158,6 @@ def chat(run: str, *, checkpoint: str = "best", stdin: TextIO | None = None, std
     model, tokenizer, _, ckpt = load_model(run, checkpoint)
     session = ChatSession(model, tokenizer, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed)  # fmt: skip
-    return chat_loop(session, stdin or sys.stdin, stdout or sys.stdout, banner=f"# chatting with {ckpt}")
+    note = base_model_note(run)
+    banner = f"# chatting with {ckpt}" + (f"\n{note}" if note else "")
+    return chat_loop(session, stdin or sys.stdin, stdout or sys.stdout, banner=banner)

@@ -1,7 +1,8 @@
 """`slm export --format gguf`: a GGUF file that llama.cpp runs, for LLaMA-style models.
 
 What GGUF's `llama` architecture expresses: RMSNorm, pre-norm, RoPE, SwiGLU, no biases, no QK-norm (GQA and a
-tied or untied head are fine); anything else is refused naming the field. Tensors use llama.cpp's names
+tied or untied head are fine); anything else is refused naming the field (`check_gguf`, which `slm export` and
+`slm config presets` also ask). Tensors use llama.cpp's names
 (`token_embd`, `blk.N.attn_q`, ..., `output_norm`, `output`; a tied head is left out and llama.cpp reuses
 `token_embd`). The embedding and head keep only the tokenizer's `vocab_size` rows (ours are padded).
 
@@ -16,30 +17,33 @@ Q8_0 (blocks of 32 values: one float16 scale = max|x|/127, then 32 int8), the re
 Tokenizer: `tokenizer.ggml.model = "gpt2"` (byte-level BPE: tokens as byte-level strings, merges, token types,
 `pre = "gpt-2"` for GPT-2's pre-tokenizer regex), from the bpe kind's tokenizer.json or, for the gpt2 kind, from
 tiktoken's ranks. A char tokenizer has no GGUF equivalent and is refused. The chat template (when the tokenizer
-has the chat tokens) is stored as `tokenizer.chat_template`.
+has the chat tokens) is stored as `tokenizer.chat_template`: `slmkit.model.hf_tokenizer.CHAT_TEMPLATE`, the text the
+hf export writes too.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
-from slmkit.model.hf_tokenizer import hf_tokenizer_json
+from slmkit.model.hf_tokenizer import CHAT_TEMPLATE, hf_tokenizer_json
+
+if TYPE_CHECKING:  # tensors arrive as arguments: the checks answer without importing torch
+    import torch
 
 GGUF_TYPES = ("f16", "q8_0")
 GGUF_FILE = "model.gguf"
 LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu", "bias": False,
                 "qk_norm": False}  # fmt: skip
 """ModelConfig values GGUF's llama architecture requires."""
+GGUF_TOKENIZERS = ("bpe", "gpt2")
+"""Tokenizer kinds with a GGUF vocabulary (byte-level BPE)."""
 Q8_BLOCK = 32
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")  # fmt: skip
-"""The `slm` chat template (slmkit.data.chat.render) in Jinja, for llama.cpp's chat endpoints."""
 
 _LAYER = {  # ours (inside blocks.{i}) -> llama.cpp (inside blk.{i})
     "norm1.weight": "attn_norm.weight",
@@ -58,12 +62,30 @@ class GGUFExportError(SlmError):
     """A model or tokenizer that GGUF's llama architecture cannot express."""
 
 
-def check_llama(cfg) -> None:
-    """Refuse, naming each field, a model that GGUF's llama architecture cannot express."""
+def _llama_misses(cfg) -> str | None:
     bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {v!r})" for k, v in LLAMA_FIELDS.items() if getattr(cfg, k) != v]
-    if bad:
-        raise GGUFExportError(f"GGUF export supports LLaMA-style models only: {', '.join(bad)}; export this run with "
-                              "--format hf instead, or train with the llama-tiny preset's model fields")  # fmt: skip
+    return f"GGUF export supports LLaMA-style models only: {', '.join(bad)}" if bad else None
+
+
+def _tokenizer_miss(kind: str) -> str | None:
+    if kind in GGUF_TOKENIZERS:
+        return None
+    return (f"a {kind} tokenizer has no GGUF equivalent (llama.cpp tokenizes with byte-level BPE or SentencePiece); "
+            "train with tokenizer.kind=bpe:N or gpt2 for GGUF")  # fmt: skip
+
+
+def check_llama(cfg) -> None:
+    """Refuse, naming each field, a model (ModelConfig) that GGUF's llama architecture cannot express."""
+    if miss := _llama_misses(cfg):
+        raise GGUFExportError(miss)
+
+
+def check_gguf(model_cfg, tokenizer_kind: str) -> None:
+    """Refuse, naming every field at once, a model or tokenizer kind (char, bpe, gpt2) GGUF cannot express. The
+    `gguf` entry of slmkit.ship.export.CHECKS."""
+    misses = [m for m in (_llama_misses(model_cfg), _tokenizer_miss(tokenizer_kind)) if m]
+    if misses:
+        raise GGUFExportError("; ".join(misses))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,10 +149,9 @@ def dequantize_q8_0(data: np.ndarray, cols: int) -> np.ndarray:
 
 
 def _hf_json(tokenizer: Tokenizer) -> dict:
-    if tokenizer.kind in ("bpe", "gpt2"):  # gpt2: merges rebuilt from tiktoken's ranks
-        return json.loads(hf_tokenizer_json(tokenizer))
-    raise GGUFExportError(f"a {tokenizer.kind} tokenizer has no GGUF equivalent (llama.cpp tokenizes with byte-level "
-                          "BPE or SentencePiece); train with tokenizer.kind=bpe:N or gpt2 for GGUF")  # fmt: skip
+    if miss := _tokenizer_miss(tokenizer.kind):
+        raise GGUFExportError(miss)
+    return json.loads(hf_tokenizer_json(tokenizer))  # gpt2: merges rebuilt from tiktoken's ranks
 
 
 def tokenizer_metadata(tokenizer: Tokenizer) -> dict:
@@ -209,5 +230,5 @@ def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "
 
 def export_gguf(model, tokenizer: Tokenizer, cfg, out: Path, type: str = "f16") -> None:
     """`slm export --format gguf`: write out/model.gguf (the EXPORTERS entry)."""
-    check_llama(cfg.model)
+    check_gguf(cfg.model, tokenizer.kind)
     write_gguf(model, tokenizer, cfg, Path(out) / GGUF_FILE, type=type, name=cfg.train.name or "slmkit")

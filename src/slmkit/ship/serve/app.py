@@ -1,12 +1,21 @@
 """`slm serve`: an OpenAI-compatible HTTP API and a web chat page over one model (FastAPI + uvicorn).
 
-Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (OpenAI request and response shapes;
-`stream: true` sends server-sent events, `data: {chunk}` lines ending with `data: [DONE]`), GET /health, and
-GET / (the chat page, `static/index.html`). Supported parameters: max_tokens (max_completion_tokens), temperature,
-top_p, stop (a string or up to 4), seed, n = 1, stream_options.include_usage. Unknown parameters are ignored.
+Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (OpenAI request
+and response shapes; `stream: true` sends server-sent events, `data: {chunk}` lines ending with `data: [DONE]`),
+GET /health, and GET / (the chat page, `static/index.html`). Supported parameters: max_tokens
+(max_completion_tokens), temperature, top_p, stop (a string or up to 4), seed (64-bit), n = 1,
+stream_options.include_usage; for completions, `prompt` as a string, a list of token ids, or a list of up to 64 of
+those (one choice each, `index` telling them apart), and `echo` (the prompt is returned before the completion).
+Parameters that would change the reply but are not implemented (logprobs, top_logprobs, suffix, best_of,
+logit_bias, presence/frequency_penalty, tools, functions, response_format other than text, ...: NOT_IMPLEMENTED) are
+refused with a 400 naming them unless they hold their no-op value; other unknown parameters (user, metadata, ...)
+are ignored.
 
-Bad requests get a 4xx with OpenAI's error body {"error": {"message", "type", "param", "code"}}. A prompt must
-be shorter than the model's context (block_size); the reply may run past it (generation slides its window).
+A POST body must be JSON sent as `Content-Type: application/json` (415 otherwise: a page on another site can make a
+browser POST text/plain or a form here, but not JSON). Bad requests get a 4xx with OpenAI's error body {"error":
+{"message", "type", "param", "code"}}, never a 500. A prompt must be shorter than the model's context
+(block_size); the reply may run past it (generation slides its window). A client that disconnects before its reply
+is complete, streaming or not, cancels its generation at the engine's next step.
 Chat messages are rendered with the fine-tuning template (`slmkit.data.chat.render`) when the tokenizer has the
 chat tokens, else as a plain "User: ... / Assistant:" transcript that stops at the next "\nUser:".
 """
@@ -15,15 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import reprlib
 import time
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
 from slmkit.data.chat import render
 from slmkit.runs.checkpoint import load_model
+from slmkit.ship.chat import base_model_note
 from slmkit.ship.serve.engine import Engine, EngineBusy, Job
 
 STATIC = Path(__file__).parent / "static"
@@ -48,14 +59,65 @@ class APIError(Exception):
 # Request parsing
 
 
+# Parameters of OpenAI's API that would change the reply but are not implemented here: a request that gives one
+# a value other than its no-op values is refused with a 400 naming it, never served as if it had not been sent.
+NOT_IMPLEMENTED = {
+    "logprobs": (None, False),  # completions: the top-k alternatives per token; chat: true
+    "top_logprobs": (None,),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+}
+NOT_IN_CHAT = {"echo": (None, False)}  # a completions parameter
+MAX_PROMPTS = 64  # prompts in one completions request (one choice each)
+INT64 = 2**63
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = _repr.maxlong = 60
+_repr.maxlist = _repr.maxdict = 4
+
+
+def _show(value) -> str:
+    """A short repr of a client's value for an error message."""
+    return _repr.repr(value)
+
+
+def _is(value, options) -> bool:
+    """value is one of options, type included (0 is not False)."""
+    return any(type(value) is type(o) and value == o for o in options)
+
+
+def refuse_not_implemented(body: dict, chat: bool) -> None:
+    for name, no_ops in (NOT_IMPLEMENTED | NOT_IN_CHAT if chat else NOT_IMPLEMENTED).items():
+        if name in body and not _is(body[name], no_ops):
+            raise APIError(f"'{name}' is not supported by this server (slm serve); leave it out (got "
+                           f"{_show(body[name])})", name, "unsupported_parameter")  # fmt: skip
+
+
 def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
     v = body.get(name, default)
     v = default if v is None else v
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise APIError(f"'{name}' must be a number, got {v!r}", name)
+        raise APIError(f"'{name}' must be a number, got {_show(v)}", name)
     if not lo <= v <= hi:
-        raise APIError(f"'{name}' must be between {lo} and {hi}, got {v}", name)
+        raise APIError(f"'{name}' must be between {lo} and {hi}, got {_show(v)}", name)
     return float(v)
+
+
+def _flag(obj: dict, name: str, param: str) -> bool:
+    v = obj.get(name)
+    if v is not None and not isinstance(v, bool):
+        raise APIError(f"'{param}' must be true or false, got {_show(v)}", param)
+    return bool(v)
 
 
 def parse_sampling(body: dict, cap: int) -> dict:
@@ -64,30 +126,46 @@ def parse_sampling(body: dict, cap: int) -> dict:
     max_tokens = min(DEFAULT_MAX_TOKENS, cap) if max_tokens is None else max_tokens
     param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise APIError(f"'{param}' must be a positive integer, got {max_tokens!r}", param)
+        raise APIError(f"'{param}' must be a positive integer, got {_show(max_tokens)}", param)
     if max_tokens > cap:
-        raise APIError(f"'{param}' is {max_tokens}, above this server's cap of {cap}", param)
+        raise APIError(f"'{param}' is {_show(max_tokens)}, above this server's cap of {cap}", param)
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
         raise APIError("'stop' must be a string or a list of up to 4 strings", "stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise APIError(f"'seed' must be an integer, got {seed!r}", "seed")
-    if body.get("n", 1) not in (1, None):
-        raise APIError("only n = 1 is supported", "n")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -INT64 <= seed < INT64):
+        raise APIError(f"'seed' must be a 64-bit integer, got {_show(seed)}", "seed")
+    if not _is(body.get("n", 1), (1, None)):
+        raise APIError("only n = 1 is supported (give a list of prompts for several completions)", "n")
     return {"max_tokens": max_tokens, "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
             "top_p": _number(body, "top_p", 1.0, 0.0, 1.0) or 1.0, "stop": stop, "seed": seed}  # fmt: skip
 
 
+def parse_stream(body: dict) -> tuple[bool, bool]:
+    """(stream, stream_options.include_usage), validated."""
+    stream = _flag(body, "stream", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise APIError(f"'stream_options' must be an object such as {{\"include_usage\": true}}, got {_show(options)}",
+                       "stream_options")  # fmt: skip
+    return stream, _flag(options or {}, "include_usage", "stream_options.include_usage")
+
+
 def _content(m: dict, i: int) -> str:
-    c = m.get("content")
-    if isinstance(c, list):  # content parts: keep the text ones
-        c = "".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
+    c, param = m.get("content"), f"messages[{i}].content"
+    if isinstance(c, list):  # content parts: this model reads text parts only
+        texts = []
+        for j, p in enumerate(c):
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise APIError(f"{param}[{j}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}} (this "
+                               f"model reads text only), got {_show(p)}", f"{param}[{j}]")  # fmt: skip
+            texts.append(p["text"])
+        c = "".join(texts)
     if c is None:
         c = ""
     if not isinstance(c, str):
-        raise APIError(f"messages[{i}].content must be a string", f"messages[{i}].content")
+        raise APIError(f"{param} must be a string or a list of text parts, got {_show(c)}", param)
     return c
 
 
@@ -99,10 +177,28 @@ def parse_messages(body: dict) -> list[dict]:
     for i, m in enumerate(msgs):
         role = m.get("role") if isinstance(m, dict) else None
         role = "system" if role == "developer" else role
-        if role not in ROLES:
-            raise APIError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", f"messages[{i}].role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise APIError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {_show(role)}",
+                           f"messages[{i}].role")  # fmt: skip
         out.append({"role": role, "content": _content(m, i)})
     return out
+
+
+def parse_prompts(body: dict) -> list[str | list[int]]:
+    """The completions prompt(s): a string, a list of token ids, or a list of those (one choice each)."""
+    p = body.get("prompt")
+
+    def is_ids(x) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(p, str) or is_ids(p):
+        return [p]
+    if isinstance(p, list) and p and all(isinstance(x, str) or is_ids(x) for x in p):
+        if len(p) > MAX_PROMPTS:
+            raise APIError(f"'prompt' has {len(p)} prompts; at most {MAX_PROMPTS} per request", "prompt")
+        return p
+    raise APIError("'prompt' must be a string, a non-empty list of token ids, or a list of those (one choice each)",
+                   "prompt")  # fmt: skip
 
 
 def render_chat(messages: list[dict], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[str]]:
@@ -120,13 +216,19 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer) -> tuple[list[int], 
 # Responses
 
 
-def _usage(done: dict) -> dict:
-    p, c = done["prompt_tokens"], done["completion_tokens"]
+def _usage(done: list[dict]) -> dict:
+    p, c = sum(d["prompt_tokens"] for d in done), sum(d["completion_tokens"] for d in done)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so the server's next message is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # not expected (the body was read); never spin
 
 
 class Server:
@@ -142,105 +244,170 @@ class Server:
         if not isinstance(name, str) or not name:
             raise APIError("'model' is required; GET /v1/models lists it", "model")
         if name != self.model_name:
-            raise APIError(f"the model '{name}' does not exist; this server serves '{self.model_name}'", "model",
-                           "model_not_found", status=404)  # fmt: skip
+            raise APIError(f"the model '{_show(name)[1:-1]}' does not exist; this server serves '{self.model_name}'",
+                           "model", "model_not_found", status=404)  # fmt: skip
 
     def check_prompt(self, ids: list[int], param: str) -> None:
         if len(ids) >= self.block:
             raise APIError(f"this model's context is {self.block} tokens; the prompt has {len(ids)}; shorten it",
                            param, "context_length_exceeded")  # fmt: skip
 
-    async def run(self, ids: list[int], sampling: dict, stop_ids: list[int]) -> tuple[Job, asyncio.Queue]:
-        """Queue a job whose events land in an asyncio queue of the running loop."""
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-
-        def emit(kind: str, payload) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
-
-        job = Job(ids, sampling["max_tokens"], emit, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                  seed=sampling["seed"], stop=sampling["stop"], stop_ids=stop_ids)  # fmt: skip
+    def encode(self, text: str, param: str, allow_special: bool = True) -> list[int]:
         try:
-            self.engine.submit(job)
-        except EngineBusy as e:
-            raise APIError(str(e), code="server_busy", status=429, type="rate_limit_error") from None
-        return job, events
+            return self.tok.encode(text, allow_special=allow_special)
+        except ValueError as e:  # e.g. a character a char-level vocabulary lacks
+            raise APIError(f"{param} cannot be encoded by this model's tokenizer: {e}", param,
+                           "invalid_prompt") from None  # fmt: skip
 
-    def chunk(self, job: Job, chat: bool, text: str | None, finish: str | None, first: bool = False) -> dict:
+    def prompt_ids(self, prompt: str | list[int], param: str) -> list[int]:
+        """A completions prompt (text, or token ids checked against the vocabulary) as ids within the context."""
+        if isinstance(prompt, str):
+            ids = self.encode(prompt, param) or [self.tok.token_id(EOT) or 0]
+        else:
+            bad = [t for t in prompt if not 0 <= t < self.tok.vocab_size]
+            if bad:
+                raise APIError(f"{param} has token id {_show(bad[0])}, outside this model's vocabulary "
+                               f"(0 to {self.tok.vocab_size - 1})", param, "invalid_prompt")  # fmt: skip
+            ids = list(prompt)
+        self.check_prompt(ids, param)
+        return ids
+
+    async def run(self, prompts: list[list[int]], sampling: dict,
+                  stop_ids: list[int]) -> tuple[list[Job], asyncio.Queue]:  # fmt: skip
+        """Queue one job per prompt; their events land in an asyncio queue of the running loop as (index, kind,
+        payload). All or none are queued."""
+        loop, events, jobs = asyncio.get_running_loop(), asyncio.Queue(), []
+        for index, ids in enumerate(prompts):
+
+            def emit(kind: str, payload, index=index) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
+
+            job = Job(ids, sampling["max_tokens"], emit, temperature=sampling["temperature"], top_p=sampling["top_p"],
+                      seed=sampling["seed"], stop=sampling["stop"], stop_ids=stop_ids)  # fmt: skip
+            try:
+                self.engine.submit(job)
+            except EngineBusy as e:
+                for queued in jobs:
+                    queued.cancel()
+                raise APIError(str(e), code="server_busy", status=429, type="rate_limit_error") from None
+            jobs.append(job)
+        return jobs, events
+
+    def chunk(self, rid: str, created: int, chat: bool, index: int, text: str | None, finish: str | None,
+              first: bool = False) -> dict:  # fmt: skip
         if chat:
             delta = {} if text is None else {"content": text}
             if first:
                 delta = {"role": "assistant", "content": ""}
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
             obj = "text_completion"
-        return {"id": self.job_id(job, chat), "object": obj, "created": int(job.created),
-                "model": self.model_name, "choices": [choice]}  # fmt: skip
+        return {"id": rid, "object": obj, "created": created, "model": self.model_name, "choices": [choice]}
 
     @staticmethod
-    def job_id(job: Job, chat: bool) -> str:
-        return ("chatcmpl-" if chat else "cmpl-") + job.id
+    def response_id(jobs: list[Job], chat: bool) -> str:
+        return ("chatcmpl-" if chat else "cmpl-") + jobs[0].id
 
-    async def stream(self, job: Job, events: asyncio.Queue, chat: bool, include_usage: bool):
-        """The SSE body; a client that goes away cancels the job (its slot frees at the worker's next turn)."""
+    async def stream(self, jobs: list[Job], events: asyncio.Queue, chat: bool, include_usage: bool,
+                     echo: list[str] | None = None):  # fmt: skip
+        """The SSE body; a client that goes away cancels the jobs (their slots free at the worker's next turn)."""
+        rid, created = self.response_id(jobs, chat), int(jobs[0].created)
         try:
             if chat:
-                yield _sse(self.chunk(job, chat, None, None, first=True))
-            while True:
-                kind, payload = await events.get()
+                yield _sse(self.chunk(rid, created, chat, 0, None, None, first=True))
+            for index, text in enumerate(echo or []):
+                if text:
+                    yield _sse(self.chunk(rid, created, chat, index, text, None))
+            done: dict[int, dict] = {}
+            while len(done) < len(jobs):
+                index, kind, payload = await events.get()
                 if kind == "text":
-                    yield _sse(self.chunk(job, chat, payload, None))
+                    yield _sse(self.chunk(rid, created, chat, index, payload, None))
                 elif kind == "error":
                     yield _sse({"error": {"message": payload, "type": "server_error", "param": None, "code": None}})
                     break
                 else:
-                    yield _sse(self.chunk(job, chat, None, payload["finish_reason"]))
-                    if include_usage:
-                        final = self.chunk(job, chat, None, None)
-                        final.update(choices=[], usage=_usage(payload))
-                        yield _sse(final)
-                    break
+                    done[index] = payload
+                    yield _sse(self.chunk(rid, created, chat, index, None, payload["finish_reason"]))
+            else:
+                if include_usage:
+                    final = self.chunk(rid, created, chat, 0, None, None)
+                    final.update(choices=[], usage=_usage(list(done.values())))
+                    yield _sse(final)
             yield "data: [DONE]\n\n"
         finally:
-            job.cancel()  # no-op when finished; frees the slot when the client disconnected
+            for job in jobs:
+                job.cancel()  # no-op when finished; frees the slot when the client disconnected
 
-    async def collect(self, job: Job, events: asyncio.Queue, chat: bool) -> JSONResponse:
-        parts = []
+    async def collect(self, request: Request, jobs: list[Job], events: asyncio.Queue, chat: bool,
+                      echo: list[str] | None = None) -> Response:  # fmt: skip
+        """The whole reply as one JSON body. A client that disconnects while it waits cancels the jobs, so they stop
+        at the worker's next turn instead of generating for nobody."""
+        parts: list[list[str]] = [[] for _ in jobs]
+        done: dict[int, dict] = {}
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            while True:
-                kind, payload = await events.get()
+            while len(done) < len(jobs):
+                get = asyncio.ensure_future(events.get())
+                await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    return Response(status_code=499)  # nobody reads it: the client has gone
+                index, kind, payload = get.result()
                 if kind == "text":
-                    parts.append(payload)
+                    parts[index].append(payload)
                 elif kind == "error":
                     raise APIError(payload, status=500, type="server_error")
                 else:
-                    break
+                    done[index] = payload
         finally:
-            job.cancel()
-        text, finish = "".join(parts), payload["finish_reason"]
-        if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": finish}  # fmt: skip
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return JSONResponse({"id": self.job_id(job, chat), "object": "chat.completion" if chat else "text_completion",
-                             "created": int(job.created), "model": self.model_name, "choices": [choice],
-                             "usage": _usage(payload)})  # fmt: skip
+            gone.cancel()
+            for job in jobs:
+                job.cancel()
+        choices = []
+        for index, pieces in enumerate(parts):
+            text, finish = (echo[index] if echo else "") + "".join(pieces), done[index]["finish_reason"]
+            if chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                "finish_reason": finish})  # fmt: skip
+            else:
+                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": finish})
+        obj = "chat.completion" if chat else "text_completion"
+        return JSONResponse({"id": self.response_id(jobs, chat), "object": obj, "created": int(jobs[0].created),
+                             "model": self.model_name, "choices": choices,
+                             "usage": _usage([done[i] for i in range(len(jobs))])})  # fmt: skip
 
 
 async def _json_body(request: Request) -> dict:
+    """The request's JSON object. Only `Content-Type: application/json` is read (415 otherwise): a browser page on
+    another site can POST text/plain or a form here without asking, but not JSON."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise APIError(f"send the body as JSON with 'Content-Type: application/json' (got {_show(ctype or 'none')})",
+                       code="unsupported_media_type", status=415)  # fmt: skip
     try:
         body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:
+        raise APIError("the request body is nested too deeply", code="invalid_json") from None
+    except ValueError as e:  # not JSON, not UTF-8, or an integer of more than 4300 digits
+        raise APIError(f"the request body is not valid JSON ({_show(str(e))[1:-1]})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError("the request body must be a JSON object")
+    try:  # JSON may escape a lone surrogate ("\\ud800"), which is no text: it could be neither encoded nor echoed
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise APIError("the request body is nested too deeply", code="invalid_json") from None
+    except UnicodeEncodeError:
+        raise APIError("the request body has a lone surrogate escape (e.g. \\ud800), which is not text",
+                       code="invalid_json") from None  # fmt: skip
     return body
 
 
-def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024) -> FastAPI:
-    """The FastAPI app over a started `Engine`."""
+def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note: str | None = None) -> FastAPI:
+    """The FastAPI app over a started `Engine`. `note`: one line about the model that GET /v1/models carries (as
+    `note`) and the chat page shows, e.g. that a base model was not fine-tuned for chat (`base_model_note`)."""
     srv = Server(engine, model_name, max_tokens_cap)
     app = FastAPI(title="slmkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
@@ -257,6 +424,10 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024) -> F
     async def _bad_method(request: Request, exc):
         return APIError(f"{request.method} is not allowed on {request.url.path}", status=405).response()
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception):  # a bug: still an OpenAI-shaped body
+        return APIError(f"internal error: {type(exc).__name__}", status=500, type="server_error").response()
+
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
@@ -265,33 +436,50 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024) -> F
     async def health():
         return {"status": "ok", "model": model_name, **engine.stats()}
 
+    def model_info() -> dict:
+        return {"id": model_name, "object": "model", "created": srv.created, "owned_by": "slmkit",
+                "context_length": srv.block, **({"note": note} if note else {})}  # fmt: skip
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": srv.created,
-                                            "owned_by": "slmkit", "context_length": srv.block}]}  # fmt: skip
+        return {"object": "list", "data": [model_info()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        srv.check_model({"model": model_id})
+        return model_info()
 
     async def _generate(request: Request, chat: bool):
         body = await _json_body(request)
         srv.check_model(body)
+        refuse_not_implemented(body, chat)
         sampling = parse_sampling(body, srv.cap)
+        stream, include_usage = parse_stream(body)
+        echo = None
         if chat:
-            ids, stop_ids, extra_stop = render_chat(parse_messages(body), srv.tok)
+            messages = parse_messages(body)
+            try:
+                ids, stop_ids, extra_stop = render_chat(messages, srv.tok)
+            except ValueError as e:  # e.g. a character a char-level vocabulary lacks
+                raise APIError(f"messages cannot be encoded by this model's tokenizer: {e}", "messages",
+                               "invalid_prompt") from None  # fmt: skip
             sampling["stop"] = sampling["stop"] + extra_stop
             srv.check_prompt(ids, "messages")
+            prompts = [ids]
         else:
-            prompt = body.get("prompt")
-            prompt = prompt[0] if isinstance(prompt, list) and len(prompt) == 1 else prompt
-            if not isinstance(prompt, str):
-                raise APIError("'prompt' must be a string", "prompt")
-            ids = srv.tok.encode(prompt, allow_special=True) or [srv.tok.token_id(EOT) or 0]
-            srv.check_prompt(ids, "prompt")
-            stop_ids = [] if srv.tok.token_id(EOT) is None else [srv.tok.token_id(EOT)]
-        job, events = await srv.run(ids, sampling, stop_ids)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(srv.stream(job, events, chat, include_usage), media_type="text/event-stream",
+            given = parse_prompts(body)
+            listed = given is body["prompt"]  # a list of prompts, not one prompt
+            prompts = [srv.prompt_ids(p, f"prompt[{i}]" if listed else "prompt") for i, p in enumerate(given)]
+            eot = srv.tok.token_id(EOT)
+            stop_ids = [] if eot is None else [eot]
+            if _flag(body, "echo", "echo"):
+                echo = [p if isinstance(p, str) else srv.tok.decode(ids) for p, ids in zip(given, prompts)]
+        jobs, events = await srv.run(prompts, sampling, stop_ids)
+        if stream:
+            return StreamingResponse(srv.stream(jobs, events, chat, include_usage, echo),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
-        return await srv.collect(job, events, chat)
+        return await srv.collect(request, jobs, events, chat, echo)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -320,8 +508,11 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, checkpo
     if threads:
         torch.set_num_threads(threads)
     engine, name = load_engine(run, checkpoint, slots)
+    note = base_model_note(run)
     print(f"serving {name} on http://{host}:{port}  (OpenAI API at http://{host}:{port}/v1, chat page at /)")
+    if note:
+        print(note)
     try:
-        uvicorn.run(create_app(engine, name, max_tokens_cap), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engine, name, max_tokens_cap, note), host=host, port=port, log_level="warning")
     finally:
         engine.stop()

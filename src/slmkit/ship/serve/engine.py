@@ -5,15 +5,16 @@ token each per turn, every request with its own generator (hence its own KV cach
 request gets its first token after at most one token step of each other active request, not after their whole
 replies, and no stream can see another's tokens. A request's events (text pieces, then `done` with the finish
 reason and token counts, or `error`) are handed to whoever waits on them through a callback, which the HTTP layer
-points at its event loop. Cancelling a request (the client went away) frees its slot at the worker's next turn.
+points at its event loop. Cancelling a request (its client went away, streaming or not) stops it at the worker's
+next turn: an active one generates no further token and frees its slot, a waiting one leaves the queue unstarted.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -28,7 +29,7 @@ class EngineBusy(Exception):
 @dataclass
 class Job:
     """One generation request and its progress. `emit(kind, payload)` receives ("text", str), then
-    ("done", {"finish_reason", "prompt_tokens", "completion_tokens"}) or ("error", str)."""
+    ("done", {"finish_reason", "prompt_tokens", "completion_tokens"}) or ("error", str); nothing after a cancel."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -44,7 +45,11 @@ class Job:
     tokens: int = 0
 
     def cancel(self) -> None:
+        """Stop this job at the worker's next turn (a no-op once it has finished)."""
         self.cancelled.set()
+
+
+Entry = tuple[Job, Iterator[int], TextStream]
 
 
 class Engine:
@@ -53,11 +58,12 @@ class Engine:
     def __init__(self, model, tokenizer: Tokenizer, *, slots: int = 4, max_queue: int = 256):
         self.model, self.tok = model, tokenizer
         self.slots, self.max_queue = max(1, slots), max_queue
-        self._waiting: queue.Queue[Job] = queue.Queue()
-        self._active: list[tuple[Job, Iterator[int], TextStream]] = []
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()  # guards _waiting and the counters; wakes the idle worker
+        self._active: list[Entry] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="slm-serve-engine", daemon=True)
-        self.completed = 0
+        self.completed = self.cancelled = 0
 
     # -- control ---------------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -66,65 +72,100 @@ class Engine:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
         self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        if self._waiting.qsize() >= self.max_queue:
-            raise EngineBusy(f"{self._waiting.qsize()} requests are already waiting; retry later")
-        self._waiting.put(job)
+        with self._cond:
+            self._drop_cancelled()
+            if len(self._waiting) >= self.max_queue:
+                raise EngineBusy(f"{len(self._waiting)} requests are already waiting; retry later")
+            self._waiting.append(job)
+            self._cond.notify()
 
     def stats(self) -> dict:
-        return {"waiting": self._waiting.qsize(), "active": len(self._active), "slots": self.slots,
-                "completed": self.completed}  # fmt: skip
+        """waiting and active jobs (cancelled ones no longer count once the worker has seen them), slots, and the
+        jobs completed and cancelled so far."""
+        with self._cond:
+            self._drop_cancelled()
+            return {"waiting": len(self._waiting), "active": len(self._active), "slots": self.slots,
+                    "completed": self.completed, "cancelled": self.cancelled}  # fmt: skip
+
+    def _drop_cancelled(self) -> None:
+        """Remove cancelled jobs from the queue (the lock is held)."""
+        if any(j.cancelled.is_set() for j in self._waiting):
+            kept = [j for j in self._waiting if not j.cancelled.is_set()]
+            self.cancelled += len(self._waiting) - len(kept)
+            self._waiting = deque(kept)
 
     # -- the worker ------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._admit()
-            if not self._active:
-                continue
             for entry in list(self._active):
                 self._step(entry)
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots; block briefly when there is nothing to do."""
-        while len(self._active) < self.slots:
-            try:
-                job = self._waiting.get(timeout=0.05) if not self._active else self._waiting.get_nowait()
-            except queue.Empty:
-                return
-            if job.cancelled.is_set():
-                continue
+        with self._cond:
+            self._drop_cancelled()
+            if not self._active and not self._waiting:
+                self._cond.wait(timeout=0.05)
+                self._drop_cancelled()
+            jobs = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.slots - len(self._active)))]
+        for job in jobs:
             stream = TextStream(self.tok, job.stop, lambda s, job=job: job.emit("text", s))
             gen = generate(self.model, job.prompt_ids, job.max_tokens, temperature=job.temperature, top_p=job.top_p,
                            seed=job.seed, stop_ids=job.stop_ids, vocab_limit=self.tok.vocab_size)  # fmt: skip
             self._active.append((job, gen, stream))
 
-    def _step(self, entry: tuple[Job, Iterator[int], TextStream]) -> None:
+    def _step(self, entry: Entry) -> None:
         """Advance one job by one token; finish it on a stop, the token limit, cancellation or an error."""
-        job, gen, stream = entry
+        job = entry[0]
         if job.cancelled.is_set():
+            with self._cond:
+                self.cancelled += 1
             return self._finish(entry, None)
+        try:
+            reason = self._advance(entry)
+        except Exception as e:  # the model or the receiver of the events failed: never let it kill the worker
+            self._finish(entry, None)
+            self._emit(job, "error", f"generation failed: {type(e).__name__}: {e}")
+            return
+        if reason is not None:
+            self._finish(entry, reason)
+
+    @staticmethod
+    def _advance(entry: Entry) -> str | None:
+        """One token of the job; its finish reason when that ended it."""
+        job, gen, stream = entry
         try:
             token = next(gen)
         except StopIteration:  # a stop id (end-of-text / end-of-turn) or max_tokens reached
             stream.flush()
-            return self._finish(entry, "length" if job.tokens >= job.max_tokens else "stop")
-        except Exception as e:  # never let one request kill the worker
-            job.emit("error", f"generation failed: {type(e).__name__}: {e}")
-            return self._finish(entry, None)
+            return "length" if job.tokens >= job.max_tokens else "stop"
         job.tokens += 1
         if stream.add(token):
-            return self._finish(entry, "stop")
+            return "stop"
         if job.tokens >= job.max_tokens:
             stream.flush()
-            return self._finish(entry, "length")
+            return "length"
+        return None
 
-    def _finish(self, entry, reason: str | None) -> None:
+    def _finish(self, entry: Entry, reason: str | None) -> None:
         job, gen, _ = entry
         self._active.remove(entry)
         gen.close()
-        self.completed += 1
         if reason is not None:
-            job.emit("done", {"finish_reason": reason, "prompt_tokens": len(job.prompt_ids),
-                              "completion_tokens": job.tokens})  # fmt: skip
+            with self._cond:
+                self.completed += 1
+            self._emit(job, "done", {"finish_reason": reason, "prompt_tokens": len(job.prompt_ids),
+                                     "completion_tokens": job.tokens})  # fmt: skip
+
+    @staticmethod
+    def _emit(job: Job, kind: str, payload) -> None:
+        try:
+            job.emit(kind, payload)
+        except Exception:  # nobody can receive it any more (e.g. the server's event loop has closed)
+            job.cancel()
