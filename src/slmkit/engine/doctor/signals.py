@@ -15,7 +15,17 @@ EXPLODE_FACTOR = 10.0  # gradient explosion: norm >= this many times the running
 COLLAPSE_FRACTION = 1e-3  # gradient collapse: norm below this fraction of the early typical norm ...
 COLLAPSE_ABS = 1e-8  # ... or below this absolute value
 BLOW_UP = 2.0  # divergence: the running median of the loss above this many times the starting loss
-CLIP_RATE = 0.5  # constant clipping: clipped on more than this fraction of the steps after warmup
+CLIP_RATE = 0.5  # constant clipping: clipped on more than this fraction of the steps after warmup, AND ...
+CLIP_FAR = 2.5  # ... the clipped steps' median norm >= this many times optim.grad_clip, or ...
+CLIP_STALL = 0.005  # ... the loss fell less than this fraction over the latter part of the run (stopped improving)
+# Calibrated on the reference recipes (tests/data/ref-*.jsonl.gz). nanoGPT's shakespeare-char (AdamW lr 1e-3,
+# grad_clip 1.0) clips on 96% of the steps after warmup and on every step from ~500 on, while its loss falls
+# steadily to the documented val 1.88: a clip rate alone is no pathology. With Adam, scaling every gradient by a
+# similar factor barely changes the update (m / sqrt(v) is scale-free), so clipping is only a symptom when the norm
+# sits far above the limit or the loss has stopped falling. The reference's clipped norms have a median of 1.8x
+# the limit (2.2x at most over any 64 steps, near the end of the cosine decay, when grad norms rise as the LR
+# falls), and its loss still falls 5.5% from the third to the last quarter (the live check, now vs halfway through
+# the run so far, never sees under 2.6%). shakespeare-char-modern and the default clip on 3% and 8% of the steps.
 MAD_TO_SIGMA = 1.4826  # MAD * this = standard deviation for normal noise
 
 
@@ -121,3 +131,32 @@ class Detector:
         self.run = 0
         self.win.add(v)
         return False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Constant clipping: shared by the live and offline rules so that they agree.
+
+CLIP_WHY = {
+    "far": "the clip is meant to catch the rare outlier step; a gradient norm several times the limit on most steps "
+    "means every update is being cut back, which usually comes from an LR high enough to keep the weights in steep "
+    "regions (or a grad_clip set far below this model's typical gradient norm)",
+    "stalled": "clipping on most steps while the loss no longer falls: the updates are too large for the noise "
+    "level the run has reached, so the optimizer bounces instead of descending (the LR is effectively too high)",
+}
+CLIP_FIX = {
+    "far": "lower optim.lr (try 1/2 to 1/3); if the loss falls smoothly, raise optim.grad_clip towards the median "
+    "norm instead",
+    "stalled": "lower optim.lr (try 1/2 to 1/3) or decay it further (optim.schedule=cosine, a lower optim.min_lr)",
+}
+
+
+def clipping_verdict(rate: float, ratio: float | None, progress: float | None) -> str | None:
+    """Whether clipping on `rate` of the steps is a symptom: "far" (the clipped steps' median norm is `ratio` >=
+    CLIP_FAR times the limit), "stalled" (the loss fell by a fraction `progress` < CLIP_STALL), or None (normal)."""
+    if not rate > CLIP_RATE:
+        return None
+    if ratio is not None and ratio >= CLIP_FAR:
+        return "far"
+    if progress is not None and progress < CLIP_STALL:
+        return "stalled"
+    return None
