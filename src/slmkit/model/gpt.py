@@ -14,11 +14,16 @@ Batch-1 decoding pays a fixed cost per op (and, quantized, per matmul call), so 
 RoPE as one roll with the sign folded into the sin table, no mask for a single new token, GQA inside SDPA (keys
 never repeated), no dropout call in eval. Int8 quantization sets `attn.qkv` and `mlp.gate_up`, single fused matmuls
 used in place of the separate projections (the parameters and their names stay as above).
+
+Inside `with record_attention(model) as weights:` attention is written out (softmax(q k^T / sqrt(hd) + mask) v,
+`explicit_attention`) and every layer's attention weights are kept: for inspection only (`slm inspect`), slower.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -123,6 +128,37 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(x, p, training) if training and p > 0 else x
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+    """What SDPA computes in one fused kernel, step by step: (output (B, n_head, T, hd), weights (B, n_head, T, S)).
+
+    q: (B, n_head, T, hd) at positions start..start+T-1; k, v: (B, kv_heads, S, hd) at positions 0..S-1. Query i
+    sees keys 0..start+i. The scores and softmax are in fp32; each row of the weights sums to 1.
+    """
+    group = q.size(1) // k.size(1)  # GQA: kv head j serves query heads j*group .. (j+1)*group-1
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, n_head, S, hd)
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, n_head, T, S)
+    key_pos = torch.arange(k.size(2), device=q.device)
+    query_pos = torch.arange(start, start + q.size(2), device=q.device)
+    future = key_pos[None, :] > query_pos[:, None]  # (T, S): True where a query would see a later token
+    weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, n_head, T, S)
+    return (weights @ v.float()).to(q.dtype), weights
+
+
+@contextmanager
+def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block every Attention of `model` uses `explicit_attention` and appends its weights
+    (B, n_head, T, S) to the list yielded, in call order: after one forward pass, weights[i] is layer i's."""
+    recorded: list[torch.Tensor] = []
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for attn in layers:
+        attn.record = recorded
+    try:
+        yield recorded
+    finally:
+        for attn in layers:
+            attn.record = None
+
+
 class Attention(nn.Module):
     """Causal self-attention with separate q/k/v projections, GQA/MQA, optional QK-norm and RoPE.
 
@@ -143,6 +179,7 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
         self.qkv: nn.Module | None = None
+        self.record: list[torch.Tensor] | None = None  # set by record_attention: explicit path, weights kept
         self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -169,7 +206,10 @@ class Attention(nn.Module):
             mask = key_pos[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]  # (T, S)
         dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
         # y: (B, n_head, T, hd)
-        if q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
+        if self.record is not None:  # inspection (eval: no attention dropout): written out, weights kept
+            y, weights = explicit_attention(q, k, v, start)
+            self.record.append(weights.detach())
+        elif q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
             with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), mask, dropout_p, is_causal,
                                                    enable_gqa=gqa).to(q.dtype)  # fmt: skip

@@ -68,3 +68,22 @@ def hints(preset: str, source: str, tokenizer: str, vocab_size: int | None, step
                    "roughly 2.5-3 bits per byte of English text; a model above that has learned less than a "
                    "generic compressor.")  # fmt: skip
     return out
+
+
+def entropy_hint(nats: float, vocab_size: int) -> str:
+    """One line that puts a next-token entropy next to its range at this vocabulary size: 0 (certain) to ln(V) (a
+    uniform guess over the V tokens, what an untrained model shows)."""
+    top = math.log(vocab_size)
+    share = nats / top if top > 0 else 0.0
+    if share > 0.9:
+        verdict = "close to a uniform guess: an untrained (or barely trained) model looks like this"
+    elif share < 0.1:
+        verdict = "nearly certain: typical inside a word or a fixed phrase the model has learned"
+    else:
+        verdict = ("in between: a trained model is sure mid-word and unsure where many continuations fit "
+                   "(a new word, a new line)")  # fmt: skip
+    return (
+        f"An entropy of {nats:.2f} nats = {nats / math.log(2):.2f} bits is as unsure as a uniform choice among "
+        f"e^H ≈ {math.exp(nats):,.1f} tokens. The range is 0 (certain) to ln(V) = ln({vocab_size:,}) = {top:.2f} nats "
+        f"(a uniform guess); this is {100 * share:.0f}% of it, {verdict}."
+    )
