@@ -26,7 +26,7 @@ from slmkit.engine.evaluate import run_task
 from slmkit.engine.evaluate.tasks import load_items
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import init_run_dir, save_checkpoint
-from slmkit.ship.export import export
+from slmkit.ship.export.artifact import export
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -111,7 +111,7 @@ def test_serve_model_info_carries_the_note(base, run):
     for path, expect_note in ((base, True), (run, False)):
         engine, name = load_engine(path, slots=1)
         try:
-            client = TestClient(create_app(engine, name, note=base_model_note(path)))
+            client = TestClient(create_app(engine, name, note=base_model_note(path)), base_url="http://localhost")
             info = client.get("/v1/models").json()["data"][0]
             assert info["id"] == name and ("not fine-tuned for chat" in info.get("note", "")) == expect_note
             page = client.get("/").text

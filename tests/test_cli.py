@@ -108,9 +108,11 @@ def test_a_group_without_a_sub_verb_prints_its_help(run_cli):
     ],
 )
 def test_usage_errors_exit_2(argv, message, capsys):
+    """A usage error is one line (`error: slm VERB: ...` and where the options are listed), exit code 2."""
     assert _exit_code(*argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: slm") and message in err
+    assert err.startswith("error: slm") and message in err and "--help` lists the options" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_version(capsys):

@@ -7,7 +7,7 @@ import torch
 from evalkit import LLAMA, make_dataset, make_run
 
 from slmkit.runs.checkpoint import load_model
-from slmkit.ship.export import export
+from slmkit.ship.export.artifact import export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +70,7 @@ def test_existing_out_needs_force(runs, run_cli):
 
 def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
     from slmkit.base.config import ModelConfig
-    from slmkit.model.hf import HFConversionError, hf_architecture
+    from slmkit.model.hf_config import HFConversionError, hf_architecture
 
     assert hf_architecture(ModelConfig()) == "gpt2"
     with pytest.raises(HFConversionError, match=r"model.mlp = 'relu2' \(GPT2LMHeadModel needs 'gelu'\)"):

@@ -93,7 +93,7 @@ def spec(tmp_path_factory, stdlib_dir):
     from slmkit.base.tokenizer import train_bpe
     from slmkit.data.chat import render, render_text
     from slmkit.runs.checkpoint import load_model
-    from slmkit.ship.export import export
+    from slmkit.ship.export.artifact import export
 
     root = tmp_path_factory.mktemp("tf4")
     tokenizer = train_bpe([(stdlib_dir / "textwrap.py").read_text(encoding="utf-8")], 400)

@@ -28,7 +28,7 @@ def setup(tmp_path_factory, need_tasks):
 
     from slmkit.engine.evaluate.harness import TASK_DIR
     from slmkit.runs.checkpoint import load_model
-    from slmkit.ship.export import export
+    from slmkit.ship.export.artifact import export
 
     root = tmp_path_factory.mktemp("parity")
     run = make_run(root, make_dataset(root), "parity", block_size=512)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slmkit.base.config import ModelConfig
-from slmkit.model import hf
+from slmkit.model import hf, hf_config
 from slmkit.model.gpt import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -44,7 +44,7 @@ def _ids(cfg: ModelConfig) -> torch.Tensor:
 def test_gpt2_logits_match_hf():
     torch.manual_seed(0)
     cfg = _gpt2_cfg()
-    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_hf_config(cfg))).eval()
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config.gpt2_hf_config(cfg))).eval()
     _randomize(theirs)
     ours = GPT(cfg).eval()
     ours.load_state_dict(hf.gpt2_state_dict_from_hf(theirs.state_dict(), cfg), strict=True)
@@ -59,7 +59,7 @@ def test_llama_logits_match_hf(tie: bool):
     torch.manual_seed(0)
     cfg = _llama_cfg(tie)
     theirs = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(**hf.llama_hf_config(cfg), attn_implementation="eager")
+        transformers.LlamaConfig(**hf_config.llama_hf_config(cfg), attn_implementation="eager")
     )
     theirs.eval()
     _randomize(theirs)
@@ -94,7 +94,7 @@ def test_gpt2_exported_weights_load_into_hf():
     torch.manual_seed(0)
     cfg = _gpt2_cfg()
     ours = GPT(cfg).eval()
-    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf.gpt2_hf_config(cfg))).eval()
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config.gpt2_hf_config(cfg))).eval()
     missing, unexpected = theirs.load_state_dict(hf.gpt2_state_dict_to_hf(ours.state_dict(), cfg), strict=False)
     assert not unexpected and all(".attn.bias" in k or "masked_bias" in k for k in missing), (missing, unexpected)
     idx = _ids(cfg)

@@ -17,8 +17,9 @@ uvicorn = pytest.importorskip("uvicorn")
 from slmkit.base.config import ModelConfig  # noqa: E402
 from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
 from slmkit.model.gpt import GPT  # noqa: E402
-from slmkit.ship.serve.app import create_app, render_chat  # noqa: E402
+from slmkit.ship.serve.app import create_app  # noqa: E402
 from slmkit.ship.serve.engine import Engine  # noqa: E402
+from slmkit.ship.serve.protocol import render_chat  # noqa: E402
 
 MODEL = "tiny-test"
 CAP = 400

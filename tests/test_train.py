@@ -3,7 +3,11 @@
 import json
 import math
 import os
+import random
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import TINY
@@ -235,3 +239,80 @@ def test_peak_flops_measures_a_real_matmul():
 
     flops = runtime._measure_peak("cpu", "fp32", budget_s=0.05)
     assert 1e8 < flops < 1e14
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Killed for real: a training subprocess stopped at a random moment, then resumed, ends with the same losses as an
+# uninterrupted run (kill -9: from its last checkpoint, the replayed steps replacing the logged ones; SIGTERM: it
+# saves first, like Ctrl-C). Every subprocess is bounded by a timeout and stops by itself.
+
+KILL_STEPS = 30
+
+
+def _slm_train(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "slmkit", "train", *map(str, args), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"slm train did not stop within {timeout} s: {err[-2000:]}")
+    return proc.returncode, err
+
+
+def _logged_step(run) -> int:
+    """The last train step in metrics.jsonl (0 before the first)."""
+    try:
+        text = (run / "metrics.jsonl").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return 0
+    steps = [json.loads(ln)["step"] for ln in text.splitlines() if '"train/loss"' in ln and ln.endswith("}")]
+    return max(steps, default=0)
+
+
+def _killed_then_resumed(dataset, tmp_path, sig: int) -> tuple:
+    """(uninterrupted run, killed-and-resumed run, the step it was killed at, the killed process's exit code)."""
+    common = [*TINY, f"data.dir={dataset}", f"train.out_dir={tmp_path / 'runs'}", f"train.max_steps={KILL_STEPS}",
+              "train.ckpt_every=4", "train.eval_every=10", "train.threads=1"]  # fmt: skip
+    ref = _slm_train(*common, "train.name=ref")
+    code, err = _finish(ref)
+    assert code == 0, err[-2000:]
+    at = random.Random().randint(2, KILL_STEPS - 8)  # a random moment; printed on failure
+    run = tmp_path / "runs" / "cut"
+    proc = _slm_train(*common, "train.name=cut")
+    deadline = time.monotonic() + 240
+    while _logged_step(run) < at and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    code, err = _finish(proc)
+    killed_at = _logged_step(run)
+    assert killed_at < KILL_STEPS, f"it finished before the signal (asked at step {at})"
+    resumed = _slm_train("--resume", run)
+    rcode, rerr = _finish(resumed)
+    assert rcode == 0, f"signal at step {killed_at}: {rerr[-2000:]}"
+    return tmp_path / "runs" / "ref", run, killed_at, code
+
+
+def test_kill_9_at_a_random_moment_then_resume_gives_the_same_losses(dataset, tmp_path):
+    ref, run, at, code = _killed_then_resumed(dataset, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert ckpt_io.read_run_info(run)["status"] == "finished"
+    steps, losses = series(run, "train/loss")
+    assert steps == list(range(1, KILL_STEPS + 1)), f"killed at step {at}"  # replayed steps are not repeated
+    assert losses == series(ref, "train/loss")[1], f"killed at step {at}"
+    assert series(run, "val/loss") == series(ref, "val/loss"), f"killed at step {at}"
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no partial save left
+
+
+def test_sigterm_at_a_random_moment_saves_then_resume_gives_the_same_losses(dataset, tmp_path):
+    ref, run, at, code = _killed_then_resumed(dataset, tmp_path, signal.SIGTERM)
+    assert code == 130  # interrupted, after saving
+    info = ckpt_io.read_run_info(run)
+    assert info["status"] == "finished" and info["resumed_from"].endswith(f"step-{at:06d}")  # saved where it stopped
+    steps, losses = series(run, "train/loss")
+    assert steps == list(range(1, KILL_STEPS + 1)) and losses == series(ref, "train/loss")[1], f"stopped at {at}"

@@ -1,7 +1,11 @@
 """Atomic writes: write to a temporary sibling, fsync, rename. A crash never leaves a half-written file.
 
 The temporary file or directory gets the mode a plain open() or mkdir() would have given it (0666 / 0777 less the
-umask), not tempfile's private 0600 / 0700, so run dirs and exports can be shared like any other file."""
+umask), not tempfile's private 0600 / 0700, so run dirs and exports can be shared like any other file.
+
+Temporaries are named `.NAME.XXXXXXXX.tmp` (files) and `.NAME.XXXXXXXX.partial` (directories), and a directory being
+replaced is parked as `.NAME.old-PID` for an instant: a process killed mid-write leaves only such hidden names, which
+`clean_stale` removes (or, for a parked directory whose replacement never arrived, puts back)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +30,61 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (deepest first, `root` last), so that a directory renamed into
+    place after it holds its full contents even after a power cut."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.(?P<kind>tmp|partial)$")
+_PARKED_RE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def clean_stale(folder: str | Path, older_than: float) -> list[str]:
+    """Remove what a killed atomic write left in `folder`: `.NAME.*.tmp` files and `.NAME.*.partial` directories last
+    modified before `older_than` (a unix time: pass this process's start, so a write in progress is never touched).
+    A parked `.NAME.old-PID` directory is put back as NAME when NAME is missing (killed between the two renames),
+    else removed. Returns what was done, one phrase per entry."""
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    for p in sorted(folder.iterdir()):
+        try:
+            if p.lstat().st_mtime >= older_than:
+                continue
+        except OSError:
+            continue
+        temp, parked = _TEMP_RE.match(p.name), _PARKED_RE.match(p.name)
+        if temp:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            done.append(f"removed {p.name}")
+        elif parked and p.is_dir():
+            target = folder / parked.group("name")
+            if target.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p.name}")
+            else:
+                os.replace(p, target)
+                done.append(f"put back {target.name} from {p.name}")
+    if done:
+        _fsync_dir(folder)
+    return done
 
 
 def current_umask() -> int:
@@ -81,7 +141,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
         yield tmp
-        _fsync_dir(tmp)
+        fsync_tree(tmp)  # every file and folder is on disk before the name says the directory is complete
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

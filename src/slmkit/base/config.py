@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
 import os
 import sys
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.base.checks import RANGES, number_problem, show, suggest
 from slmkit.base.errors import SlmError
 
 if sys.version_info >= (3, 11):
@@ -35,6 +35,16 @@ class ConfigError(SlmError, ValueError):
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_ranges(section: str, obj: Any) -> None:
+    """Every int/float field of a section within its range of `checks.RANGES` (NaN and infinity refused)."""
+    for f in _fields(type(obj)):
+        rng = RANGES.get(f"{section}.{f.name}")
+        if rng is not None and f.type in (int, float):
+            problem = number_problem(f"{section}.{f.name}", getattr(obj, f.name), rng, f.type)
+            if problem:
+                raise ConfigError(problem)
 
 
 @dataclass
@@ -79,21 +89,17 @@ class ModelConfig:
     """Standard deviation of the normal init; residual projections get init_std/sqrt(2*n_layer) (GPT-2)."""
 
     def __post_init__(self) -> None:
+        _check_ranges("model", self)
         _check_choice("model", "norm", self.norm, ("layernorm", "rmsnorm"))
         _check_choice("model", "norm_position", self.norm_position, ("pre", "post"))
         _check_choice("model", "pos_emb", self.pos_emb, ("learned", "rope"))
         _check_choice("model", "mlp", self.mlp, ("gelu", "swiglu", "relu2"))
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
             raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head dim; n_embd/n_head = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
@@ -163,8 +169,7 @@ class DataConfig:
     rows start at the mean embedding); false refuses such a tokenizer."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check_ranges("data", self)
         _check_choice("data", "format", self.format, ("text", "auto", "alpaca", "messages", "prompt_completion"))
         _check_choice("data", "chat_template", self.chat_template, ("slm",))
 
@@ -204,12 +209,9 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check_choice("optim", "name", self.name, ("adamw", "muon"))
         _check_choice("optim", "schedule", self.schedule, ("cosine", "wsd", "constant"))
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be positive, got {self.lr}")
-        if self.min_lr < 0 or self.min_lr > self.lr:
+        _check_ranges("optim", self)
+        if self.min_lr > self.lr:
             raise ConfigError(f"optim.min_lr ({self.min_lr}) must be between 0 and optim.lr ({self.lr})")
-        if self.warmup < 0:
-            raise ConfigError(f"optim.warmup must be >= 0, got {self.warmup}")
 
 
 @dataclass
@@ -271,11 +273,7 @@ class TrainConfig:
         _check_choice("train", "parallel", self.parallel, ("ddp", "fsdp"))
         if self.on_spike != "none" and not self.doctor:
             raise ConfigError(f"train.on_spike = {self.on_spike!r} needs train.doctor = true (it detects the spikes)")
-        least = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_batches": 1, "log_every": 1, "keep_last": 1,
-                 "eval_every": 0, "ckpt_every": 0}  # fmt: skip
-        for name, low in least.items():
-            if getattr(self, name) < low:
-                raise ConfigError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+        _check_ranges("train", self)  # the lower (and upper) bounds of checks.RANGES
 
 
 @dataclass
@@ -288,6 +286,9 @@ class EvalConfig:
     """Run eval.tasks every this many steps; 0 only at the end (when tasks are given)."""
     limit: int = 0
     """Items per task; 0 means all."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("eval", self)
 
 
 @dataclass
@@ -318,10 +319,7 @@ class LoraConfig:
     """Projections that get adapters: q, k, v, o (attention), up, gate, down, or mlp (all three)."""
 
     def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ConfigError(f"lora.rank must be >= 0 (0 = off), got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        _check_ranges("lora", self)
         if self.rank and not self.targets:
             raise ConfigError("lora.targets is empty; name projections such as q,v or q,k,v,o,mlp")
 
@@ -477,7 +475,10 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
                     raise ValueError
                 return int(value)
             if isinstance(value, str):
-                f = float(value.replace("_", ""))
+                try:  # exactly, however large ("1e3" and "2.0" go through float)
+                    return int(value.strip().replace("_", ""))
+                except ValueError:
+                    f = float(value.replace("_", ""))
                 if not f.is_integer():
                     raise ValueError
                 return int(f)
@@ -490,74 +491,13 @@ def _coerce(key: str, value: Any, t: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError
             return value
-    except (ValueError, TypeError):
-        raise ConfigError(f"{key} expects {_type_name(t)}, got {value!r}") from None
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an int too large for a float (TOML's 10**400)
+        raise ConfigError(f"{key} expects {_type_name(t)}, got {show(value)}") from None
     raise ConfigError(f"{key}: unsupported field type {t}")  # pragma: no cover
 
 
-# Names people reach for (other libraries' spellings) -> this tree's field name; used by the "did you mean".
-_SYNONYMS = {
-    "learning_rate": "lr", "learningrate": "lr", "max_lr": "lr", "peak_lr": "lr", "final_lr": "min_lr",
-    "end_lr": "min_lr", "lr_min": "min_lr", "wd": "weight_decay", "decay": "weight_decay", "clip": "grad_clip",
-    "grad_norm_clip": "grad_clip", "clip_grad": "grad_clip", "max_grad_norm": "grad_clip", "warmup_steps": "warmup",
-    "warmup_iters": "warmup", "optimizer": "name", "lr_schedule": "schedule", "scheduler": "schedule",
-    "batch": "batch_size", "bs": "batch_size", "micro_batch_size": "batch_size", "batch_size_per_device": "batch_size",
-    "steps": "max_steps", "iters": "max_steps", "max_iters": "max_steps", "num_steps": "max_steps",
-    "total_steps": "max_steps", "train_steps": "max_steps", "accum": "grad_accum",
-    "gradient_accumulation": "grad_accum", "gradient_accumulation_steps": "grad_accum",
-    "grad_accumulation": "grad_accum", "eval_interval": "eval_every",
-    "eval_iters": "eval_batches", "log_interval": "log_every", "checkpoint_every": "ckpt_every",
-    "save_every": "ckpt_every", "layers": "n_layer", "n_layers": "n_layer", "num_layers": "n_layer",
-    "num_hidden_layers": "n_layer", "depth": "n_layer", "heads": "n_head", "n_heads": "n_head", "num_heads": "n_head",
-    "num_attention_heads": "n_head", "kv_heads": "n_kv_head", "n_kv_heads": "n_kv_head",
-    "num_key_value_heads": "n_kv_head", "dim": "n_embd", "width": "n_embd", "d_model": "n_embd", "n_embed": "n_embd",
-    "hidden_size": "n_embd", "embd": "n_embd", "emb_dim": "n_embd", "context": "block_size",
-    "context_length": "block_size", "ctx_len": "block_size", "seq_len": "block_size", "max_seq_len": "block_size",
-    "seq_length": "block_size", "n_ctx": "block_size", "max_position_embeddings": "block_size",
-    "vocab": "vocab_size", "n_vocab": "vocab_size", "ffn_hidden": "mlp_hidden", "intermediate_size": "mlp_hidden",
-    "d_ff": "mlp_hidden", "tie_word_embeddings": "tie_embeddings", "tokenizer": "kind", "path": "source",
-    "dataset": "source", "files": "include", "backend": "backends", "r": "rank",
-    "lora_rank": "rank", "lora_alpha": "alpha", "target_modules": "targets",
-}  # fmt: skip
-
-
-def _suggest(key: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Up to `n` known keys that `key` probably meant, best first: the same field name (or a known synonym such
-    as learning_rate -> lr) in the same section first, then close spellings of the field name, then of the key."""
-    section, _, tail = key.rpartition(".")
-    tail = tail.strip().lower().replace("-", "_")
-    by_tail: dict[str, list[str]] = {}
-    for c in candidates:
-        by_tail.setdefault(c.rpartition(".")[2], []).append(c)
-    sections = {c.rpartition(".")[0] for c in candidates}
-    section_fix = (
-        section
-        if section in sections or not section
-        else next(iter(difflib.get_close_matches(section, sorted(sections), n=1, cutoff=0.6)), None)
-    )
-    picks: list[str] = []
-
-    def add(keys: list[str]) -> None:  # same (or corrected) section first
-        for c in sorted(keys, key=lambda c: c.rpartition(".")[0] != section_fix):
-            if c not in picks and c != key:
-                picks.append(c)
-
-    for name in dict.fromkeys((_SYNONYMS.get(tail, tail), tail, _SYNONYMS.get(tail.rstrip("s"), tail.rstrip("s")))):
-        add(by_tail.get(name, []))
-    for name in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.85 if picks else 0.75):
-        add(by_tail[name])
-    if section_fix and section_fix != section:  # a misspelled section: "optm.lr"
-        add(difflib.get_close_matches(f"{section_fix}.{tail}", candidates, n=n, cutoff=0.6))
-    if not picks:  # a looser spelling of the field name, then words in common ("max_tokens" -> tokens_per_step)
-        for name in difflib.get_close_matches(tail, list(by_tail), n=n, cutoff=0.6):
-            add(by_tail[name])
-        words = {w for w in tail.split("_") if len(w) > 2}
-        add([c for t, cs in by_tail.items() if words & set(t.split("_")) for c in cs])
-    return picks[:n]
-
-
 def _unknown(key: str, candidates: list[str]) -> ConfigError:
-    close = _suggest(key, candidates)
+    close = suggest(key, candidates)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; `slm config show` lists every key"
     return ConfigError(f"unknown config key {key!r}{hint}")
 

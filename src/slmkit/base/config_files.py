@@ -42,11 +42,17 @@ def resolve_config_path(spec: str) -> Path:
 
 
 def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read, is not UTF-8 or not TOML."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): the file "
+                          "is damaged; restore it or write it again") from None  # fmt: skip
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def load_config(spec: str | None = None, overrides: list[str] | None = None) -> RunConfig:

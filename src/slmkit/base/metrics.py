@@ -3,7 +3,12 @@
 Keys are namespaced: `train/loss`, `train/grad_norm`, `train/lr`, `val/loss`, `val/bpb`, `perf/tok_per_s`,
 `perf/mfu`, `perf/step_ms`, `mem/rss_mb`, `doctor/*`. Each JSONL line is one event: {"step": int, "time": unix
 seconds, key: value, ...}. Reports, plots, the doctor, the run table and studies read it offline, all through the
-one reader `RunMetrics` (torn lines, NaN/inf and rollbacks handled once); the training loop never imports them.
+one reader `RunMetrics` (torn lines, NaN/inf, rollbacks and resumes handled once); the training loop never imports
+them.
+
+A resumed run logs {"step": S, "run/resume": S} before its first new event: it restarted from the checkpoint of step S,
+so the events a killed process had logged after S (steps it replays) are superseded, exactly like a rollback. The file
+stays append-only: nothing written is ever rewritten, and a crash while resuming cannot lose the history.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+RESUME_KEY = "run/resume"  # {"step": S, "run/resume": S}: resumed from step S; later events before it are replaced
 
 
 class _Backend:
@@ -85,7 +91,11 @@ class MetricsLogger:
         self.backends: list[_Backend] = []
         if not enabled:
             return
-        self.file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8", buffering=1)
+        path = self.run_dir / METRICS_FILE
+        torn = _ends_torn(path)
+        self.file = open(path, "a", encoding="utf-8", buffering=1)
+        if torn:  # a process killed mid-line: start on a fresh line, so the next event is whole
+            self.file.write("\n")
         for name in backends:
             try:
                 self.backends.append(_BACKENDS[name](self.run_dir, project, config or {}))
@@ -101,6 +111,10 @@ class MetricsLogger:
         for b in self.backends:
             b.log(step, numeric)
 
+    def resumed(self, step: int) -> None:
+        """Mark a resume from the checkpoint of `step`: events logged before with a later step are superseded."""
+        self.log(step, {RESUME_KEY: step})
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -108,6 +122,19 @@ class MetricsLogger:
         for b in self.backends:
             b.close()
         self.backends = []
+
+
+def _ends_torn(path: Path) -> bool:
+    """True when the file exists and its last byte is not a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -119,9 +146,19 @@ _EVENT_START = '{"step": '  # every line the logger writes starts with this
 
 def _event(e: Any) -> dict | None:
     """An event with the logger's "nan"/"inf" strings back as floats; None for anything that is not an event."""
-    if not isinstance(e, dict) or "step" not in e:
+    step = e.get("step") if isinstance(e, dict) else None
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if not isinstance(step, int) or isinstance(step, bool):  # no step, or a damaged one: not an event
         return None
-    return {k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in e.items()}
+    return {**{k: _NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in e.items()}, "step": step}
+
+
+def _number(v: Any) -> float | None:
+    """A metric value as a float; None for anything else (a damaged value, a message string)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
 
 
 def _parse(line: str) -> tuple[dict | None, bool]:
@@ -147,14 +184,22 @@ class RunMetrics:
     F > T, logs {"step": T, "doctor/rollback": F} and replays from T + 1. Every earlier event with a step after T
     is superseded and dropped (kept in `superseded`); the rollback event itself stays. `rollbacks` lists every
     rollback as (T, F) in file order, also one that a later rollback to an earlier step superseded.
+
+    Resume rule: {"step": S, "run/resume": S} (a run resumed from its checkpoint of step S, module docstring) drops
+    the earlier events after S the same way; `resumes` lists the S of each.
+
+    Lines that are not UTF-8 (a damaged file) are skipped and counted in `damaged`; `problem()` says so in a line.
     """
 
     def __init__(self, events: list[dict], superseded: list[dict] | None = None,
-                 rollbacks: list[tuple[int, int]] | None = None, torn: int = 0):  # fmt: skip
+                 rollbacks: list[tuple[int, int]] | None = None, torn: int = 0,
+                 resumes: list[int] | None = None, damaged: int = 0):  # fmt: skip
         self.events = events
         self.superseded = superseded or []
         self.rollbacks = rollbacks or []
+        self.resumes = resumes or []
         self.torn = torn  # lines cut short by a crash mid-write (skipped)
+        self.damaged = damaged  # lines that are not UTF-8 text (skipped)
 
     @classmethod
     def read(cls, run_dir: str | Path) -> RunMetrics:
@@ -162,13 +207,19 @@ class RunMetrics:
         path = Path(run_dir) / METRICS_FILE
         if not path.exists():
             return cls([])
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, "rb") as f:
             return cls.from_lines(f)
 
     @classmethod
-    def from_lines(cls, lines: Iterable[str]) -> RunMetrics:
-        events, torn = [], 0
+    def from_lines(cls, lines: Iterable[str | bytes]) -> RunMetrics:
+        events, torn, damaged = [], 0, 0
         for line in lines:
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    damaged += 1
+                    continue
             if not line.strip():
                 continue
             e, cut = _parse(line)
@@ -176,7 +227,7 @@ class RunMetrics:
             if e is not None:
                 events.append(e)
         out = cls._replay(events)
-        out.torn = torn
+        out.torn, out.damaged = torn, damaged
         return out
 
     @classmethod
@@ -191,14 +242,25 @@ class RunMetrics:
         kept: list[dict] = []
         superseded: list[dict] = []
         rollbacks: list[tuple[int, int]] = []
+        resumes: list[int] = []
         for e in events:
-            if "doctor/rollback" in e:
-                to = int(e["step"])
-                rollbacks.append((to, int(e["doctor/rollback"])))
-                superseded += [x for x in kept if int(x["step"]) > to]
-                kept = [x for x in kept if int(x["step"]) <= to]
+            rollback = "doctor/rollback" in e and _number(e["doctor/rollback"]) is not None
+            if rollback or RESUME_KEY in e:
+                to = e["step"]
+                if rollback:
+                    rollbacks.append((to, int(e["doctor/rollback"])))
+                else:
+                    resumes.append(to)
+                superseded += [x for x in kept if x["step"] > to]
+                kept = [x for x in kept if x["step"] <= to]
             kept.append(e)
-        return cls(kept, superseded, rollbacks)
+        return cls(kept, superseded, rollbacks, resumes=resumes)
+
+    def problem(self) -> str | None:
+        """One line about damage found in the file (not UTF-8 lines), or None."""
+        if self.damaged:
+            return f"{METRICS_FILE}: {self.damaged} damaged line{'s' if self.damaged > 1 else ''} (not UTF-8) skipped"
+        return None
 
     def __iter__(self) -> Iterator[dict]:
         return iter(self.events)
@@ -214,29 +276,30 @@ class RunMetrics:
         return [e for e in self.events if key in e]
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric key, in order."""
-        evs = self.with_key(key)
-        return [int(e["step"]) for e in evs], [float(e[key]) for e in evs]
+        """(steps, values) of one metric key, in order (a value that is not a number is skipped)."""
+        evs = [e for e in self.events if _number(e.get(key)) is not None]
+        return [e["step"] for e in evs], [float(e[key]) for e in evs]
 
     def values(self, key: str) -> list[float]:
-        return [float(e[key]) for e in self.events if key in e]
+        return self.series(key)[1]
 
     def first(self, key: str, default: float | None = None) -> float | None:
-        return next((float(e[key]) for e in self.events if key in e), default)
+        return next(iter(self.values(key)), default)
 
     def last(self, key: str, default: float | None = None) -> float | None:
-        return next((float(e[key]) for e in reversed(self.events) if key in e), default)
+        values = self.values(key)
+        return values[-1] if values else default
 
     def step_records(self) -> list[dict]:
         """The optimizer-step events (train/loss with train/grad_norm), not eval points, doctor notes or the
         trainer's NaN marker ({"train/loss": nan, "doctor/divergence": 1})."""
-        return [e for e in self.events if "train/loss" in e and "train/grad_norm" in e]
+        return [e for e in self.events if _number(e.get("train/loss")) is not None and "train/grad_norm" in e]
 
     def train_seconds(self) -> list[float]:
         """Training time (sum of perf/step_ms, evals excluded) at each of `step_records()`."""
         out, t = [], 0.0
         for e in self.step_records():
-            t += float(e.get("perf/step_ms", 0.0)) / 1000
+            t += (_number(e.get("perf/step_ms")) or 0.0) / 1000
             out.append(t)
         return out
 

@@ -14,13 +14,14 @@ from collections.abc import Callable
 
 from slmkit import __version__
 from slmkit.base.errors import SlmError
+from slmkit.cli.base import Parser
 from slmkit.cli.parser import register
 
 EXIT_USER_ERROR = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="slm",
         description="slmkit: train, diagnose, evaluate, fine-tune, quantize, export and serve small language models.",
         epilog="Run `slm COMMAND --help` for a command's options. Start with `slm train` (a small model on the\n"

@@ -1,4 +1,10 @@
-"""Shared pieces of the `slm` parser."""
+"""Shared pieces of the `slm` parser, and the checks its arguments get as they are parsed.
+
+Bad input is refused in one line (`error: slm VERB: argument --x: what is wrong; what to do`, exit 2) before any
+handler runs: numbers outside their range (`number`, and `add_field` with the config's own range), run directories
+that are files (`run_dir`), text files that are missing, empty, binary or not UTF-8 (`text_file`, `config_arg`,
+`corpus`). Only the standard library and `slmkit.base` are used, so `slm --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,130 @@ import argparse
 import copy
 import json
 import os
+from collections.abc import Callable
 
+from slmkit.base.checks import INT_MAX, RANGES, Range, number_problem, text_file_problem
 from slmkit.base.config import field_default, field_help
+
+SAMPLING_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
+                  "top_p": "--top-p", "seed": "--seed"}  # fmt: skip
+"""How the sampling parameters of `model.generate.check_sampling` are spelled on the command line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line: `error: slm VERB: MESSAGE (`slm VERB --help` lists the options)`,
+    exit code 2 (sub-parsers are made with this class too)."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"error: {self.prog}: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def number(kind: type, rng: Range) -> Callable[[str], int | float]:
+    """An argparse type: an int or float (`kind`) within `rng`, NaN and infinity refused."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'} {rng.text()}, got {text!r}"
+            ) from None
+        problem = number_problem("", value, rng, kind)
+        if problem:
+            raise argparse.ArgumentTypeError(problem.strip())
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def count(low: int = 0, high: int = INT_MAX, note: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high (`note` says what a special value means, e.g. "0: all")."""
+    return number(int, Range(low, high, note=note))
+
+
+def positive(note: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number > 0."""
+    return number(float, Range(0, low_open=True, note=note))
+
+
+def run_dir(text: str) -> str:
+    """An argparse type for a run directory argument: a path that exists must be a directory (a missing one is left
+    to the library, which names what to do)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a run directory; pass the run's folder (runs/<name>)")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """An argparse type for an output folder: a path that exists must be a directory (the library decides whether a
+    non-empty one may be replaced)."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is a file; --out names a folder: pick another path")
+    return text
+
+
+def image_out(text: str) -> str:
+    """An argparse type for an image file to write: not a directory, and with an extension (matplotlib would add
+    .png to a bare name and write a file other than the one named)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name the image file to write, e.g. {text}/plot.png")
+    if not os.path.splitext(text)[1]:
+        raise argparse.ArgumentTypeError(f"{text} has no file extension; name the image file, e.g. {text}.png")
+    return text
+
+
+def text_file(what: str, hint: str, dir_ok: bool = False) -> Callable[[str], str]:
+    """An argparse type for a text file argument: a path that exists must be non-empty UTF-8 text (not binary); with
+    `dir_ok`, a directory passes (e.g. a dataset directory, which the library checks). A missing path is left to the
+    library, which refuses it in the same words (`base.checks.text_file_problem`)."""
+
+    def check(text: str) -> str:
+        if not os.path.lexists(text) or (dir_ok and os.path.isdir(text)):
+            return text
+        problem = text_file_problem(text, what, hint)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    return check
+
+
+def config_arg(text: str) -> str:
+    """An argparse type for a config argument: a preset name, a dotted override, or a TOML file that is readable,
+    non-empty UTF-8 text."""
+    if not os.path.exists(text):
+        return text  # a preset name or an override; load_config names the presets
+    problem = text_file_problem(text, "config file", "write TOML fields in it (`slm config show` lists them) or name "
+                                "a preset (`slm config presets`)")  # fmt: skip
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def corpus(text: str) -> str:
+    """An argparse type for a corpus argument: a file given by name must hold something and not be binary (NUL
+    bytes); bytes that are not UTF-8 are decoded with replacement and counted, as for every corpus file. A directory
+    must hold at least one file that is not hidden."""
+    hint = "pass a text file, .jsonl, .parquet, a directory or a built-in corpus name"
+    if os.path.isdir(text):
+        for _root, dirs, files in os.walk(text):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(not f.startswith(".") for f in files):
+                return text
+        raise argparse.ArgumentTypeError(f"{text} is a directory with no files in it; {hint}")
+    if os.path.isfile(text) and not text.endswith(".parquet"):
+        try:
+            with open(text, "rb") as f:
+                head = f.read(8192)
+        except OSError as e:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {e.strerror or e}") from None
+        if b"\0" in head:
+            raise argparse.ArgumentTypeError(f"{text} is a binary file, not text; {hint}")
+        if not head.strip() and os.path.getsize(text) == len(head):
+            raise argparse.ArgumentTypeError(f"{text} is empty; {hint}")
+    return text
 
 
 def print_json(obj) -> None:
@@ -90,6 +218,8 @@ def add_field(p: argparse.ArgumentParser, flag: str, key: str, **kwargs) -> None
     if isinstance(default, list):
         kwargs.setdefault("action", "append")
         default = []
+    elif isinstance(default, (int, float)) and not isinstance(default, bool) and key in RANGES:
+        kwargs.setdefault("type", number(type(default), RANGES[key]))  # the config's own range
     elif not isinstance(default, bool):
         kwargs.setdefault("type", type(default))
     doc = field_help(key).replace("%", "%%")  # argparse formats help with %

@@ -7,7 +7,7 @@ import sys
 from slmkit.base.config import describe
 from slmkit.base.config_files import PRESETS_DIR, load_config, preset_names, read_toml
 from slmkit.cli.base import split_config_arg
-from slmkit.ship.export import preset_export_formats  # imports no torch: the exporters' checks read config fields
+from slmkit.ship.export.checks import preset_export_formats
 
 
 def cmd_config_show(args) -> None:

@@ -7,13 +7,13 @@ import sys
 from slmkit.base.config_files import load_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import build_tokenizer, bytes_per_token, parse_kind, train_bpe
-from slmkit.cli.base import print_json, split_config_arg
+from slmkit.cli.base import SAMPLING_FLAGS, print_json, split_config_arg
 from slmkit.data.dataset import find_tokenizer, read_meta
 from slmkit.data.prepare import prepare
 from slmkit.data.sources import iter_texts
 from slmkit.engine.launch import launch_train, strip_nproc
 from slmkit.engine.train import train
-from slmkit.model.generate import sample_text
+from slmkit.model.generate import check_sampling, sample_text
 from slmkit.runs.checkpoint import load_model, read_run_info
 from slmkit.ship.finetune import init_from_config
 
@@ -71,8 +71,11 @@ def cmd_train(args) -> int:
     if args.resume:
         if config is not None:
             raise SlmError(f"--resume uses the run's own config; drop {config!r} and give only overrides")
-        train(resume=args.resume, overrides=overrides, allow_changed=args.allow_changed, progress=not args.no_progress)
-        return 0
+        run_dir = train(resume=args.resume, overrides=overrides, allow_changed=args.allow_changed,
+                        progress=not args.no_progress, checkpoint=args.checkpoint)  # fmt: skip
+        return 130 if read_run_info(run_dir).get("status") == "interrupted" else 0
+    if args.checkpoint is not None:
+        raise SlmError("--checkpoint picks the checkpoint to resume from; use it with --resume RUN")
     if args.init_from:
         cfg = init_from_config(args.init_from, config, overrides)
     else:
@@ -83,7 +86,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> None:
+    check_sampling(SAMPLING_FLAGS, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed)  # fmt: skip
+    if args.seed is not None:  # sample i uses seed + i
+        check_sampling({"seed": "--seed + --num-samples - 1"}, seed=args.seed + args.num_samples - 1)
     model, tokenizer, cfg, ckpt = load_model(args.run, args.checkpoint)
+    tokenizer.encode(args.prompt, allow_special=True)  # a prompt it cannot encode fails before anything is printed
     print(f"# {ckpt} ({tokenizer.name})", file=sys.stderr)
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i

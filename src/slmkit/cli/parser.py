@@ -7,8 +7,25 @@ from __future__ import annotations
 
 import argparse
 
+from slmkit.base.checks import Range
 from slmkit.base.chinchilla import TOKENS_PER_PARAM
-from slmkit.cli.base import add, add_checkpoint, add_field, add_overrides, add_sampling, group
+from slmkit.cli.base import (
+    add,
+    add_checkpoint,
+    add_field,
+    add_overrides,
+    add_sampling,
+    config_arg,
+    corpus,
+    count,
+    group,
+    image_out,
+    number,
+    out_dir,
+    positive,
+    run_dir,
+    text_file,
+)
 
 
 def register(sub) -> None:
@@ -21,26 +38,29 @@ def register_core(sub) -> None:
     """Add this module's verbs to the `slm` parser."""
     cfg = group(sub, "config", "show config fields, values, defaults and help; list presets")
     p = add(cfg, "show", "config:cmd_config_show", "print every config field with its value, default and help")
-    p.add_argument("config", nargs="?", help="a preset name or TOML file (default: the embedded default)")
+    p.add_argument("config", nargs="?", type=config_arg, help="a preset name or TOML file (default: the embedded "
+                   "default)")  # fmt: skip
     add_overrides(p, "dotted overrides, e.g. optim.lr=3e-4")
     add(cfg, "presets", "config:cmd_config_presets", "list the built-in presets")
 
     tk = group(sub, "tokenizer", "train, inspect and compare tokenizers")
     p = add(tk, "train", "core:cmd_tokenizer_train", "train a byte-level BPE tokenizer on a corpus")
-    p.add_argument("source", help="corpus: built-in name, file, directory, glob, .jsonl or .parquet")
-    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size, special tokens included")
-    p.add_argument("--out", required=True, help="directory to save the tokenizer into")
-    p.add_argument("--max-bytes", type=int, default=0, help="train on at most this many bytes of text (0: all)")
+    p.add_argument("source", type=corpus, help="corpus: built-in name, file, directory, glob, .jsonl or .parquet")
+    p.add_argument("--vocab-size", type=count(1), default=8192, help="vocabulary size, special tokens included")
+    p.add_argument("--out", required=True, type=out_dir, help="directory to save the tokenizer into")
+    p.add_argument("--max-bytes", type=count(0, note="0: all"), default=0, help="train on at most this many bytes of "
+                   "text (0: all)")  # fmt: skip
     p = add(tk, "info", "core:cmd_tokenizer_info", "show a tokenizer's kind, vocabulary size, specials and fingerprint")
     p.add_argument("path", help="a tokenizer directory, dataset directory or run directory")
     p = add(tk, "eval", "core:cmd_tokenizer_eval", "compare tokenizers by bytes per token on a sample")
-    p.add_argument("source", help="sample corpus")
+    p.add_argument("source", type=corpus, help="sample corpus")
     p.add_argument("--tokenizers", nargs="+", default=["char", "gpt2", "bpe:8192"], metavar="KIND",
                    help="tokenizer kinds to compare")  # fmt: skip
-    p.add_argument("--max-bytes", type=int, default=2_000_000, help="sample size in bytes")
+    p.add_argument("--max-bytes", type=count(0, note="0: all"), default=2_000_000, help="sample size in bytes (0: all)")
 
     p = add(sub, "prepare", "core:cmd_prepare", "tokenize a corpus into a dataset directory (train/val shards)")
-    p.add_argument("source", help="built-in name (python-stdlib, tinyshakespeare, tinystories, wikitext-2), file, "
+    p.add_argument("source", type=corpus, help="built-in name (python-stdlib, tinyshakespeare, tinystories, "
+                   "wikitext-2), file, "
                    "directory, glob, .jsonl, .parquet or hf:<dataset>[:<config>]")  # fmt: skip
     add_field(p, "--tokenizer", "tokenizer.kind")
     p.add_argument("--out", required=True, help="dataset directory to write")
@@ -49,8 +69,9 @@ def register_core(sub) -> None:
     add_field(p, "--text-field", "data.text_field")
     add_field(p, "--include", "data.include")
     add_field(p, "--exclude", "data.exclude")
-    p.add_argument("--workers", type=int, default=0, help="tokenizer workers (0: one per CPU)")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
+    p.add_argument("--workers", type=count(0, note="0: one per CPU"), default=0, help="tokenizer workers (0: one per "
+                   "CPU)")  # fmt: skip
+    p.add_argument("--shard-tokens", type=count(1), default=100_000_000, help="tokens per shard file")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is already prepared")
 
     dt = group(sub, "data", "inspect dataset directories")
@@ -64,43 +85,69 @@ def register_core(sub) -> None:
         "train a model (no arguments: the embedded default, a few minutes on a CPU)",
         TRAIN_HELP,
     )
-    p.add_argument("config", nargs="?", help="preset name or TOML file (default: the embedded default preset)")
+    p.add_argument("config", nargs="?", type=config_arg, help="preset name or TOML file (default: the embedded "
+                   "default preset)")  # fmt: skip
     add_overrides(p, "dotted overrides typed against the config, e.g. optim.lr=3e-4 (also after the options)")
     p.add_argument("--name", help="run name (default: derived from the preset and overrides)")
-    p.add_argument("--resume", metavar="RUN", help="continue runs/<name> exactly from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN", type=run_dir, help="continue runs/<name> exactly from its newest intact "
+                   "checkpoint (one whose files fail their checksums is named and skipped)")  # fmt: skip
+    p.add_argument("--checkpoint", metavar="STEP", help="with --resume: the checkpoint to continue from (STEP, latest "
+                   "or best); later ones are set aside, not deleted")  # fmt: skip
     p.add_argument("--allow-changed", action="store_true", help="with --resume: accept changed optimizer/schedule")
-    p.add_argument("--init-from", metavar="RUN", help="start from RUN's best weights (continued pretraining on new "
-                   "text: add data.source=...); a config file, if given, must describe the same model")  # fmt: skip
+    p.add_argument("--init-from", metavar="RUN", type=run_dir, help="start from RUN's best weights (continued "
+                   "pretraining on new text: add data.source=...); a config file, if given, must describe the same "
+                   "model")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    p.add_argument("--nproc", type=int, default=0, metavar="N", help="train with N processes on this machine "
-                   "(torchrun; one per GPU, or CPU cores shared out); train.parallel picks ddp or fsdp")  # fmt: skip
+    p.add_argument("--nproc", type=count(0, note="0: this process"), default=0, metavar="N", help="train with N "
+                   "processes on this machine (torchrun; one per GPU, or CPU cores shared out); train.parallel picks "
+                   "ddp or fsdp")  # fmt: skip
 
     p = add(sub, "sample", "core:cmd_sample", "generate text from a trained run (streams to the terminal)")
-    p.add_argument("run", help="run directory, e.g. runs/default")
+    p.add_argument("run", type=run_dir, help="run directory, e.g. runs/default")
     add_checkpoint(p)
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     add_sampling(p, max_new_tokens=200, temperature=0.8, top_k=0)
     p.add_argument("--seed", type=int, default=None, help="make the sample reproducible")
-    p.add_argument("--num-samples", type=int, default=1, help="how many samples (separated by ---)")
+    p.add_argument("--num-samples", type=count(1), default=1, help="how many samples (separated by ---)")
     p.add_argument("--stop", action="append", default=[], help="stop when this text appears (repeatable)")
 
 
 def register_study(sub) -> None:
     """Add this module's verbs to the `slm` parser."""
     p = add(sub, "plot", "study:cmd_plot", "chart loss, val loss, gradient norm, LR and tokens/s of one or more runs")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several are overlaid)")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=run_dir, help="run directories (several are overlaid)")
     p.add_argument("--x", choices=("step", "tokens", "time"), default="step", help="x axis")
-    p.add_argument("--out", default="plot.png", help="PNG file to write")
+    p.add_argument("--out", default="plot.png", type=image_out, help="PNG file to write")
     p.add_argument("--logy", action="store_true", help="log scale for the loss axis")
 
     p = add(
         sub, "doctor", "study:cmd_doctor", "diagnose a run: spikes, divergence, plateaus, clipping, overfitting, ..."
     )
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", type=run_dir, help="run directory")
 
     p = add(sub, "report", "study:cmd_report", "write RUN/report.md and a self-contained RUN/report.html")
-    p.add_argument("run", help="run directory")
-    p.add_argument("--samples", type=int, default=2, help="sample generations to include (0: none)")
+    p.add_argument("run", type=run_dir, help="run directory")
+    p.add_argument("--samples", type=count(0, note="0: none"), default=2, help="sample generations to include (0: "
+                   "none)")  # fmt: skip
+
+    p = add(sub, "inspect", "study:cmd_inspect", "see inside a model on one prompt: tokens, next-token "
+            "probabilities and entropy, attention maps, logit lens (an HTML page)", INSPECT_HELP)  # fmt: skip
+    p.add_argument("run", help="run directory (or a `slm quantize` output)")
+    p.add_argument("--prompt", required=True, help="the text to look at, or @FILE for a file's text")
+    p.add_argument("--out", help="folder for inspect.html and the PNGs (default: RUN/inspect)")
+    add_checkpoint(p)
+    p.add_argument("--top-k", type=int, default=5, help="most likely next tokens to list per position")
+    p.add_argument("--layers", type=int, nargs="+", metavar="L", help="layers whose attention to draw, from 0 "
+                   "(default: all)")  # fmt: skip
+    p.add_argument("--heads", type=int, nargs="+", metavar="H", help="heads to draw in each layer, from 0 "
+                   "(default: all)")  # fmt: skip
+
+    p = add(sub, "tokenize", "study:cmd_tokenize", "show how a tokenizer splits a text: tokens, ids, bytes, bytes "
+            "per token; --compare two tokenizers", TOKENIZE_HELP)  # fmt: skip
+    p.add_argument("tokenizer", help="run, dataset or tokenizer directory, or gpt2")
+    p.add_argument("text", help="the text, or @FILE for a file's text")
+    p.add_argument("--compare", metavar="OTHER", help="a second tokenizer (directory or gpt2), shown side by side")
+    p.add_argument("--limit", type=int, default=100, help="tokens to list one per line (0: all)")
 
     p = add(sub, "runs", "study:cmd_runs", "table of runs: name, parent, params, tokens, steps, val loss, status")
     p.add_argument("dir", nargs="?", default="runs", help="folder holding run directories")
@@ -113,7 +160,8 @@ def register_study(sub) -> None:
         "ablation study: vary one thing at a time over seeds; verdicts vs noise",
         ABLATE_HELP,
     )
-    p.add_argument("config", nargs="?", help="base preset name or TOML file (default: the embedded default)")
+    p.add_argument("config", nargs="?", type=config_arg, help="base preset name or TOML file (default: the "
+                   "embedded default)")  # fmt: skip
     add_overrides(p, "dotted overrides applied to the base, e.g. train.max_steps=300")
     p.add_argument(
         "--vary",
@@ -123,10 +171,10 @@ def register_study(sub) -> None:
         required=True,
         help="a config key and the values to try (repeatable), e.g. optim.lr=1e-3,3e-4",
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm")
+    p.add_argument("--seeds", type=count(1), default=3, help="seeds per arm")
     p.add_argument("--grid", action="store_true", help="every combination of the --vary values, not one at a time")
     p.add_argument("--vary-data-seed", action="store_true", help="vary the data order with the seed too")
-    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
+    p.add_argument("--parallel", type=count(1), default=1, help="train N runs at once in subprocesses")
     p.add_argument("--out", help="study directory (default: <train.out_dir>/ablate-<base name>)")
     p.add_argument("--no-train", action="store_true", help="only recompute the summary from finished runs")
 
@@ -140,33 +188,39 @@ def register_study(sub) -> None:
     )
     p.add_argument("--params", help="model parameters, e.g. 124M")
     p.add_argument("--tokens", help="training tokens, e.g. 2.5B")
-    p.add_argument("--config", help="preset or TOML: exact parameters and FLOPs/token (with the attention term)")
+    p.add_argument("--config", type=config_arg, help="preset or TOML: exact parameters and FLOPs/token (with the "
+                   "attention term)")  # fmt: skip
     p.add_argument("--budget", help="compute budget in FLOPs (e.g. 1e18) or wall time (e.g. 2h; needs --run or "
                    "--measure): gives the compute-optimal N and D")  # fmt: skip
-    p.add_argument("--run", help="a run dir whose measured tokens/s gives this machine's FLOP/s")
+    p.add_argument("--run", type=run_dir, help="a run dir whose measured tokens/s gives this machine's FLOP/s")
     p.add_argument("--measure", action="store_true", help="measure FLOP/s with a few steps of --config's model")
     p.add_argument(
-        "--ratio", type=float, default=TOKENS_PER_PARAM, help="tokens per parameter (default: %(default)g, Chinchilla)"
-    )
-    p.add_argument("--lr", type=float, help="the current learning rate (with --batch)")
-    p.add_argument("--batch", type=float, nargs=2, metavar=("OLD", "NEW"), help="batch change for the sqrt LR rule")
+        "--ratio", type=positive(), default=TOKENS_PER_PARAM, help="tokens per parameter (default: %(default)g, "
+        "Chinchilla)"
+    )  # fmt: skip
+    p.add_argument("--lr", type=positive(), help="the current learning rate (with --batch)")
+    p.add_argument("--batch", type=positive(), nargs=2, metavar=("OLD", "NEW"), help="batch change for the sqrt LR "
+                   "rule")  # fmt: skip
     p = add(
         sc, "map", "study:cmd_scaling_map", "PNG of known models on parameters vs tokens, the 20x line and your runs"
     )
-    p.add_argument("runs", nargs="*", metavar="RUN", help="run dirs, or folders holding them, to put on the map")
-    p.add_argument("--out", default="scaling-map.png", help="PNG to write")
+    p.add_argument("runs", nargs="*", metavar="RUN", type=run_dir, help="run dirs, or folders holding them, to put "
+                   "on the map")  # fmt: skip
+    p.add_argument("--out", default="scaling-map.png", type=image_out, help="PNG to write")
     p.add_argument(
         "--ratio",
-        type=float,
+        type=positive(),
         default=TOKENS_PER_PARAM,
         help="tokens per parameter of the reference line (default: %(default)g)",
     )
     p = add(
         sc, "fit", "study:cmd_scaling_fit", "fit L(N, D) = E + A/N^a + B/D^b and the L(C) frontier to finished runs"
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run dirs, or folders holding them (>= 5 runs)")
-    p.add_argument("--out", default="scaling-fit.png", help="PNG to write")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties (0: none)")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=run_dir, help="run dirs, or folders holding them (>= 5 "
+                   "runs)")  # fmt: skip
+    p.add_argument("--out", default="scaling-fit.png", type=image_out, help="PNG to write")
+    p.add_argument("--bootstrap", type=count(0, note="0: none"), default=100, help="bootstrap resamples for "
+                   "uncertainties (0: none)")  # fmt: skip
     p.add_argument("--budget", help="extrapolate loss and optimal N, D to this many FLOPs, e.g. 1e18")
     p.add_argument("--json", action="store_true", help="print the fit as JSON")
     p = add(
@@ -176,15 +230,17 @@ def register_study(sub) -> None:
         "train the sizes x compute grid a fit needs, then fit and plot",
         SCALING_SWEEP_HELP,
     )
-    p.add_argument("config", nargs="?", help="base preset or TOML (default: the embedded default)")
+    p.add_argument("config", nargs="?", type=config_arg, help="base preset or TOML (default: the embedded default)")
     add_overrides(p, "dotted overrides applied to every run")
     p.add_argument("--budget", required=True, help="total compute: FLOPs (e.g. 2e13) or wall time (e.g. 30m)")
     p.add_argument("--sizes", default="2x32,2x48,2x64,4x64", help="model sizes as n_layer x n_embd, comma-separated")
-    p.add_argument("--levels", type=int, default=3, help="compute levels per size (L(C) needs 3)")
-    p.add_argument("--level-ratio", type=float, default=3.0, help="compute ratio between levels")
+    p.add_argument("--levels", type=count(1), default=3, help="compute levels per size (L(C) needs 3)")
+    p.add_argument("--level-ratio", type=number(float, Range(1, low_open=True)), default=3.0, help="compute ratio "
+                   "between levels (> 1)")  # fmt: skip
     p.add_argument("--out", default="runs/sweep", help="folder for the runs and the fit")
-    p.add_argument("--parallel", type=int, default=1, help="train N runs at once in subprocesses")
-    p.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for uncertainties")
+    p.add_argument("--parallel", type=count(1), default=1, help="train N runs at once in subprocesses")
+    p.add_argument("--bootstrap", type=count(0, note="0: none"), default=100, help="bootstrap resamples for "
+                   "uncertainties (0: none)")  # fmt: skip
 
 
 def register_ship(sub) -> None:
@@ -192,9 +248,11 @@ def register_ship(sub) -> None:
     p = add(
         sub, "sft", "ship:cmd_sft", "supervised fine-tuning of a run on chat/instruction data (a child run)", SFT_HELP
     )
-    p.add_argument("parent", metavar="PARENT_RUN", help="the run to fine-tune")
-    p.add_argument("--data", required=True, help="alpaca .json/.jsonl, messages/ShareGPT .jsonl or prompt/completion "
-                   ".jsonl")  # fmt: skip
+    p.add_argument("parent", metavar="PARENT_RUN", type=run_dir, help="the run to fine-tune")
+    sft_data = text_file("file of SFT records", "pass a .json or .jsonl file of alpaca, messages or prompt/completion "
+                         "records")  # fmt: skip
+    p.add_argument("--data", required=True, type=sft_data, help="alpaca .json/.jsonl, messages/ShareGPT .jsonl or "
+                   "prompt/completion .jsonl")  # fmt: skip
     add_overrides(p, "dotted overrides, e.g. lora.rank=8 train.max_steps=500 (also after the options)")
     p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
     p.add_argument("--name", help="child run name (default: <parent>-sft or <parent>-lora)")
@@ -202,12 +260,12 @@ def register_ship(sub) -> None:
 
     lo = group(sub, "lora", "LoRA adapters: merge them into a full model")
     p = add(lo, "merge", "ship:cmd_lora_merge", "write a new run dir with the adapters folded into full weights")
-    p.add_argument("run", help="a run fine-tuned with lora.rank > 0")
+    p.add_argument("run", type=run_dir, help="a run fine-tuned with lora.rank > 0")
     add_checkpoint(p)
     p.add_argument("--name", help="name of the merged run (default: <run>-merged)")
 
     p = add(sub, "chat", "ship:cmd_chat", "chat with a fine-tuned run in the terminal (/reset, /system TEXT, /quit)")
-    p.add_argument("run", help="run directory of a fine-tuned (sft) run")
+    p.add_argument("run", type=run_dir, help="run directory of a fine-tuned (sft) run")
     add_checkpoint(p)
     p.add_argument("--system", default="", help="system message")
     add_sampling(p, max_new_tokens=256, temperature=0.7, top_k=50)
@@ -220,7 +278,7 @@ def register_ship(sub) -> None:
         "evaluate a run: val loss/ppl/bpb and zero-shot benchmarks (lm-eval scoring)",
         EVAL_HELP,
     )
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", type=run_dir, help="run directory")
     p.add_argument(
         "--tasks",
         default="val,hellaswag",
@@ -228,9 +286,13 @@ def register_ship(sub) -> None:
     )
     add_field(p, "--limit", "eval.limit")
     add_checkpoint(p)
-    p.add_argument("--data", help="val task: a text file or dataset dir (default: the run's dataset, val split)")
-    p.add_argument("--stride", type=int, default=0, help="val task: sliding-window stride in tokens (0: block size)")
-    p.add_argument("--val-tokens", type=int, default=None, help="val task: tokens to score (0: all; default: 262144)")
+    p.add_argument("--data", type=text_file("text file or dataset directory", "pass --data FILE_OR_DATASET_DIR",
+                   dir_ok=True), help="val task: a text file or dataset dir (default: the run's dataset, val "
+                   "split)")  # fmt: skip
+    p.add_argument("--stride", type=count(0, note="0: block size"), default=0, help="val task: sliding-window stride "
+                   "in tokens (0: block size)")  # fmt: skip
+    p.add_argument("--val-tokens", type=count(0, note="0: all"), default=None, help="val task: tokens to score (0: "
+                   "all; default: 262144)")  # fmt: skip
     p.add_argument(
         "--task-source",
         default="local",
@@ -242,7 +304,7 @@ def register_ship(sub) -> None:
 
     p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint: hf (a transformers directory) or gguf "
             "(llama.cpp)")  # fmt: skip
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", type=run_dir, help="run directory")
     p.add_argument("--format", default="hf", help="hf (a transformers-loadable directory) | gguf (model.gguf for "
                    "llama.cpp; LLaMA-style models)")  # fmt: skip
     p.add_argument("--type", choices=("f16", "q8_0"), help="gguf: tensor type of the matrices (default: f16)")
@@ -251,7 +313,7 @@ def register_ship(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = add(sub, "quantize", "ship:cmd_quantize", "int8/bf16 copy of a run, with a size/speed/quality report vs fp32")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", type=run_dir, help="run directory")
     p.add_argument(
         "--method",
         default="int8-dynamic",
@@ -260,22 +322,31 @@ def register_ship(sub) -> None:
     )
     p.add_argument("--out", help="directory to write (default: <run>-<method> beside the run)")
     add_checkpoint(p)
-    p.add_argument("--data", help="dataset dir or text file for the val loss (default: the run's dataset)")
-    p.add_argument("--eval-tokens", type=int, default=32768, help="val tokens to score")
+    p.add_argument("--data", type=text_file("text file or dataset directory", "pass --data FILE_OR_DATASET_DIR",
+                   dir_ok=True), help="dataset dir or text file for the val loss (default: the run's "
+                   "dataset)")  # fmt: skip
+    p.add_argument("--eval-tokens", type=count(0, note="0: all"), default=32768, help="val tokens to score (0: all)")
     p.add_argument("--no-report", action="store_true", help="skip the comparison with fp32")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
     p = add(
         sub, "serve", "ship:cmd_serve", "OpenAI-compatible HTTP API and web chat page for a run (or quantized model)"
     )
-    p.add_argument("run", help="run directory or `slm quantize` output")
+    p.add_argument("run", type=run_dir, help="run directory or `slm quantize` output")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--port", type=count(1, 65535), default=8000, help="port to listen on")
     add_checkpoint(p)
-    p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--slots", type=int, default=4, help="requests generated at once, round-robin")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 is often fastest "
-                   "for small models)")  # fmt: skip
+    p.add_argument("--max-tokens-cap", type=count(1), default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--slots", type=count(1), default=4, help="requests generated at once, round-robin")
+    p.add_argument("--threads", type=count(0, 1024, note="0: torch's choice"), default=None, help="torch CPU threads "
+                   "(default: 1 on up to 4 cores, else min(4, cores/2): holds up on a busy CPU; 0: torch's own "
+                   "choice)")  # fmt: skip
+    p.add_argument("--allow-host", action="append", default=[], metavar="HOST", help="also answer requests "
+                   "addressed to HOST (a name, name:port, or '*' for any; repeatable); by default only localhost, "
+                   "127.0.0.1 and [::1] at --port, against DNS rebinding")  # fmt: skip
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="let web pages of ORIGIN "
+                   "(e.g. http://localhost:3000, or '*' for any; repeatable) call the API from a browser; by default "
+                   "only the server's own pages may")  # fmt: skip
 
     p = add(
         sub, "import-hf", "ship:cmd_import_hf", "turn a local Hugging Face GPT-2 or LLaMA checkpoint into a run dir"
@@ -299,11 +370,13 @@ def register_ship(sub) -> None:
     p = add(
         sub, "compare", "ship:cmd_compare", "generations of several models side by side, each scored by every model"
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="run directories or Hugging Face model directories")
-    p.add_argument("--prompts", required=True, help="text file, one prompt per line (\\n for a newline), or .jsonl")
-    p.add_argument("--out", default="compare", help="folder for compare.md and compare.html")
+    p.add_argument("models", nargs="+", metavar="MODEL", type=run_dir, help="run directories or Hugging Face model "
+                   "directories")  # fmt: skip
+    p.add_argument("--prompts", required=True, type=text_file("prompts file", "write one prompt per line"),
+                   help="text file, one prompt per line (\\n for a newline), or .jsonl")  # fmt: skip
+    p.add_argument("--out", default="compare", type=out_dir, help="folder for compare.md and compare.html")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--num-seeds", type=int, default=1, help="samples per prompt and model, seeds seed..seed+N-1")
+    p.add_argument("--num-seeds", type=count(1), default=1, help="samples per prompt and model, seeds seed..seed+N-1")
     add_sampling(p, max_new_tokens=64, temperature=0.8, top_k=0, top_p=False)
     p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs")
 
@@ -315,7 +388,8 @@ examples:
   slm train shakespeare-char                         nanoGPT's CPU recipe on TinyShakespeare
   slm train shakespeare-char optim.lr=3e-4           one change, run named shakespeare-char.lr=3e-4
   slm train configs/my.toml train.max_steps=200 --name my-test
-  slm train --resume runs/shakespeare-char           continue exactly where it stopped (Ctrl-C saves)
+  slm train --resume runs/shakespeare-char           continue exactly where it stopped (Ctrl-C or SIGTERM saves)
+  slm train --resume runs/shakespeare-char --checkpoint 2000   continue from an earlier checkpoint
   slm train --init-from runs/default data.source=docs/   continued pretraining of a run on new text
   slm train gpt2-124m --nproc 8 train.parallel=fsdp  8 processes on this machine (docs/distributed.md)
 """
@@ -367,6 +441,32 @@ level is tried at several sizes: what both fits need. Runs are ordinary run dirs
 examples:
   slm scaling sweep tiny --budget 30m                 half an hour of this machine (speed measured first)
   slm scaling sweep tiny --budget 2e13 --sizes 2x32,2x64,4x64,4x128 --levels 3
+"""
+
+
+INSPECT_HELP = """see inside a model on one prompt: writes RUN/inspect/inspect.html (self-contained, opens offline)
+and its PNGs. The page shows the prompt's tokens (ids, bytes, whitespace made visible); at each position the most
+likely next tokens and the entropy (nats and bits) with what is normal at this vocabulary size; every layer's
+attention per head as heatmaps; and the logit lens: the token each layer's residual stream would predict through
+the final norm and the head.
+
+Layers and heads count from 0. A prompt longer than the model's context is cut from the left (the page says so).
+
+examples:
+  slm inspect runs/shakespeare-char --prompt "ROMEO: But soft, what light"
+  slm inspect runs/default --prompt @snippet.py --layers 0 3 --heads 0 1 --out inspect-default
+"""
+
+
+TOKENIZE_HELP = """show how a tokenizer splits a text: each token with its id and bytes, the bytes per token and the
+tokenizer's fingerprint. With --compare, two tokenizers side by side (token counts and bytes per token of both).
+
+A tokenizer is a run, dataset or tokenizer directory (char and bpe:N are learned from a corpus, so they come from a
+directory), or gpt2.
+
+examples:
+  slm tokenize runs/default $'def main():\\n    return 0'   (bash's $'..' turns \\n into a newline)
+  slm tokenize runs/shakespeare-char @notes.txt --compare gpt2
 """
 
 

@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 
 from slmkit.base.errors import SlmError
+from slmkit.cli.base import SAMPLING_FLAGS
 from slmkit.engine.evaluate import evaluate_run, format_table
 from slmkit.engine.evaluate.suite import EVALS_DIR
+from slmkit.engine.evaluate.tasks import LOSS_TASK
+from slmkit.model.generate import check_sampling
 from slmkit.model.qweights import QUANT_FILE
 from slmkit.ship.chat import chat
-from slmkit.ship.export import export
+from slmkit.ship.export.artifact import export
 from slmkit.ship.export.hf import import_hf
 from slmkit.ship.finetune import merge_run, sft
 from slmkit.ship.quantize import quantize
@@ -32,6 +35,8 @@ def cmd_lora_merge(args) -> None:
 
 
 def cmd_chat(args) -> None:
+    check_sampling(SAMPLING_FLAGS, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed)  # fmt: skip
     chat(args.run, checkpoint=args.checkpoint, system=args.system, max_new_tokens=args.max_new_tokens,
          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # fmt: skip
 
@@ -42,6 +47,14 @@ def cmd_chat(args) -> None:
 
 def cmd_eval(args) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    val_options = {"--data": args.data, "--stride": args.stride or None, "--val-tokens": args.val_tokens}
+    unused = [flag for flag, value in val_options.items() if value is not None] if LOSS_TASK not in tasks else []
+    if not any(t != LOSS_TASK for t in tasks):  # no benchmark: nothing reads --limit or --task-source
+        unused += ["--limit"] * bool(args.limit) + ["--task-source"] * (args.task_source != "local")
+    if tasks and unused:
+        raise SlmError(f"{unused[0]} has no effect on --tasks {','.join(tasks)} ({unused[0]} is for "
+                       f"{'the val task' if unused[0] in val_options else 'benchmark tasks'}); drop it or add such a "
+                       "task to --tasks")  # fmt: skip
     results = evaluate_run(
         args.run,
         tasks,
@@ -74,7 +87,8 @@ def cmd_quantize(args) -> None:
 
 def cmd_serve(args) -> None:
     serve(args.run, host=args.host, port=args.port, checkpoint=args.checkpoint, max_tokens_cap=args.max_tokens_cap,
-          slots=args.slots, threads=args.threads)  # fmt: skip
+          slots=args.slots, threads=args.threads, allow_hosts=args.allow_host,
+          allow_origins=args.allow_origin)  # fmt: skip
 
 
 def cmd_import_hf(args) -> None:
@@ -92,6 +106,9 @@ def cmd_lm_eval(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    check_sampling(SAMPLING_FLAGS, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   seed=args.seed)  # fmt: skip
+    check_sampling({"seed": "--seed + --num-seeds - 1"}, seed=args.seed + args.num_seeds - 1)
     seeds = tuple(range(args.seed, args.seed + args.num_seeds))
     compare(
         args.models,

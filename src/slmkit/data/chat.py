@@ -64,7 +64,9 @@ def render(
     messages: list[Message], tokenizer: Tokenizer, *, add_generation_prompt: bool = False
 ) -> tuple[list[int], list[int]]:
     """(ids, mask) of a conversation; mask 1 on assistant content and its end-of-turn. With add_generation_prompt
-    the ids end with `<|assistant|>`, ready for the model to write the reply."""
+    the ids end with `<|assistant|>`, ready for the model to write the reply. DataError for a message that is not
+    {"role": system | user | assistant, "content": str}."""
+    check_messages(messages)
     tid = tokenizer.token_id
     ids, mask = [tid(EOT)], [0]
     for m in messages:
@@ -77,8 +79,19 @@ def render(
     return ids, mask
 
 
+def check_messages(messages: list[Message]) -> None:
+    """DataError naming the first message that is not {"role": system | user | assistant, "content": a string}."""
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role not in ROLE_TOKENS:
+            raise DataError(f"message {i} has role {role!r}; the roles are {', '.join(ROLE_TOKENS)}")
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"message {i} ({role}) has content {type(m.get('content')).__name__}; it must be text")
+
+
 def render_text(messages: list[Message]) -> str:
     """The template as text (special tokens written out); encoding it with allow_special gives `render`'s ids."""
+    check_messages(messages)
     return EOT + "".join(f"{ROLE_TOKENS[m['role']]}{m['content']}{END_OF_TURN}" for m in messages)
 
 

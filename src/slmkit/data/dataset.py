@@ -36,10 +36,28 @@ def read_meta(dir: str | Path) -> dict:
     path = dir / META_FILE
     if not path.is_file():
         raise DataError(f"{dir} is incomplete (no {META_FILE}): re-run `slm prepare SOURCE --out {dir} --force`")
+    redo = f"re-run `slm prepare SOURCE --out {dir} --force`"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is damaged ({e}); re-run `slm prepare ... --out {dir} --force`") from None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is damaged (not UTF-8: byte 0x{e.object[e.start]:02x} at offset {e.start}); {redo}"
+                        ) from None  # fmt: skip
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is damaged (not JSON: {e.msg} at line {e.lineno}); {redo}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("tokenizer"), dict) or not isinstance(
+            meta.get("splits"), dict):  # fmt: skip
+        raise DataError(f"{path} is damaged (no tokenizer or splits); {redo}")
+    return meta
+
+
+def _recorded_fingerprint(dir: str | Path, meta: dict) -> str:
+    fingerprint = meta["tokenizer"].get("fingerprint")
+    if not isinstance(fingerprint, str):
+        raise DataError(f"{Path(dir) / META_FILE} records no tokenizer fingerprint; re-run `slm prepare SOURCE --out "
+                        f"{dir} --force`")  # fmt: skip
+    return fingerprint
 
 
 def find_tokenizer(path: str | Path) -> Tokenizer:
@@ -55,14 +73,14 @@ def load_dataset_tokenizer(dir: str | Path) -> Tokenizer:
     """The tokenizer a dataset was made with, checked against the fingerprint in its meta."""
     meta = read_meta(dir)
     tok = find_tokenizer(Path(dir) / TOKENIZER_DIR)
-    check_fingerprint(meta["tokenizer"]["fingerprint"], tok.fingerprint, f"the tokenizer copy in {dir}")
+    check_fingerprint(_recorded_fingerprint(dir, meta), tok.fingerprint, f"the tokenizer copy in {dir}")
     return tok
 
 
 def check_tokenizer(dir: str | Path, tokenizer: Tokenizer) -> None:
     """TokenizerError, showing both fingerprints, unless `dir` was made with `tokenizer`."""
     meta = read_meta(dir)
-    check_fingerprint(meta["tokenizer"]["fingerprint"], tokenizer.fingerprint, f"dataset {dir}")
+    check_fingerprint(_recorded_fingerprint(dir, meta), tokenizer.fingerprint, f"dataset {dir}")
 
 
 def split_shards(dir: str | Path, split: str, meta: dict | None = None) -> list[tuple[Path, int]]:

@@ -4,27 +4,43 @@ Read top to bottom: resolve the config against the tokenizer and device, make or
 `Trainer` (model, optimizer, loaders), load parent weights or a checkpoint, run the loop, record the final status.
 A fine-tuning run is the same run with chat data (`data.format`), parent weights (`train.init_from`) and optionally
 LoRA; nothing here loops over batches (that is `slmkit.engine.trainer`).
+
+Crash hygiene: a resume starts from the newest checkpoint whose files pass their checksums (saying which were
+skipped; `checkpoint=STEP` picks one), sets later checkpoints aside, and first removes the temporaries of a killed
+save. Whatever exception ends a run, run.json says `crashed` with a one-line reason (`interrupted` for a second
+Ctrl-C); a full disk becomes one SlmError line naming the disk and about how much a checkpoint needs.
 """
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
+
+import psutil
 
 from slmkit.base.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict
 from slmkit.base.config_files import load_config, save_config
 from slmkit.base.console import enable, say
-from slmkit.base.tokenizer import TokenizerError, build_tokenizer
+from slmkit.base.errors import SlmError
+from slmkit.base.metrics import RunMetrics
+from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, parse_kind
 from slmkit.data.chat import load_chat_data
-from slmkit.data.dataset import check_tokenizer, load_dataset_tokenizer
+from slmkit.data.dataset import TOKENIZER_DIR, check_tokenizer, load_dataset_tokenizer
 from slmkit.data.prepare import ensure_prepared
-from slmkit.engine.distributed import check_parallel, init_process_group, on_main, teardown
+from slmkit.engine.distributed import agree, check_parallel, init_process_group, on_main, teardown
 from slmkit.engine.resolve import derive_run_name, lr_scaling_hint, resolve_batch, resolve_vocab
 from slmkit.engine.runtime import Runtime, resolve_runtime
 from slmkit.engine.trainer import Trainer
 from slmkit.model.lora import check_targets, param_counts
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.parents import check_parent, load_parent_weights
-from slmkit.runs.table import process_info
+from slmkit.runs.table import process_info, trainer_alive
+
+
+class DiskFull(SlmError):
+    """A write failed for lack of disk space; the run is marked crashed and can be resumed once there is room."""
+
 
 _RESUME_FROZEN = ("model.", "tokenizer.", "data.", "lora.")
 _RESUME_NEEDS_FLAG = ("optim.", "train.batch_size", "train.grad_accum", "train.tokens_per_step", "train.seed",
@@ -45,12 +61,18 @@ def _check_resume_changes(old: RunConfig, new: RunConfig, allow_changed: bool) -
 
 
 def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: str | Path | None = None,
-          allow_changed: bool = False, progress: bool = True, stop_after: int | None = None) -> Path:  # fmt: skip
-    """Train a model; returns the run dir. `resume` continues runs/<name> from its latest checkpoint."""
+          allow_changed: bool = False, progress: bool = True, stop_after: int | None = None,
+          checkpoint: str | int | None = None) -> Path:  # fmt: skip
+    """Train a model; returns the run dir. `resume` continues runs/<name> from its newest intact checkpoint (or
+    `checkpoint`: latest, best or a step)."""
 
+    started = time.time()  # temporaries older than this start were left by a process that is gone
     overrides = list(overrides)
+    if checkpoint is not None and resume is None:
+        raise SlmError("--checkpoint picks the checkpoint to resume from; use it with --resume RUN")
     if resume is not None:
         run_dir = ckpt_io.check_run_dir(resume)
+        _check_not_running(run_dir)
         old = ckpt_io.read_run_config(run_dir)
         cfg = from_dict(apply_overrides(old.to_dict(), overrides))
         _check_resume_changes(old, cfg, allow_changed)
@@ -62,7 +84,10 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     check_parallel(cfg, runtime)
     enable(runtime.is_main)  # one process prints
     parent = None
+    explicit_tokenizer = any(o.split("=", 1)[0].strip().removeprefix("--") == "tokenizer.kind" for o in overrides)
     dataset_dir, chat, tokenizer = _load_data(cfg, runtime, run_dir if resume is not None else None)
+    if dataset_dir is not None and resume is None:
+        cfg = _match_dataset_tokenizer(cfg, dataset_dir, tokenizer, explicit_tokenizer)
     cfg = resolve_batch(resolve_vocab(cfg, tokenizer), runtime.world_size)
     if cfg.lora.rank:
         check_targets(cfg.model, cfg.lora)
@@ -71,44 +96,187 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     if resume is not None:
         if dataset_dir is not None:
             check_tokenizer(dataset_dir, ckpt_io.run_tokenizer(run_dir))
-        ckpt = ckpt_io.resolve_checkpoint(run_dir, "latest")
+        if runtime.is_main:
+            _clean_leftovers(run_dir, started)  # first: a checkpoint parked by a killed save is put back
+        agree(runtime, True)  # every rank lists the checkpoints after that
+        candidates = _resume_candidates(run_dir, checkpoint)
     else:
         name = cfg.train.name or derive_run_name(cfg, overrides)
         out_dir, explicit = cfg.train.out_dir, bool(cfg.train.name)
         run_dir = on_main(runtime, lambda: ckpt_io.new_run_dir(out_dir, name, explicit=explicit))
         cfg = cfg.replace(**{"train.name": run_dir.name})
+        if runtime.is_main:
+            _clean_leftovers(run_dir, started)  # a reused folder of a run killed while starting
     say(runtime.describe())
     loaders = None
     if chat is not None:
         say(chat.describe(cfg.model.block_size))
         loaders = chat.loaders(cfg.train.batch_size, cfg.model.block_size, cfg.data.packing, runtime.rank,
                                runtime.world_size)  # fmt: skip
-    trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders)
-    if resume is not None:
-        trainer.restore(ckpt)
+    trainer, marked_running = None, False
+    try:
+        trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders)
+        if resume is not None:
+            ckpt = _restore(trainer, run_dir, candidates, runtime)
+            if runtime.is_main:
+                save_config(cfg, run_dir / ckpt_io.CONFIG_FILE)
+                marked_running = True
+                ckpt_io.write_run_info(run_dir, status="running", resumed_from=str(ckpt or "step 0"), error=None,
+                                       **process_info())  # fmt: skip
+            say(f"resuming {run_dir} from step {trainer.state.step}")
+        else:
+            if parent is not None:
+                load_parent_weights(trainer.model, parent[1])
+                say(f"initialised from {parent[1]}")
+            if runtime.is_main:
+                ckpt_io.init_run_dir(run_dir, cfg, tokenizer, dataset=str(dataset_dir or cfg.data.source),
+                                     parent=str(parent[0]) if parent else None,
+                                     parent_checkpoint=str(parent[1]) if parent else None,
+                                     num_params=trainer.model.num_params(), **process_info())  # fmt: skip
+                marked_running = True  # from here on run.json exists and records how the run ends
+        _announce(trainer)
+        status = trainer.run(stop_after=stop_after)
         if runtime.is_main:
-            save_config(cfg, run_dir / ckpt_io.CONFIG_FILE)
-            ckpt_io.write_run_info(run_dir, status="running", resumed_from=str(ckpt), **process_info())
-        say(f"resuming {run_dir} from step {trainer.state.step}")
-    else:
-        if parent is not None:
-            load_parent_weights(trainer.model, parent[1])
-            say(f"initialised from {parent[1]}")
+            st = trainer.state
+            ckpt_io.write_run_info(run_dir, status=status, step=st.step, tokens_seen=st.tokens_seen,
+                                   best_val_loss=st.best_val)  # fmt: skip
+    except BaseException as e:
         if runtime.is_main:
-            ckpt_io.init_run_dir(run_dir, cfg, tokenizer, dataset=str(dataset_dir or cfg.data.source),
-                                 parent=str(parent[0]) if parent else None,
-                                 parent_checkpoint=str(parent[1]) if parent else None,
-                                 num_params=trainer.model.num_params(), **process_info())  # fmt: skip
-    _announce(trainer)
-    status = trainer.run(stop_after=stop_after)
-    if runtime.is_main:
-        ckpt_io.write_run_info(run_dir, status=status, step=trainer.state.step,
-                               tokens_seen=trainer.state.tokens_seen, best_val_loss=trainer.state.best_val)  # fmt: skip
+            _record_failure(run_dir, trainer, e, marked_running, new_run=resume is None)
+        if ckpt_io.no_space(e):
+            raise DiskFull(_no_space_message(run_dir, trainer)) from None
+        raise
     teardown()
     verb = "chat" if cfg.data.format != "text" else "sample"  # a fine-tuned chat model answers; a base one continues
-    say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {trainer.state.best_val:.4f}). "
-        f"Next: slm {verb} {run_dir}")  # fmt: skip
+    best = "none" if trainer.state.best_val is None else f"{trainer.state.best_val:.4f}"
+    say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {best}). Next: slm {verb} {run_dir}")
     return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resuming: which checkpoint, what was left behind
+
+
+def _check_not_running(run_dir: Path) -> None:
+    pid = trainer_alive(ckpt_io.read_run_info(run_dir))
+    if pid is not None:
+        raise SlmError(f"{run_dir} is being trained right now (process {pid}); stop it (Ctrl-C, or `kill {pid}`: it "
+                       "saves first) before resuming")  # fmt: skip
+
+
+def _clean_leftovers(run_dir: Path, started: float) -> None:
+    """Remove what a save killed mid-way left: hidden temporaries last changed before this start of training. No
+    other process writes them now (a resume is refused while the run's trainer is alive, and a new run's folder is
+    new or was left by a start whose process is gone)."""
+    done = ckpt_io.clean_run_dir(run_dir, older_than=started)
+    if done:
+        say(f"cleaned up after an interrupted save in {run_dir}: {'; '.join(done)}")
+
+
+def _resume_candidates(run_dir: Path, checkpoint: str | int | None) -> list[tuple[Path, bool]]:
+    """(checkpoint, explicit) pairs to try in order: the one asked for, or every checkpoint newest first."""
+    if checkpoint is not None:
+        return [(ckpt_io.resolve_checkpoint(run_dir, checkpoint), True)]
+    return [(path, False) for _, path in reversed(ckpt_io.checkpoints(run_dir))]
+
+
+def _restore(trainer: Trainer, run_dir: Path, candidates: list[tuple[Path, bool]], runtime: Runtime) -> Path | None:
+    """Restore the first candidate that loads. A damaged one (a file failing its checksum, an unreadable state or
+    optimizer file) is named and skipped unless it was asked for; later checkpoints are then set aside. A run
+    killed before its first checkpoint starts again from step 0 (the same seeds make it the same run): None."""
+    if not candidates:
+        say(f"{run_dir} has no checkpoint yet: training it again from step 0")
+        trainer.logger.resumed(0)
+        trainer.skip_first_eval = bool(RunMetrics.read(run_dir).series("val/loss")[0][:1] == [0])
+        return None
+    damaged: dict[int, str] = {}
+    for ckpt, explicit in candidates:
+        try:
+            trainer.restore(ckpt)
+        except ckpt_io.DamagedCheckpoint as e:
+            if explicit:
+                raise
+            damaged[_step_of(ckpt)] = str(e)
+            say(f"warning: {e}")
+            continue
+        if damaged:
+            say(f"resuming from {ckpt.name}, the newest intact checkpoint ({len(damaged)} newer one"
+                f"{'s' if len(damaged) > 1 else ''} damaged)")  # fmt: skip
+        agree(runtime, True)  # every rank has read its files before any is renamed
+        if runtime.is_main:
+            moved = ckpt_io.set_aside_after(run_dir, trainer.state.step, set(damaged))
+            if moved:
+                say(f"set aside {len(moved)} checkpoint{'s' if len(moved) > 1 else ''} after step "
+                    f"{trainer.state.step} (kept, no longer used): {', '.join(p.name for p in moved)}")  # fmt: skip
+        return ckpt
+    names = ", ".join(f"step-{step:06d}" for step in damaged)
+    raise ckpt_io.CheckpointError(f"no intact checkpoint in {run_dir} (damaged: {names}, see above); start a new run "
+                                  "(or restore the checkpoint files from a backup)")  # fmt: skip
+
+
+def _step_of(ckpt: Path) -> int:
+    return int(ckpt.name.split("-", 1)[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Failures: run.json says what happened
+
+
+def _record_failure(run_dir: Path, trainer: Trainer | None, e: BaseException, marked_running: bool,
+                    new_run: bool) -> None:  # fmt: skip
+    """run.json `crashed` (or `interrupted` for a KeyboardInterrupt) with a one-line reason, when this process had
+    marked it running. A new run that never got its run.json leaves no folder behind (it held only start-up files)."""
+    if not marked_running:
+        if new_run:
+            (run_dir / ckpt_io.STARTING_FILE).unlink(missing_ok=True)
+            if ckpt_io.unstarted(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    if ckpt_io.no_space(e):
+        reason = _no_space_message(run_dir, trainer)
+    else:
+        text = str(e).strip().splitlines()
+        reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    status = "interrupted" if isinstance(e, KeyboardInterrupt) else "crashed"
+    fields = {"step": trainer.state.step, "tokens_seen": trainer.state.tokens_seen} if trainer is not None else {}
+    try:
+        ckpt_io.write_run_info(run_dir, status=status, error=reason, **fields)
+    except (OSError, SlmError):  # a full disk may refuse even this; `slm runs` then sees the dead pid: crashed
+        pass
+
+
+def _no_space_message(run_dir: Path, trainer: Trainer | None) -> str:
+    needed = ckpt_io.checkpoint_bytes(run_dir) or (_state_bytes(trainer) if trainer is not None else 0)
+    free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
+    need = f", about {needed / 1e6:,.1f} MB needed for a checkpoint" if needed else ""
+    return (
+        f"no space left on {_device_of(run_dir)}{need} ({free / 1e6:,.1f} MB free); free some space or move "
+        f"train.out_dir, then `slm train --resume {run_dir}`"
+    )
+
+
+def _state_bytes(trainer: Trainer) -> int:
+    """Bytes of the weights plus the optimizer state: about the size of a checkpoint."""
+    import torch
+
+    total = sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values())
+    for slot in trainer.optimizer.state.values():
+        total += sum(t.numel() * t.element_size() for t in slot.values() if isinstance(t, torch.Tensor))
+    return total or 2 * 4 * trainer.model.num_params()
+
+
+def _device_of(path: Path) -> str:
+    """The file system of `path` as "DEVICE (mounted at MOUNT, holding PATH)", or just the path."""
+    try:
+        real = str(path.resolve())
+        parts = [p for p in psutil.disk_partitions(all=True) if real == p.mountpoint or real.startswith(
+            p.mountpoint.rstrip("/") + "/")]  # fmt: skip
+        if parts:
+            part = max(parts, key=lambda p: len(p.mountpoint))
+            return f"{part.device} (mounted at {part.mountpoint}, holding {path})"
+    except (OSError, RuntimeError):
+        pass
+    return str(path)
 
 
 def _load_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
@@ -121,6 +289,33 @@ def _load_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
         return dataset_dir, None, load_dataset_tokenizer(dataset_dir)
     chat = _chat_data(cfg, run_dir)
     return None, chat, chat.tokenizer
+
+
+def _match_dataset_tokenizer(cfg: RunConfig, dataset_dir: Path, tokenizer: Tokenizer, explicit: bool) -> RunConfig:
+    """The run trains with the dataset's tokenizer, so config.toml must name it. A tokenizer.kind given on the
+    command line that differs is refused, naming both; one that came from a preset, file or the default is replaced
+    by the dataset's (with a line saying so)."""
+    kind = cfg.tokenizer.kind
+    if Path(kind).is_dir():
+        same = build_tokenizer(kind).fingerprint == tokenizer.fingerprint
+    else:
+        parse_kind(kind)  # TokenizerError for an unknown kind
+        same = kind == tokenizer.name
+    if same:
+        return cfg
+    if explicit:
+        raise TokenizerError(f"dataset {dataset_dir} was prepared with tokenizer {tokenizer.name} (fingerprint "
+                             f"{tokenizer.fingerprint}), not tokenizer.kind={kind}; drop tokenizer.kind to train with "
+                             f"the dataset's, or prepare the data with {kind} (`slm prepare SOURCE --tokenizer {kind} "
+                             "--out DIR`)")  # fmt: skip
+    try:
+        parse_kind(tokenizer.name)
+        recorded = tokenizer.name
+    except TokenizerError:
+        recorded = str(Path(dataset_dir) / TOKENIZER_DIR)
+    say(f"tokenizer: {dataset_dir} was prepared with {tokenizer.name}, not {kind}; training with the dataset's "
+        f"(config.toml records tokenizer.kind={recorded})")  # fmt: skip
+    return cfg.replace(**{"tokenizer.kind": recorded})
 
 
 def _chat_data(cfg: RunConfig, run_dir: Path | None):

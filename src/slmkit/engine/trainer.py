@@ -2,9 +2,10 @@
 model, optimizer, loaders, metrics and checkpoints and whose `run()` is the loop.
 
 Each step: set the LR from the pure schedule, accumulate micro-batches, clip, step, log every step, evaluate and
-checkpoint on schedule. Ctrl-C saves a checkpoint and exits cleanly; a NaN/inf loss stops the run naming the step
-and the last good checkpoint. `restore()` puts back weights, optimizer, loader position and RNG, so N steps equal
-N/2 + resume + N/2 exactly. `slmkit.engine.train.train` builds a Trainer from a config.
+checkpoint on schedule. Ctrl-C or SIGTERM saves a checkpoint and exits cleanly (status interrupted); a NaN/inf loss
+stops the run naming the step and the last good checkpoint. `restore()` puts back weights, optimizer, loader
+position and RNG, so N steps equal N/2 + resume + N/2 exactly. `slmkit.engine.train.train` builds a Trainer from a
+config.
 """
 
 from __future__ import annotations
@@ -151,19 +152,34 @@ class Trainer:
         guard = t.on_spike if self.doctor is not None and runtime.world_size == 1 else "none"
         self._skip_if = self.doctor.guard if guard == "skip" else None
         self._rollback_pending = False
+        self.skip_first_eval = False  # a run restarted from step 0 whose step-0 eval is already logged
 
     # -- resume -------------------------------------------------------------------------------------------
     def restore(self, ckpt: Path) -> None:
-        state = ckpt_io.read_state(ckpt)
+        """Put back weights, optimizer, loader position and RNG from `ckpt`, every file checked against its recorded
+        checksum first (DamagedCheckpoint otherwise, before anything is changed), then mark the resume in the
+        metrics so the steps about to be replayed replace those a killed process had logged."""
+        state = ckpt_io.verify_checkpoint(ckpt)
+        missing = [k for k in ("step", "tokens_seen", "loader", "rng") if k not in state]
+        if missing:
+            raise ckpt_io.DamagedCheckpoint(f"checkpoint {ckpt} cannot be resumed from ({ckpt_io.STATE_FILE} lacks "
+                                            f"{', '.join(missing)}); use another --checkpoint")  # fmt: skip
         if self.sharded:  # any checkpoint (one process, DDP, FSDP) is whole: each rank keeps its shard
             load_full_state(self.model, self.optimizer, ckpt)
         else:
-            ckpt_io.load_weights(self.model, ckpt)
-            ckpt_io.load_optimizer(self.optimizer, ckpt)
+            optim = ckpt_io.read_optimizer(ckpt, verify=False)  # read and checked before the weights change
+            ckpt_io.load_weights(self.model, ckpt, verify=False)
+            try:
+                self.optimizer.load_state_dict(optim)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ckpt_io.CheckpointError(f"{ckpt / ckpt_io.OPTIM_FILE} does not fit this optimizer "
+                                              f"({ckpt_io.load_error_reason(e)}); resume with the same optim "
+                                              "settings") from None  # fmt: skip
         self.loader.load_state_dict(state["loader"])
         ckpt_io.set_rng_state(state["rng"])
         self.state = TrainState(step=state["step"], tokens_seen=state["tokens_seen"], best_val=state.get("best_val"),
                                 elapsed=state.get("elapsed", 0.0), last_ckpt=str(ckpt))  # fmt: skip
+        self.logger.resumed(self.state.step)
 
     # -- pieces of the loop ---------------------------------------------------------------------------------
     def _token_loader(self, split: str, seed: int):
@@ -187,11 +203,11 @@ class Trainer:
         s = self.state
         state = {"tokens_seen": s.tokens_seen, "best_val": s.best_val, "elapsed": s.elapsed,
                  "loader": self.loader.state_dict(), "rng": ckpt_io.rng_state()}  # fmt: skip
+        # a LoRA run's adapters alone too (the small file to share or apply to the parent), inside the checkpoint
+        extra = (lambda folder: save_adapter(self.model, folder / ADAPTER_FILE)) if self.cfg.lora.rank else None
         path = ckpt_io.save_checkpoint(self.run_dir, s.step, self.model, self.optimizer, state, self.cfg,
                                        self.tokenizer, val_loss=val_loss, keep_last=self.cfg.train.keep_last,
-                                       model_state=model_state, optim_state=optim_state)  # fmt: skip
-        if self.cfg.lora.rank:  # the adapters alone too: the small file to share or apply to the parent
-            save_adapter(self.model, path / ADAPTER_FILE)
+                                       model_state=model_state, optim_state=optim_state, extra=extra)  # fmt: skip
         s.last_ckpt = str(path)
         self._last_save = time.time()
         return path
@@ -234,11 +250,14 @@ class Trainer:
             return agree(self.rt, due)
         return due
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop now
+    def _on_stop_signal(self, signum, frame) -> None:
+        """Ctrl-C (SIGINT) or SIGTERM (a scheduler, `kill`): finish the step, save, stop; a second one aborts."""
+        if self._stop_requested:  # the second signal: stop now
             raise KeyboardInterrupt
         self._stop_requested = True
-        say("Ctrl-C: finishing this step, saving a checkpoint, then stopping (press again to abort at once)")
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        again = "press again" if signum == signal.SIGINT else "send it again"
+        say(f"{what}: finishing this step, saving a checkpoint, then stopping ({again} to abort at once)")
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self, stop_after: int | None = None) -> str:
@@ -246,9 +265,10 @@ class Trainer:
         cfg, t, s = self.cfg, self.cfg.train, self.state
         self._last_save = time.time()
         end = t.max_steps if stop_after is None else min(t.max_steps, s.step + stop_after)
-        if s.step == 0:
+        if s.step == 0 and not self.skip_first_eval:
             self._eval_and_save()
-        old_handler = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        signals = _STOP_SIGNALS if _main_thread() else ()
+        old_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in signals}
         bar = progress(
             t.max_steps, unit="step", initial=s.step, enabled=self.progress and self.rt.is_main, lines=False
         )  # in a log, the step lines of _log_step are the record
@@ -289,8 +309,8 @@ class Trainer:
             say("aborted without saving the current step; the last checkpoint is " + str(s.last_ckpt))
         finally:
             bar.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
             self.logger.close()
         return status
 
@@ -337,8 +357,14 @@ class Trainer:
             say(f"doctor: no checkpoint before step {s.step} to roll back to; continuing")
             return
         step, path = before[-1]
-        ckpt_io.load_weights(self.model, path)
-        ckpt_io.load_optimizer(self.optimizer, path)
+        try:
+            ckpt_io.verify_checkpoint(path)
+            optim = ckpt_io.read_optimizer(path, verify=False)
+        except ckpt_io.CheckpointError as e:
+            say(f"doctor: cannot roll back to {path} ({e}); continuing")
+            return
+        ckpt_io.load_weights(self.model, path, verify=False)
+        self.optimizer.load_state_dict(optim)
         self.logger.log(step, {"doctor/rollback": s.step})
         say(f"doctor: rolled back from step {s.step} to checkpoint step {step}; the data that caused it is skipped")
         s.step, s.tokens_seen = step, ckpt_io.read_state(path)["tokens_seen"]
@@ -358,6 +384,9 @@ class Trainer:
 
 def _live_doctor(cfg: RunConfig):
     return LiveDoctor(cfg.optim.grad_clip, warmup_steps(cfg.optim, cfg.train.max_steps))
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _main_thread() -> bool:

@@ -12,12 +12,48 @@ condition on slightly different windows, and only up to block_size are they iden
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from slmkit.base.checks import Range, number_problem
+from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import EOT, Tokenizer
 from slmkit.model.gpt import GPT
+
+SEED_RANGE = Range(-(2**63), 2**63 - 1)
+"""Seeds are 64-bit signed integers (OpenAI's `seed`): each one gives its own stream, as torch takes them mod 2**64."""
+SAMPLING = {
+    "max_new_tokens": (int, Range(1, 2**63 - 1)),
+    "temperature": (float, Range(0, 2, note="0 = greedy")),
+    "top_k": (int, Range(0, 2**63 - 1, note="0 = all tokens")),
+    "top_p": (float, Range(0, 1, note="1 = all tokens, 0 = only the most likely")),
+    "seed": (int, SEED_RANGE),
+}
+"""The one table of sampling parameters: name -> (type, allowed range). `check_sampling` enforces it for `generate`,
+`slm sample`, `slm chat`, `slm compare` and `slm serve` (which answers 400 with the same message)."""
+
+
+class SamplingError(SlmError, ValueError):
+    """A sampling parameter out of range; `param` is its name as the caller spelled it."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def check_sampling(names: Mapping[str, str] | None = None, **params) -> None:
+    """Refuse sampling parameters outside `SAMPLING` (None means "not given" and passes; a seed of None means a
+    random seed). `names` maps a parameter to how the caller spells it in the message (e.g. "--top-k", "max_tokens").
+    Raises SamplingError naming the first bad parameter."""
+    for key, value in params.items():
+        if value is None:
+            continue
+        kind, rng = SAMPLING[key]
+        name = (names or {}).get(key, key)
+        problem = number_problem(name, value, rng, kind)
+        if problem:
+            raise SamplingError(problem, name)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -44,8 +80,10 @@ def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int,
     """Yield up to max_new_tokens new token ids, one at a time, continuing the prompt `idx` (1-D, or (1, T)).
 
     temperature 0 is greedy. Ids >= vocab_limit (default: the model's unpadded vocab_size) are never sampled.
-    A sampled id in stop_ids ends generation and is not yielded. The model is put in eval mode.
+    A sampled id in stop_ids ends generation and is not yielded. The model is put in eval mode. Parameters out of
+    range (`SAMPLING`) raise SamplingError before anything is generated.
     """
+    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     model.eval()
     device = model.lm_head.weight.device
     tokens = [int(t) for t in (idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else idx)]

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from slmkit.base.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.base.tokenizer import TokenizerError
-from slmkit.engine.evaluate.loss import evaluate_text_loss
+from slmkit.engine.evaluate.loss import check_max_tokens, check_text_source, evaluate_text_loss
 from slmkit.model.generate import generate
 from slmkit.model.qweights import (
     METHODS,
@@ -178,27 +178,35 @@ def quantize(run_dir: str | Path, method: str = "int8-dynamic", out: str | Path 
     """`slm quantize`: write the quantized artifact of a run's checkpoint (atomic) and, unless report=False, its
     quantization_report.json/.md against the fp32 model: val loss/bpb on `eval_tokens` tokens of `data` (default:
     the run's dataset), speed as the median of `speed_repeats` runs of a `speed_tokens`-token prompt then as many
-    decoded tokens. Returns the artifact directory."""
+    decoded tokens. Returns the artifact directory. A `data` that is given but cannot be read, or a negative
+    eval_tokens, is refused before anything is written."""
 
     if method not in METHODS:
         raise QuantizeError(f"unknown quantization method {method!r}; use one of {', '.join(METHODS)}")
+    check_max_tokens(eval_tokens)
+    if data is not None:
+        if not report:
+            raise QuantizeError("--data is only read for the report; drop it or drop --no-report")
+        check_text_source(data)
     run_dir = Path(run_dir)
     if is_quantized_dir(run_dir):
         raise QuantizeError(f"{run_dir} is already quantized; quantize the original run")
     out = Path(out) if out else run_dir.parent / f"{run_dir.name}-{method}"
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise QuantizeError(f"{out} exists and is not empty; pick another --out or pass --force to replace it")
     model, tokenizer, cfg, ckpt = load_model(run_dir, checkpoint)
     build_model(cfg)  # refuses LoRA runs
     source = {"source_run": str(run_dir), "checkpoint": str(ckpt)}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:  # the report is made inside: if it fails, nothing is left (and --force kept the old)
         write_quantized(model, tokenizer, cfg, method, tmp, source)
-    if report:
-        quant = load_quantized(out)[0]
-        r = build_report(model, quant, tokenizer, method=method, fp32_bytes=(ckpt / CKPT_WEIGHTS).stat().st_size,
-                         quant_bytes=(out / WEIGHTS_FILE).stat().st_size, data=data or _dataset_of(run_dir),
-                         eval_tokens=eval_tokens, speed_tokens=speed_tokens, speed_repeats=speed_repeats)  # fmt: skip
-        r.update(source)
-        atomic_write_json(out / f"{REPORT_FILE}.json", r)
-        atomic_write_text(out / f"{REPORT_FILE}.md", format_report(r))
+        if report:
+            quant = load_quantized(tmp)[0]
+            r = build_report(
+                model, quant, tokenizer, method=method, fp32_bytes=(ckpt / CKPT_WEIGHTS).stat().st_size,
+                quant_bytes=(tmp / WEIGHTS_FILE).stat().st_size, data=data or _dataset_of(run_dir),
+                eval_tokens=eval_tokens, speed_tokens=speed_tokens, speed_repeats=speed_repeats,
+            )  # fmt: skip
+            r.update(source)
+            atomic_write_json(tmp / f"{REPORT_FILE}.json", r)
+            atomic_write_text(tmp / f"{REPORT_FILE}.md", format_report(r))
     return out

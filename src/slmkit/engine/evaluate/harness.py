@@ -39,6 +39,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.loggers.evaluation_tracker import GeneralConfigTracker
 from lm_eval.utils import sanitize_model_name, simple_parse_args_string
 
+from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import EOT
 from slmkit.engine.evaluate.scoring import Scorer
 from slmkit.engine.evaluate.tasks import (
@@ -255,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = {a.split("=", 1)[0] for a in argv}
+    missing = [flag for flag in ("--model", "--tasks") if flag not in given]
+    if missing and not given & {"-h", "--help"}:
+        raise SlmError(f"lm-eval needs {' and '.join(missing)}, e.g. slm lm-eval -- --model slmkit --model_args "
+                       "run=runs/x --tasks slm_hellaswag")  # fmt: skip
     if not any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
         argv += ["--include_path", str(TASK_DIR)]
     present = ", ".join(f"slm_{t}" for t in available_tasks()) or "none"

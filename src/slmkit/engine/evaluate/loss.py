@@ -10,12 +10,14 @@ disjoint windows, the cheapest and most pessimistic). Bits per byte divides the 
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slmkit.base.checks import text_file_problem
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.data.dataset import check_tokenizer, read_meta, split_shards
@@ -25,11 +27,34 @@ DEFAULT_MAX_TOKENS = 262_144
 """Tokens of a val split scored by default (a few minutes for a ~10M model on a laptop CPU)."""
 
 
+def check_stride(stride: int) -> None:
+    """Refuse a stride that would never advance the window (negative) or is not a whole number of tokens."""
+    if isinstance(stride, bool) or not isinstance(stride, Integral) or stride < 0:
+        raise SlmError(f"stride must be a whole number of tokens >= 0 (0 = block size), got {stride!r}")
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    """Refuse a negative (or fractional) number of tokens to score; 0 means all."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, Integral) or max_tokens < 0:
+        raise SlmError(f"the number of tokens to score must be a whole number >= 0 (0 = all), got {max_tokens!r}")
+
+
+def check_text_source(source: str | Path) -> None:
+    """Refuse, before any work, a --data that is neither a dataset directory nor a non-empty UTF-8 text file."""
+    if Path(source).is_dir():
+        read_meta(source)
+        return
+    problem = text_file_problem(source, "text file or dataset directory", "pass --data FILE_OR_DATASET_DIR")
+    if problem:
+        raise SlmError(problem)
+
+
 @torch.inference_mode()
 def sliding_nll(model: GPT, ids: np.ndarray, stride: int = 0, batch_size: int = 8) -> tuple[float, int]:
     """(summed negative log-likelihood in nats, number of predicted tokens) of ids[1:] given what precedes them."""
-    model.eval()
     block, vocab = model.config.block_size, model.config.vocab_size
+    check_stride(stride)
+    model.eval()
     stride = min(stride or block, block)
     device = model.lm_head.weight.device
     n = len(ids)
@@ -98,20 +123,25 @@ def read_val_tokens(dataset_dir: str | Path, max_tokens: int = DEFAULT_MAX_TOKEN
 def evaluate_text_loss(
     model: GPT, tokenizer: Tokenizer, source: str | Path, stride: int = 0, max_tokens: int = DEFAULT_MAX_TOKENS
 ) -> dict:
-    """Loss metrics on a prepared dataset dir's val split or on a text file (tokenized with the model's tokenizer)."""
+    """Loss metrics on a prepared dataset dir's val split or on a text file (tokenized with the model's tokenizer).
+    SlmError for a negative stride or max_tokens, a source that is no dataset dir or UTF-8 text, or fewer than two
+    tokens to score (nothing would be predicted: no loss to report)."""
 
+    check_stride(stride)
+    check_max_tokens(max_tokens)
+    check_text_source(source)
     source = Path(source)
     if source.is_dir():
-        read_meta(source)
         check_tokenizer(source, tokenizer)
         ids = read_val_tokens(source, max_tokens)
         what = f"{source} (val split)"
-    elif source.is_file():
+    else:
         ids = np.asarray(tokenizer.encode(source.read_text(encoding="utf-8")), dtype=np.int64)
         ids = ids[:max_tokens] if max_tokens else ids
         what = str(source)
-    else:
-        raise SlmError(f"no text file or dataset directory {source}; pass --data FILE_OR_DATASET_DIR")
+    if len(ids) < 2:
+        raise SlmError(f"{what} gives {len(ids)} token(s) to score; the loss needs at least 2 (pass more text"
+                       f"{'' if not max_tokens else ' or a larger token count'})")  # fmt: skip
     nll, n = sliding_nll(model, ids, stride)
     return {
         **loss_metrics(nll, n, text_bytes(tokenizer, ids[1:])),

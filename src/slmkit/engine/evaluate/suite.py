@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,16 @@ from slmkit.base.atomic import atomic_write_json
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
-from slmkit.engine.evaluate.loss import DEFAULT_MAX_TOKENS, evaluate_text_loss
+from slmkit.engine.evaluate.loss import (
+    DEFAULT_MAX_TOKENS,
+    check_max_tokens,
+    check_stride,
+    check_text_source,
+    evaluate_text_loss,
+)
 from slmkit.engine.evaluate.references import REFERENCES
 from slmkit.engine.evaluate.scoring import Scorer, encode_pair
-from slmkit.engine.evaluate.tasks import LOSS_TASK, TASKS, check_tasks, load_items
+from slmkit.engine.evaluate.tasks import LOSS_TASK, TASKS, TaskError, check_tasks, load_items
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import load_model, read_run_info, read_state
 
@@ -70,7 +77,10 @@ def run_task(
     """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
 
     source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py)."""
+    check_limit(limit)
     items = load_items(name, root, limit, source)
+    if not items:
+        raise TaskError(f"task {name} has no items to score ({source} source); check its files")
     scorer = Scorer(model)
     t0 = time.perf_counter()
     scores = []
@@ -93,6 +103,12 @@ def run_task(
         "loglikelihoods": [[ll for ll, _ in s] for s in scores],
         "is_greedy": [[g for _, g in s] for s in scores],
     }
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a negative (or fractional) number of items per task; 0 means all."""
+    if isinstance(limit, bool) or not isinstance(limit, Integral) or limit < 0:
+        raise TaskError(f"limit must be a whole number of items >= 0 (0 = all), got {limit!r}")
 
 
 def evaluate_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], limit: int = 0) -> dict[str, float]:
@@ -129,6 +145,14 @@ def evaluate_run(
     network)."""
 
     tasks = check_tasks(tasks)
+    if not tasks:
+        raise TaskError("no tasks to run; name some, e.g. --tasks val,hellaswag")
+    check_limit(limit)
+    check_stride(stride)
+    if val_tokens is not None:
+        check_max_tokens(val_tokens)
+    if data is not None and LOSS_TASK in tasks:
+        check_text_source(data)
     model, tokenizer, cfg, ckpt = load_model(run_dir, checkpoint)
     step = read_state(ckpt).get("step")
     results = {}

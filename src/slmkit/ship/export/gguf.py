@@ -82,7 +82,7 @@ def check_llama(cfg) -> None:
 
 def check_gguf(model_cfg, tokenizer_kind: str) -> None:
     """Refuse, naming every field at once, a model or tokenizer kind (char, bpe, gpt2) GGUF cannot express. The
-    `gguf` entry of slmkit.ship.export.CHECKS."""
+    `gguf` entry of slmkit.ship.export.checks.CHECKS."""
     misses = [m for m in (_llama_misses(model_cfg), _tokenizer_miss(tokenizer_kind)) if m]
     if misses:
         raise GGUFExportError("; ".join(misses))

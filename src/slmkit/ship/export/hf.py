@@ -1,9 +1,9 @@
 """Hugging Face checkpoints out (`slm export --format hf`) and in (`slm import-hf`).
 
 Out: config.json + generation_config.json + model.safetensors (GPT2LMHeadModel or LlamaForCausalLM, chosen by
-`hf.hf_architecture`), a fast tokenizer (tokenizer.json + tokenizer_config.json, see `slmkit.model.hf_tokenizer`)
+`hf_config.hf_architecture`), a fast tokenizer (tokenizer.json + tokenizer_config.json, see `slmkit.model.hf_tokenizer`)
 and README.md, a model card that states the context length. transformers 4.x and 5.x both load the directory
-(`hf.portable_hf_config`, `hf_tokenizer_config`). The padded head rows are cut: the HF model has the tokenizer's
+(`hf_config.portable_hf_config`, `hf_tokenizer_config`). The padded head rows are cut: the HF model has the tokenizer's
 vocab_size rows, and its logits equal our first vocab_size logit columns.
 
 Chat: when the tokenizer has the chat tokens, tokenizer_config.json carries the `slm` chat template (the same
@@ -20,20 +20,15 @@ import json
 from pathlib import Path
 
 from slmkit.base.atomic import atomic_dir, check_out_dir
-from slmkit.base.config import ModelConfig, RunConfig, TokenizerConfig
+from slmkit.base.config import RunConfig, TokenizerConfig
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
-from slmkit.model import hf
-from slmkit.model.hf import load_hf_model
+from slmkit.model.hf import load_hf_model, state_dict_to_hf
+from slmkit.model.hf_config import hf_architecture, hf_config, portable_hf_config
 from slmkit.model.hf_tokenizer import save_hf_tokenizer
+from slmkit.runs.checkpoint import TOKENIZER_DIR, init_run_dir, save_checkpoint, write_run_info
 
 MODEL_CARD = "README.md"
-
-
-def check_hf(model_cfg: ModelConfig, tokenizer_kind: str) -> None:
-    """Refuse (HFConversionError naming the fields) a model no HF class represents; every tokenizer kind has an HF
-    equivalent. The `hf` entry of slmkit.ship.export.CHECKS."""
-    hf.hf_architecture(model_cfg)
 
 
 def eos_ids(tokenizer: Tokenizer) -> list[int]:
@@ -49,13 +44,13 @@ def export_hf(model, tokenizer: Tokenizer, cfg, out: Path) -> None:
     import transformers
 
     m = cfg.model
-    check_hf(m, tokenizer.kind)
+    hf_architecture(m)  # refuses, naming the fields, a model no HF class represents
     eot, eos = tokenizer.token_id(EOT), eos_ids(tokenizer)
-    config = hf.hf_config(m, eot_id=eot, eos_ids=eos)
-    arch = hf.hf_architecture(m)
+    config = hf_config(m, eot_id=eot, eos_ids=eos)
+    arch = hf_architecture(m)
     cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.LlamaForCausalLM
     hf_model = cls(config)
-    missing, unexpected = hf_model.load_state_dict(hf.state_dict_to_hf(model.state_dict(), m), strict=False)
+    missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(model.state_dict(), m), strict=False)
     if unexpected or [k for k in missing if not k.endswith("attn.bias") and k != "lm_head.weight"]:
         raise SlmError(f"HF mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
     hf_model.generation_config = transformers.GenerationConfig(
@@ -63,7 +58,7 @@ def export_hf(model, tokenizer: Tokenizer, cfg, out: Path) -> None:
     )
     hf_model.save_pretrained(out, safe_serialization=True)
     config_path = Path(out) / "config.json"
-    config_path.write_text(json.dumps(hf.portable_hf_config(json.loads(config_path.read_text()), m), indent=2) + "\n")
+    config_path.write_text(json.dumps(portable_hf_config(json.loads(config_path.read_text()), m), indent=2) + "\n")
     save_hf_tokenizer(tokenizer, m.block_size, Path(out))
     n_params = sum(p.numel() for p in hf_model.parameters())
     (Path(out) / MODEL_CARD).write_text(model_card(cfg, tokenizer, arch, n_params), encoding="utf-8")
@@ -142,8 +137,6 @@ def model_card(cfg, tokenizer: Tokenizer, arch: str, n_params: int) -> str:
 def import_hf(src: str | Path, out: str | Path, force: bool = False) -> Path:
     """`slm import-hf`: a local GPT-2 or LLaMA HF checkpoint -> a run dir (config, tokenizer, one checkpoint) that
     sample, eval and fine-tuning accept."""
-    from slmkit.runs.checkpoint import TOKENIZER_DIR, init_run_dir, save_checkpoint, write_run_info  # torch: on use
-
     src, out = Path(src), Path(out)
     check_out_dir(out, force)
     model, tokenizer, arch = load_hf_model(src)

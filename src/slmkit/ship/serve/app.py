@@ -11,6 +11,9 @@ logit_bias, presence/frequency_penalty, tools, functions, response_format other 
 refused with a 400 naming them unless they hold their no-op value; other unknown parameters (user, metadata, ...)
 are ignored.
 
+Bound to a loopback address (the default), only requests addressed to this machine by name (Host: localhost,
+127.0.0.1 or [::1] at the bound port) are served, against DNS rebinding; a browser request's Origin must be the
+server's own (its chat page) or one allowed; others get a 403 (`Access`; `--allow-host`, `--allow-origin`).
 A POST body must be JSON sent as `Content-Type: application/json` (415 otherwise: a page on another site can make a
 browser POST text/plain or a form here, but not JSON). Bad requests get a 4xx with OpenAI's error body {"error":
 {"message", "type", "param", "code"}}, never a 500. A prompt must be shorter than the model's context
@@ -24,192 +27,37 @@ from __future__ import annotations
 
 import asyncio
 import json
-import reprlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
-from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
-from slmkit.data.chat import render
+from slmkit.base.config import TrainConfig
+from slmkit.base.console import say
+from slmkit.base.errors import SlmError
+from slmkit.base.tokenizer import EOT
+from slmkit.engine.runtime import resolve_runtime
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.chat import base_model_note
-from slmkit.ship.serve.engine import Engine, EngineBusy, Job
+from slmkit.ship.serve.access import Access, AccessGuard
+from slmkit.ship.serve.engine import Engine, EngineBusy, Job, cpu_cores, default_threads
+from slmkit.ship.serve.protocol import (
+    APIError,
+    flag,
+    json_body,
+    parse_messages,
+    parse_prompts,
+    parse_sampling,
+    parse_stream,
+    refuse_not_implemented,
+    render_chat,
+    show,
+)
 
 STATIC = Path(__file__).parent / "static"
-DEFAULT_MAX_TOKENS = 256
-ROLES = ("system", "user", "assistant")
-
-
-class APIError(Exception):
-    """A request the API refuses: becomes an OpenAI-style error body with `status`."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400,
-                 type: str = "invalid_request_error"):  # fmt: skip
-        super().__init__(message)
-        self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Request parsing
-
-
-# Parameters of OpenAI's API that would change the reply but are not implemented here: a request that gives one
-# a value other than its no-op values is refused with a 400 naming it, never served as if it had not been sent.
-NOT_IMPLEMENTED = {
-    "logprobs": (None, False),  # completions: the top-k alternatives per token; chat: true
-    "top_logprobs": (None,),
-    "suffix": (None, ""),
-    "best_of": (None, 1),
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "tools": (None, []),
-    "functions": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}),
-    "modalities": (None, ["text"]),
-    "audio": (None,),
-    "prediction": (None,),
-}
-NOT_IN_CHAT = {"echo": (None, False)}  # a completions parameter
-MAX_PROMPTS = 64  # prompts in one completions request (one choice each)
-INT64 = 2**63
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = _repr.maxlong = 60
-_repr.maxlist = _repr.maxdict = 4
-
-
-def _show(value) -> str:
-    """A short repr of a client's value for an error message."""
-    return _repr.repr(value)
-
-
-def _is(value, options) -> bool:
-    """value is one of options, type included (0 is not False)."""
-    return any(type(value) is type(o) and value == o for o in options)
-
-
-def refuse_not_implemented(body: dict, chat: bool) -> None:
-    for name, no_ops in (NOT_IMPLEMENTED | NOT_IN_CHAT if chat else NOT_IMPLEMENTED).items():
-        if name in body and not _is(body[name], no_ops):
-            raise APIError(f"'{name}' is not supported by this server (slm serve); leave it out (got "
-                           f"{_show(body[name])})", name, "unsupported_parameter")  # fmt: skip
-
-
-def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
-    v = body.get(name, default)
-    v = default if v is None else v
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise APIError(f"'{name}' must be a number, got {_show(v)}", name)
-    if not lo <= v <= hi:
-        raise APIError(f"'{name}' must be between {lo} and {hi}, got {_show(v)}", name)
-    return float(v)
-
-
-def _flag(obj: dict, name: str, param: str) -> bool:
-    v = obj.get(name)
-    if v is not None and not isinstance(v, bool):
-        raise APIError(f"'{param}' must be true or false, got {_show(v)}", param)
-    return bool(v)
-
-
-def parse_sampling(body: dict, cap: int) -> dict:
-    """Sampling parameters of a completions/chat body, validated; APIError names the bad parameter."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = min(DEFAULT_MAX_TOKENS, cap) if max_tokens is None else max_tokens
-    param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise APIError(f"'{param}' must be a positive integer, got {_show(max_tokens)}", param)
-    if max_tokens > cap:
-        raise APIError(f"'{param}' is {_show(max_tokens)}, above this server's cap of {cap}", param)
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-        raise APIError("'stop' must be a string or a list of up to 4 strings", "stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -INT64 <= seed < INT64):
-        raise APIError(f"'seed' must be a 64-bit integer, got {_show(seed)}", "seed")
-    if not _is(body.get("n", 1), (1, None)):
-        raise APIError("only n = 1 is supported (give a list of prompts for several completions)", "n")
-    return {"max_tokens": max_tokens, "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
-            "top_p": _number(body, "top_p", 1.0, 0.0, 1.0) or 1.0, "stop": stop, "seed": seed}  # fmt: skip
-
-
-def parse_stream(body: dict) -> tuple[bool, bool]:
-    """(stream, stream_options.include_usage), validated."""
-    stream = _flag(body, "stream", "stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise APIError(f"'stream_options' must be an object such as {{\"include_usage\": true}}, got {_show(options)}",
-                       "stream_options")  # fmt: skip
-    return stream, _flag(options or {}, "include_usage", "stream_options.include_usage")
-
-
-def _content(m: dict, i: int) -> str:
-    c, param = m.get("content"), f"messages[{i}].content"
-    if isinstance(c, list):  # content parts: this model reads text parts only
-        texts = []
-        for j, p in enumerate(c):
-            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-                raise APIError(f"{param}[{j}] must be a text part {{\"type\": \"text\", \"text\": \"...\"}} (this "
-                               f"model reads text only), got {_show(p)}", f"{param}[{j}]")  # fmt: skip
-            texts.append(p["text"])
-        c = "".join(texts)
-    if c is None:
-        c = ""
-    if not isinstance(c, str):
-        raise APIError(f"{param} must be a string or a list of text parts, got {_show(c)}", param)
-    return c
-
-
-def parse_messages(body: dict) -> list[dict]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise APIError("'messages' must be a non-empty list of {role, content} objects", "messages")
-    out = []
-    for i, m in enumerate(msgs):
-        role = m.get("role") if isinstance(m, dict) else None
-        role = "system" if role == "developer" else role
-        if not isinstance(role, str) or role not in ROLES:
-            raise APIError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {_show(role)}",
-                           f"messages[{i}].role")  # fmt: skip
-        out.append({"role": role, "content": _content(m, i)})
-    return out
-
-
-def parse_prompts(body: dict) -> list[str | list[int]]:
-    """The completions prompt(s): a string, a list of token ids, or a list of those (one choice each)."""
-    p = body.get("prompt")
-
-    def is_ids(x) -> bool:
-        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-
-    if isinstance(p, str) or is_ids(p):
-        return [p]
-    if isinstance(p, list) and p and all(isinstance(x, str) or is_ids(x) for x in p):
-        if len(p) > MAX_PROMPTS:
-            raise APIError(f"'prompt' has {len(p)} prompts; at most {MAX_PROMPTS} per request", "prompt")
-        return p
-    raise APIError("'prompt' must be a string, a non-empty list of token ids, or a list of those (one choice each)",
-                   "prompt")  # fmt: skip
-
-
-def render_chat(messages: list[dict], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[str]]:
-    """(prompt ids ending where the assistant's reply starts, stop ids, stop strings) of a conversation."""
-    if tokenizer.has_chat_tokens:
-        ids, _ = render(messages, tokenizer, add_generation_prompt=True)
-        return ids, [tokenizer.token_id(END_OF_TURN), tokenizer.token_id(EOT)], []
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    text = "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
-    eot = tokenizer.token_id(EOT)
-    return tokenizer.encode(text), [] if eot is None else [eot], ["\nUser:"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -244,7 +92,7 @@ class Server:
         if not isinstance(name, str) or not name:
             raise APIError("'model' is required; GET /v1/models lists it", "model")
         if name != self.model_name:
-            raise APIError(f"the model '{_show(name)[1:-1]}' does not exist; this server serves '{self.model_name}'",
+            raise APIError(f"the model '{show(name)[1:-1]}' does not exist; this server serves '{self.model_name}'",
                            "model", "model_not_found", status=404)  # fmt: skip
 
     def check_prompt(self, ids: list[int], param: str) -> None:
@@ -266,7 +114,7 @@ class Server:
         else:
             bad = [t for t in prompt if not 0 <= t < self.tok.vocab_size]
             if bad:
-                raise APIError(f"{param} has token id {_show(bad[0])}, outside this model's vocabulary "
+                raise APIError(f"{param} has token id {show(bad[0])}, outside this model's vocabulary "
                                f"(0 to {self.tok.vocab_size - 1})", param, "invalid_prompt")  # fmt: skip
             ids = list(prompt)
         self.check_prompt(ids, param)
@@ -380,37 +228,19 @@ class Server:
                              "usage": _usage([done[i] for i in range(len(jobs))])})  # fmt: skip
 
 
-async def _json_body(request: Request) -> dict:
-    """The request's JSON object. Only `Content-Type: application/json` is read (415 otherwise): a browser page on
-    another site can POST text/plain or a form here without asking, but not JSON."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise APIError(f"send the body as JSON with 'Content-Type: application/json' (got {_show(ctype or 'none')})",
-                       code="unsupported_media_type", status=415)  # fmt: skip
-    try:
-        body = json.loads(await request.body() or b"null")
-    except RecursionError:
-        raise APIError("the request body is nested too deeply", code="invalid_json") from None
-    except ValueError as e:  # not JSON, not UTF-8, or an integer of more than 4300 digits
-        raise APIError(f"the request body is not valid JSON ({_show(str(e))[1:-1]})", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError("the request body must be a JSON object")
-    try:  # JSON may escape a lone surrogate ("\\ud800"), which is no text: it could be neither encoded nor echoed
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except RecursionError:
-        raise APIError("the request body is nested too deeply", code="invalid_json") from None
-    except UnicodeEncodeError:
-        raise APIError("the request body has a lone surrogate escape (e.g. \\ud800), which is not text",
-                       code="invalid_json") from None  # fmt: skip
-    return body
-
-
-def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note: str | None = None) -> FastAPI:
+def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note: str | None = None,
+               access: Access | None = None) -> FastAPI:  # fmt: skip
     """The FastAPI app over a started `Engine`. `note`: one line about the model that GET /v1/models carries (as
-    `note`) and the chat page shows, e.g. that a base model was not fine-tuned for chat (`base_model_note`)."""
+    `note`) and the chat page shows, e.g. that a base model was not fine-tuned for chat (`base_model_note`).
+    `access`: who may call (default: bound to 127.0.0.1, this machine's names and same-origin pages only)."""
     srv = Server(engine, model_name, max_tokens_cap)
     app = FastAPI(title="slmkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
+    access = access or Access()
+    if access.cors_origins:  # other sites allowed by --allow-origin: answer their preflights, let them read replies
+        app.add_middleware(CORSMiddleware, allow_origins=access.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], max_age=600)  # fmt: skip
+    app.add_middleware(AccessGuard, access=access)  # added last: the outermost, before CORS and the routes
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
@@ -450,7 +280,7 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
         return model_info()
 
     async def _generate(request: Request, chat: bool):
-        body = await _json_body(request)
+        body = await json_body(request)
         srv.check_model(body)
         refuse_not_implemented(body, chat)
         sampling = parse_sampling(body, srv.cap)
@@ -472,7 +302,7 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
             prompts = [srv.prompt_ids(p, f"prompt[{i}]" if listed else "prompt") for i, p in enumerate(given)]
             eot = srv.tok.token_id(EOT)
             stop_ids = [] if eot is None else [eot]
-            if _flag(body, "echo", "echo"):
+            if flag(body, "echo", "echo"):
                 echo = [p if isinstance(p, str) else srv.tok.decode(ids) for p, ids in zip(given, prompts)]
         jobs, events = await srv.run(prompts, sampling, stop_ids)
         if stream:
@@ -500,19 +330,30 @@ def load_engine(run: str | Path, checkpoint: str = "best", slots: int = 4) -> tu
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, checkpoint: str = "best",
-          max_tokens_cap: int = 1024, slots: int = 4, threads: int | None = None) -> None:  # fmt: skip
-    """`slm serve`: serve a run until interrupted (127.0.0.1 unless host says otherwise)."""
+          max_tokens_cap: int = 1024, slots: int = 4, threads: int | None = None, allow_hosts: Sequence[str] = (),
+          allow_origins: Sequence[str] = ()) -> None:  # fmt: skip
+    """`slm serve`: serve a run until interrupted (127.0.0.1 unless host says otherwise). `threads`: torch's CPU
+    threads (None: `default_threads()`, which holds up when the CPU is busy; 0: torch's own choice). `allow_hosts`,
+    `allow_origins`: see `Access`."""
     import torch
     import uvicorn
 
-    if threads:
-        torch.set_num_threads(threads)
+    access = Access(host, tuple(allow_hosts), tuple(allow_origins))  # a bad entry fails before the model loads
+    if threads is not None and threads < 0:
+        raise SlmError(f"--threads must be 0 (torch's choice) or more, got {threads}")
+    why = "--threads" if threads else "torch's default (--threads 0)" if threads == 0 else \
+        f"the default for {cpu_cores()} cores; --threads N to change"  # fmt: skip
+    threads = default_threads() if threads is None else threads
+    resolve_runtime(TrainConfig(device="cpu", dtype="fp32", threads=threads))  # the one place torch's threads are set
     engine, name = load_engine(run, checkpoint, slots)
     note = base_model_note(run)
-    print(f"serving {name} on http://{host}:{port}  (OpenAI API at http://{host}:{port}/v1, chat page at /)")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"serving {name} on {url}  (OpenAI API at {url}/v1, chat page at /)")
+    say(f"serve: host {host}, port {port}; {access.describe(port)}; threads {torch.get_num_threads()} ({why})")
     if note:
         print(note)
     try:
-        uvicorn.run(create_app(engine, name, max_tokens_cap, note), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engine, name, max_tokens_cap, note, access), host=host, port=port,
+                    log_level="warning")  # fmt: skip
     finally:
         engine.stop()
