@@ -130,3 +130,24 @@ def test_sample_text_holds_back_incomplete_utf8():
     finally:
         gen_mod.generate = orig
     assert out == "é€" and pieces == ["é", "€"]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_logprobs_are_the_log_softmax_at_each_step(temperature):
+    """logprobs=N yields Steps: the same ids as the default path, each with its log-softmax (at the temperature, 1
+    when greedy, before top-k/top-p) checked against a plain forward pass over prompt + generated prefix."""
+    model = _model(**LLAMA_STYLE)
+    prompt, kw = [1, 5, 9, 2], dict(temperature=temperature, top_k=20, top_p=0.9, seed=4, vocab_limit=60)
+    ids = list(generate(model, prompt, 16, **kw))
+    steps = list(generate(model, prompt, 16, logprobs=3, **kw))
+    assert [s.token for s in steps] == ids
+    for i, s in enumerate(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids[:i]]))[0][0, -1, :60].float()
+        lp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+        assert abs(s.logprob - float(lp[s.token])) < 1e-4
+        assert [t for t, _ in s.top] == torch.topk(lp, 3).indices.tolist()
+        assert all(abs(v - float(lp[t])) < 1e-4 for t, v in s.top) and all(t < 60 for t, _ in s.top)
+    assert all(s.top == [] for s in generate(model, prompt, 3, logprobs=0, temperature=0.0))
+    with pytest.raises(ValueError, match="logprobs"):
+        list(generate(model, prompt, 3, logprobs=-1))

@@ -18,49 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY
+from test_checkpoint import CHARS, make, parts, run  # noqa: E402,F401  (the same tiny model and run-dir fixtures)
 
 from slmkit.base.config import ConfigError
 from slmkit.base.config_files import load_config, read_toml
 from slmkit.base.errors import SlmError
 from slmkit.base.metrics import series
-from slmkit.base.tokenizer import CharTokenizer
 from slmkit.data.dataset import read_meta
 from slmkit.data.sources import DataError
 from slmkit.engine.train import train
-from slmkit.model.gpt import GPT
-from slmkit.model.optim import build_optimizer
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.checkpoint import DamagedCheckpoint
 from slmkit.runs.table import format_runs, list_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CHARS = "abcdefghij \n"
-
-
-def make(*extra: str):
-    tok = CharTokenizer(CHARS)
-    cfg = load_config(None, [*TINY, f"model.vocab_size={tok.vocab_size}", *extra])
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    opt = build_optimizer(model, cfg.optim)
-    x = torch.randint(0, tok.vocab_size, (2, 8))
-    model(x, x)[1].backward()
-    opt.step()
-    return model, opt, cfg, tok
-
-
-@pytest.fixture
-def parts():
-    return make()
-
-
-@pytest.fixture
-def run(tmp_path, parts):
-    _, _, cfg, tok = parts
-    run = ckpt_io.new_run_dir(tmp_path / "runs", "r", explicit=True)
-    ckpt_io.init_run_dir(run, cfg, tok)
-    return run
 
 
 def save(run, parts, step, val_loss=None, keep_last=10, **kw):

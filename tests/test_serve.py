@@ -16,6 +16,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from slmkit.base.config import ModelConfig  # noqa: E402
 from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
+from slmkit.model.generate import generate  # noqa: E402
 from slmkit.model.gpt import GPT  # noqa: E402
 from slmkit.ship.serve.app import create_app  # noqa: E402
 from slmkit.ship.serve.engine import Engine  # noqa: E402
@@ -193,3 +194,74 @@ def test_cli_serve_binds_loopback_by_default():
 
     args = build_parser().parse_args(["serve", "runs/x"])
     assert (args.host, args.port, args.fn) == ("127.0.0.1", 8000, "ship:cmd_serve")
+
+
+def _token_ids(tok) -> dict[bytes, int]:
+    """bytes -> id of every token (a BPE token's bytes name it; a special token's are its name)."""
+    return {tok.enc.decode_single_token_bytes(i): i for i in range(tok.vocab_size)}
+
+
+def _check_against_the_model(model, tok, prompt: list[int], entries: list, temperature: float) -> None:
+    """Each reported token's logprob is the model's log-softmax at that step (a forward pass over prompt + prefix)."""
+    ids = _token_ids(tok)
+    generated = [ids[bytes(e.bytes)] for e in entries]
+    for i, e in enumerate(entries):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + generated[:i]]))[0][0, -1, : tok.vocab_size].float()
+        lp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)
+        assert abs(e.logprob - float(lp[generated[i]])) < 1e-4, (i, e.logprob, float(lp[generated[i]]))
+        tops = [(ids[bytes(t.bytes)], t.logprob) for t in e.top_logprobs]
+        assert [t for t, _ in tops] == torch.topk(lp, len(tops)).indices.tolist()
+        assert all(abs(v - float(lp[t])) < 1e-4 for t, v in tops)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_chat_logprobs_with_the_openai_client_match_the_model(server, client, tokenizer, temperature):
+    msgs = [{"role": "user", "content": "Tell me about textwrap"}]
+    kw = dict(model=MODEL, messages=msgs, max_tokens=12, temperature=temperature, seed=5, logprobs=True,
+              top_logprobs=4)  # fmt: skip
+    c = client.chat.completions.create(**kw)
+    entries = c.choices[0].logprobs.content
+    assert len(entries) == c.usage.completion_tokens > 0
+    assert all(len(e.top_logprobs) == 4 and e.logprob <= 0 and e.bytes for e in entries)
+    joined = b"".join(bytes(e.bytes) for e in entries).decode("utf-8", errors="replace")
+    assert joined.startswith(c.choices[0].message.content)  # a token may hold part of a character: its bytes tell
+    prompt, _, _ = render_chat(msgs, tokenizer)
+    _check_against_the_model(server[1].model, tokenizer, prompt, entries, temperature)
+    # streamed: the same tokens and logprobs, each chunk carrying those of its text
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == c.choices[0].message.content
+    # without logprobs: none, and no extra work
+    plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_legacy_shape(server, client, tokenizer):
+    ids = tokenizer.encode("def wrap(text):")
+    r = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    n = r.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n > 0
+    assert all(len(top) <= 3 and max(top.values()) >= lp.token_logprobs[i] - 1e-6 for i, top in
+               enumerate(lp.top_logprobs))  # greedy: the chosen token is the most likely  # fmt: skip
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    model = server[1].model
+    generated = list(generate(model, ids, n, temperature=0, vocab_limit=tokenizer.vocab_size))
+    for t, token in zip(generated, lp.tokens):  # part of a UTF-8 character: shown as its bytes, as OpenAI does
+        raw = tokenizer.enc.decode_single_token_bytes(t)
+        try:
+            assert token == raw.decode("utf-8")
+        except UnicodeDecodeError:
+            assert token == "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    for i, value in enumerate(lp.token_logprobs):  # greedy: reported at temperature 1
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + generated[:i]]))[0][0, -1, : tokenizer.vocab_size].float()
+        assert abs(value - float(torch.log_softmax(logits, -1)[generated[i]])) < 1e-4
+    streamed = list(client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0, logprobs=3,
+                                              stream=True))  # fmt: skip
+    parts = [c.choices[0].logprobs for c in streamed if c.choices[0].logprobs]
+    assert sum((p.tokens for p in parts), []) == lp.tokens
+    assert sum((p.text_offset for p in parts), []) == lp.text_offset
+    assert sum((p.token_logprobs for p in parts), []) == lp.token_logprobs

@@ -125,16 +125,16 @@ def test_parameters_it_does_not_implement_are_refused_not_ignored(server, client
     comp, chat = server[0] + "/v1/completions", server[0] + "/v1/chat/completions"
     c = {"model": MODEL, "prompt": "x", "max_tokens": 2}
     m = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-    refused = [(comp, "logprobs", 2), (comp, "logprobs", 0), (chat, "logprobs", True), (chat, "top_logprobs", 2),
-               (chat, "echo", True), (comp, "echo", "yes"), (comp, "best_of", 3), (comp, "suffix", "end"),
+    refused = [(comp, "top_logprobs", 2), (chat, "echo", True), (comp, "echo", "yes"), (comp, "best_of", 3),
+               (comp, "suffix", "end"),
                (chat, "presence_penalty", 0.5), (chat, "logit_bias", {"1": 5}),
                (chat, "tools", [{"type": "function", "function": {"name": "f"}}]),
                (chat, "response_format", {"type": "json_object"})]  # fmt: skip
     for url, param, value in refused:
         err = _error(httpx.post(url, json={**(m if url == chat else c), param: value}), 400)
         assert err["param"] == param, (param, value, err)
-    with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.completions.create(model=MODEL, prompt="x", max_tokens=2, logprobs=1)
+    with pytest.raises(openai.BadRequestError, match="echo"):  # the prompt's own logprobs are not computed
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, logprobs=1, echo=True)
     # their no-op values are fine
     no_ops = [
         (comp, {**c, "logprobs": None, "echo": False, "best_of": 1, "presence_penalty": 0}),
@@ -142,6 +142,30 @@ def test_parameters_it_does_not_implement_are_refused_not_ignored(server, client
     ]
     for url, body in no_ops:
         assert httpx.post(url, json=body, timeout=30).status_code == 200
+
+
+def test_logprobs_out_of_range_are_refused_naming_the_field(server, client):
+    comp, chat = server[0] + "/v1/completions", server[0] + "/v1/chat/completions"
+    c = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    m = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": True}
+    bad = [(comp, {**c, "logprobs": 6}, "logprobs"), (comp, {**c, "logprobs": -1}, "logprobs"),
+           (comp, {**c, "logprobs": True}, "logprobs"), (comp, {**c, "logprobs": 1.5}, "logprobs"),
+           (chat, {**m, "top_logprobs": 21}, "top_logprobs"), (chat, {**m, "top_logprobs": -1}, "top_logprobs"),
+           (chat, {**m, "top_logprobs": "3"}, "top_logprobs"), (chat, {**m, "logprobs": 1}, "logprobs"),
+           (chat, {**m, "logprobs": False, "top_logprobs": 2}, "top_logprobs")]  # fmt: skip
+    for url, body, param in bad:
+        err = _error(httpx.post(url, json=body), 400)
+        assert (err["param"], err["type"]) == (param, "invalid_request_error"), (body, err)
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model=MODEL, messages=m["messages"], max_tokens=2, logprobs=True,
+                                       top_logprobs=21)  # fmt: skip
+    # the caps themselves are fine, and logprobs: true alone gives no alternatives
+    r = httpx.post(chat, json={**m, "top_logprobs": 20}, timeout=30).json()
+    assert all(len(e["top_logprobs"]) == 20 for e in r["choices"][0]["logprobs"]["content"])
+    r = httpx.post(chat, json=m, timeout=30).json()
+    assert all(e["top_logprobs"] == [] for e in r["choices"][0]["logprobs"]["content"])
+    r = httpx.post(comp, json={**c, "logprobs": 5}, timeout=30).json()
+    assert all(len(top) == 5 for top in r["choices"][0]["logprobs"]["top_logprobs"])
 
 
 def test_malformed_requests_get_a_4xx_openai_error(server, char_server):

@@ -1,6 +1,8 @@
 """The web chat page in real headless Chromium (Debian's chromium + chromedriver, driven by selenium): type a
-message, watch the answer arrive in several streamed pieces. Skipped where chromium or selenium is missing."""
+message, watch the answer arrive in several streamed pieces, each piece a span whose tooltip gives its tokens'
+probabilities and alternatives. Skipped where chromium or selenium is missing."""
 
+import json
 import os
 import shutil
 
@@ -15,6 +17,7 @@ DRIVER = shutil.which("chromedriver")
 NEEDS = "needs Debian's chromium and chromium-driver"
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM and DRIVER), reason=NEEDS)]
 
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -82,3 +85,39 @@ def test_type_a_message_and_see_a_streamed_answer(url, browser):
     second = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[1]
     wait.until(lambda d: second.get_attribute("data-state") == "done")
     assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+
+
+def test_each_reply_piece_shows_its_probability_and_alternatives(url, browser):
+    browser.get(url)
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "model").text == "browser-test")
+    box = browser.find_element(By.ID, "input")
+    box.send_keys("What does textwrap do?")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 1)
+    reply = browser.find_element(By.CSS_SELECTOR, ".msg.assistant")
+    wait.until(lambda d: reply.get_attribute("data-state") == "done")
+    assert browser.find_elements(By.CSS_SELECTOR, ".msg.error") == []
+    spans = reply.find_elements(By.CSS_SELECTOR, ".content .tok")
+    assert len(spans) > 1
+    content = reply.find_element(By.CLASS_NAME, "content")
+    assert "".join(s.get_attribute("textContent") for s in spans) == content.get_attribute("textContent")
+    titled = [s for s in spans if s.get_attribute("title")]
+    assert len(titled) == len(spans)  # every piece of text came with its tokens' logprobs
+    matched = 0
+    for span in titled:
+        blocks = span.get_attribute("title").split("\n\n")  # one per token in this piece
+        for block in blocks:
+            lines = block.split("\n")
+            token, chance = lines[0].rsplit(" ", 1)
+            assert chance.endswith("%") and 0 < float(chance[:-1]) <= 100, lines
+            assert lines[1] == "alternatives:" and len(lines) == 2 + 5, lines  # top_logprobs: 5
+            alts = [float(line.rsplit(" ", 1)[1][:-1]) for line in lines[2:]]
+            assert alts == sorted(alts, reverse=True) and float(chance[:-1]) <= alts[0] + 1e-9
+        if len(blocks) == 1 and json.loads(token) == span.get_attribute("textContent"):
+            matched += 1
+    assert matched > 0  # a one-token piece's tooltip names its own text
+    # hovering shows the tooltip: the browser's native one, from the title of the span under the pointer
+    ActionChains(browser).move_to_element(titled[0]).perform()
+    hovered = browser.execute_script("return document.querySelector('.tok:hover')")
+    assert hovered is not None and hovered.get_attribute("title") == titled[0].get_attribute("title")

@@ -13,6 +13,7 @@ condition on slightly different windows, and only up to block_size are they iden
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -56,6 +57,23 @@ def check_sampling(names: Mapping[str, str] | None = None, **params) -> None:
             raise SamplingError(problem, name)
 
 
+class Step(NamedTuple):
+    """One generated token with its log-probability and the `top` most likely alternatives as (id, logprob), most
+    likely first (`generate(..., logprobs=N)` yields these)."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The log-probabilities (V,) `generate` reports: log-softmax of the (masked) logits divided by the temperature,
+    or by 1 when greedy (temperature 0); before top-k / top-p filtering (as OpenAI reports the model's own
+    distribution), so an id sampled from a filtered distribution still has its unfiltered log-probability."""
+    logits = logits.float()
+    return torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
                 generator: torch.Generator | None) -> int:  # fmt: skip
     """One token id from logits (V,) already masked: greedy at temperature 0, else top-k then top-p sampling."""
@@ -76,14 +94,20 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 @torch.inference_mode()
 def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
-             vocab_limit: int | None = None, use_cache: bool = True) -> Iterator[int]:  # fmt: skip
+             vocab_limit: int | None = None, use_cache: bool = True,
+             logprobs: int | None = None) -> Iterator[int] | Iterator[Step]:  # fmt: skip
     """Yield up to max_new_tokens new token ids, one at a time, continuing the prompt `idx` (1-D, or (1, T)).
 
+    logprobs=N (0 or more) yields a `Step` per token instead of its id: the id, its log-probability and the N most
+    likely ids with theirs, from `token_logprobs` (the log-softmax at the sampling temperature, 1 when greedy,
+    before top-k / top-p filtering; ids >= vocab_limit never appear). None (the default) computes none of it.
     temperature 0 is greedy. Ids >= vocab_limit (default: the model's unpadded vocab_size) are never sampled.
     A sampled id in stop_ids ends generation and is not yielded. The model is put in eval mode. Parameters out of
     range (`SAMPLING`) raise SamplingError before anything is generated.
     """
     check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+        raise ValueError(f"logprobs must be None or a count of alternatives >= 0, got {logprobs!r}")
     model.eval()
     device = model.lm_head.weight.device
     tokens = [int(t) for t in (idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else idx)]
@@ -109,7 +133,13 @@ def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int,
             return
         tokens.append(nxt)
         pending = [nxt] if cache is not None else tokens[-block:]
-        yield nxt
+        if logprobs is None:
+            yield nxt
+        else:
+            lp = token_logprobs(logits[:limit], temperature)
+            best = torch.topk(lp, min(logprobs, limit)) if logprobs else None
+            top = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+            yield Step(nxt, float(lp[nxt]), top)
 
 
 class TextStream:

@@ -4,9 +4,13 @@ Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/c
 and response shapes; `stream: true` sends server-sent events, `data: {chunk}` lines ending with `data: [DONE]`),
 GET /health, and GET / (the chat page, `static/index.html`). Supported parameters: max_tokens
 (max_completion_tokens), temperature, top_p, stop (a string or up to 4), seed (64-bit), n = 1,
-stream_options.include_usage; for completions, `prompt` as a string, a list of token ids, or a list of up to 64 of
-those (one choice each, `index` telling them apart), and `echo` (the prompt is returned before the completion).
-Parameters that would change the reply but are not implemented (logprobs, top_logprobs, suffix, best_of,
+stream_options.include_usage, logprobs (chat: `logprobs: true` and `top_logprobs` 0..20, giving
+choices[i].logprobs.content; completions: `logprobs` 0..5, giving OpenAI's legacy {tokens, token_logprobs,
+top_logprobs, text_offset}; the log-softmax at the request's temperature, 1 when greedy, before top_p filtering:
+`slmkit.model.generate.token_logprobs`); for completions, `prompt` as a string, a list of token ids, or a list of
+up to 64 of those (one choice each, `index` telling them apart), and `echo` (the prompt is returned before the
+completion).
+Parameters that would change the reply but are not implemented (echo with logprobs, suffix, best_of,
 logit_bias, presence/frequency_penalty, tools, functions, response_format other than text, ...: NOT_IMPLEMENTED) are
 refused with a 400 naming them unless they hold their no-op value; other unknown parameters (user, metadata, ...)
 are ignored.
@@ -26,6 +30,7 @@ chat tokens, else as a plain "User: ... / Assistant:" transcript that stops at t
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import time
 from collections.abc import Sequence
@@ -40,6 +45,7 @@ from slmkit.base.console import say
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import EOT
 from slmkit.engine.runtime import resolve_runtime
+from slmkit.model.generate import Step
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.chat import base_model_note
 from slmkit.ship.serve.access import Access, AccessGuard
@@ -48,6 +54,7 @@ from slmkit.ship.serve.protocol import (
     APIError,
     flag,
     json_body,
+    parse_logprobs,
     parse_messages,
     parse_prompts,
     parse_sampling,
@@ -77,6 +84,47 @@ async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read, so the server's next message is that)."""
     while (await request.receive())["type"] != "http.disconnect":
         await asyncio.sleep(0.05)  # not expected (the body was read); never spin
+
+
+class TokenLogprobs:
+    """Renders the engine's `Step`s of one choice in OpenAI's shapes, keeping the character offset of the next token
+    (completions' text_offset) across the pieces of a stream."""
+
+    def __init__(self, tok, chat: bool, offset: int = 0):
+        self.tok, self.chat, self.offset = tok, chat, offset
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def bytes(self, token: int) -> bytes:
+        enc = getattr(self.tok, "enc", None)  # byte-level BPE: a token may be part of a UTF-8 character
+        if enc is not None:
+            return enc.decode_single_token_bytes(token)
+        return self.tok.decode([token]).encode("utf-8")
+
+    def text(self, token: int) -> str:
+        """The token as text; one that is not whole UTF-8 (part of a character) as "bytes:\\xNN..." as OpenAI does,
+        so that two such tokens never look alike."""
+        raw = self.bytes(token)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def render(self, steps: list[Step]) -> dict:
+        if self.chat:
+
+            def entry(token: int, logprob: float) -> dict:
+                return {"token": self.text(token), "logprob": logprob, "bytes": list(self.bytes(token))}
+
+            content = [{**entry(s.token, s.logprob), "top_logprobs": [entry(t, lp) for t, lp in s.top]}
+                       for s in steps]  # fmt: skip
+            return {"content": content, "refusal": None}
+        offsets = []
+        for s in steps:
+            offsets.append(self.offset)
+            self.offset += len(self.decoder.decode(self.bytes(s.token)))
+        return {"tokens": [self.text(s.token) for s in steps], "token_logprobs": [s.logprob for s in steps],
+                "top_logprobs": [{self.text(t): lp for t, lp in s.top} for s in steps],
+                "text_offset": offsets}  # fmt: skip
 
 
 class Server:
@@ -120,10 +168,10 @@ class Server:
         self.check_prompt(ids, param)
         return ids
 
-    async def run(self, prompts: list[list[int]], sampling: dict,
-                  stop_ids: list[int]) -> tuple[list[Job], asyncio.Queue]:  # fmt: skip
+    async def run(self, prompts: list[list[int]], sampling: dict, stop_ids: list[int],
+                  logprobs: int | None = None) -> tuple[list[Job], asyncio.Queue]:  # fmt: skip
         """Queue one job per prompt; their events land in an asyncio queue of the running loop as (index, kind,
-        payload). All or none are queued."""
+        payload). All or none are queued. `logprobs`: alternatives per token to report (None: no logprobs)."""
         loop, events, jobs = asyncio.get_running_loop(), asyncio.Queue(), []
         for index, ids in enumerate(prompts):
 
@@ -131,7 +179,7 @@ class Server:
                 loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
 
             job = Job(ids, sampling["max_tokens"], emit, temperature=sampling["temperature"], top_p=sampling["top_p"],
-                      seed=sampling["seed"], stop=sampling["stop"], stop_ids=stop_ids)  # fmt: skip
+                      seed=sampling["seed"], stop=sampling["stop"], stop_ids=stop_ids, logprobs=logprobs)  # fmt: skip
             try:
                 self.engine.submit(job)
             except EngineBusy as e:
@@ -142,15 +190,15 @@ class Server:
         return jobs, events
 
     def chunk(self, rid: str, created: int, chat: bool, index: int, text: str | None, finish: str | None,
-              first: bool = False) -> dict:  # fmt: skip
+              first: bool = False, logprobs: dict | None = None) -> dict:  # fmt: skip
         if chat:
             delta = {} if text is None else {"content": text}
             if first:
                 delta = {"role": "assistant", "content": ""}
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
             obj = "text_completion"
         return {"id": rid, "object": obj, "created": created, "model": self.model_name, "choices": [choice]}
 
@@ -162,6 +210,8 @@ class Server:
                      echo: list[str] | None = None):  # fmt: skip
         """The SSE body; a client that goes away cancels the jobs (their slots free at the worker's next turn)."""
         rid, created = self.response_id(jobs, chat), int(jobs[0].created)
+        renderers = [TokenLogprobs(self.tok, chat) for _ in jobs]
+        pending: list[list[Step]] = [[] for _ in jobs]  # tokens whose text has not been sent yet
         try:
             if chat:
                 yield _sse(self.chunk(rid, created, chat, 0, None, None, first=True))
@@ -171,13 +221,20 @@ class Server:
             done: dict[int, dict] = {}
             while len(done) < len(jobs):
                 index, kind, payload = await events.get()
+                if kind == "tokens":
+                    pending[index].extend(payload)
+                    continue
+                steps, pending[index] = pending[index], []
+                lp = renderers[index].render(steps) if steps else None
                 if kind == "text":
-                    yield _sse(self.chunk(rid, created, chat, index, payload, None))
+                    yield _sse(self.chunk(rid, created, chat, index, payload, None, logprobs=lp))
                 elif kind == "error":
                     yield _sse({"error": {"message": payload, "type": "server_error", "param": None, "code": None}})
                     break
                 else:
                     done[index] = payload
+                    if lp is not None:  # tokens whose text never showed (cut by a stop string)
+                        yield _sse(self.chunk(rid, created, chat, index, None if chat else "", None, logprobs=lp))
                     yield _sse(self.chunk(rid, created, chat, index, None, payload["finish_reason"]))
             else:
                 if include_usage:
@@ -194,6 +251,7 @@ class Server:
         """The whole reply as one JSON body. A client that disconnects while it waits cancels the jobs, so they stop
         at the worker's next turn instead of generating for nobody."""
         parts: list[list[str]] = [[] for _ in jobs]
+        steps: list[list[Step]] = [[] for _ in jobs]
         done: dict[int, dict] = {}
         gone = asyncio.ensure_future(_client_gone(request))
         try:
@@ -206,6 +264,8 @@ class Server:
                 index, kind, payload = get.result()
                 if kind == "text":
                     parts[index].append(payload)
+                elif kind == "tokens":
+                    steps[index].extend(payload)
                 elif kind == "error":
                     raise APIError(payload, status=500, type="server_error")
                 else:
@@ -214,14 +274,15 @@ class Server:
             gone.cancel()
             for job in jobs:
                 job.cancel()
-        choices = []
+        choices, want_logprobs = [], jobs[0].logprobs is not None
         for index, pieces in enumerate(parts):
             text, finish = (echo[index] if echo else "") + "".join(pieces), done[index]["finish_reason"]
+            lp = TokenLogprobs(self.tok, chat).render(steps[index]) if want_logprobs else None
             if chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                choices.append({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": lp,
                                 "finish_reason": finish})  # fmt: skip
             else:
-                choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": finish})
+                choices.append({"index": index, "text": text, "logprobs": lp, "finish_reason": finish})
         obj = "chat.completion" if chat else "text_completion"
         return JSONResponse({"id": self.response_id(jobs, chat), "object": obj, "created": int(jobs[0].created),
                              "model": self.model_name, "choices": choices,
@@ -285,6 +346,7 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
         refuse_not_implemented(body, chat)
         sampling = parse_sampling(body, srv.cap)
         stream, include_usage = parse_stream(body)
+        logprobs = parse_logprobs(body, chat)
         echo = None
         if chat:
             messages = parse_messages(body)
@@ -303,8 +365,11 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
             eot = srv.tok.token_id(EOT)
             stop_ids = [] if eot is None else [eot]
             if flag(body, "echo", "echo"):
+                if logprobs is not None:
+                    raise APIError("'echo' with 'logprobs' (the prompt's own logprobs) is not supported by this server "
+                                   "(slm serve); leave one out", "echo", "unsupported_parameter")  # fmt: skip
                 echo = [p if isinstance(p, str) else srv.tok.decode(ids) for p, ids in zip(given, prompts)]
-        jobs, events = await srv.run(prompts, sampling, stop_ids)
+        jobs, events = await srv.run(prompts, sampling, stop_ids, logprobs)
         if stream:
             return StreamingResponse(srv.stream(jobs, events, chat, include_usage, echo),
                                      media_type="text/event-stream",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from slmkit.base.tokenizer import Tokenizer
-from slmkit.model.generate import TextStream, generate
+from slmkit.model.generate import Step, TextStream, generate
 
 
 def cpu_cores() -> int:
@@ -48,7 +48,10 @@ class EngineBusy(Exception):
 @dataclass
 class Job:
     """One generation request and its progress. `emit(kind, payload)` receives ("text", str), then
-    ("done", {"finish_reason", "prompt_tokens", "completion_tokens"}) or ("error", str); nothing after a cancel."""
+    ("done", {"finish_reason", "prompt_tokens", "completion_tokens"}) or ("error", str); nothing after a cancel.
+    With `logprobs` = N (alternatives per token; None: off), ("tokens", [Step, ...]) comes before each ("text", str)
+    with the tokens generated since the last one, and once more before "done" with any whose text was never
+    released (cut by a stop string, or an incomplete UTF-8 character at the end)."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -61,7 +64,9 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.time)
+    logprobs: int | None = None
     tokens: int = 0
+    steps: list[Step] = field(default_factory=list)  # tokens (with logprobs) not yet emitted
 
     def cancel(self) -> None:
         """Stop this job at the worker's next turn (a no-op once it has finished)."""
@@ -135,9 +140,10 @@ class Engine:
                 self._drop_cancelled()
             jobs = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.slots - len(self._active)))]
         for job in jobs:
-            stream = TextStream(self.tok, job.stop, lambda s, job=job: job.emit("text", s))
+            stream = TextStream(self.tok, job.stop, lambda s, job=job: self._text(job, s))
             gen = generate(self.model, job.prompt_ids, job.max_tokens, temperature=job.temperature, top_p=job.top_p,
-                           seed=job.seed, stop_ids=job.stop_ids, vocab_limit=self.tok.vocab_size)  # fmt: skip
+                           seed=job.seed, stop_ids=job.stop_ids, vocab_limit=self.tok.vocab_size,
+                           logprobs=job.logprobs)  # fmt: skip
             self._active.append((job, gen, stream))
 
     def _step(self, entry: Entry) -> None:
@@ -157,6 +163,14 @@ class Engine:
             self._finish(entry, reason)
 
     @staticmethod
+    def _text(job: Job, text: str) -> None:
+        """Emit released text, after the tokens (with logprobs) that made it."""
+        if job.steps:
+            steps, job.steps = job.steps, []
+            job.emit("tokens", steps)
+        job.emit("text", text)
+
+    @staticmethod
     def _advance(entry: Entry) -> str | None:
         """One token of the job; its finish reason when that ended it."""
         job, gen, stream = entry
@@ -166,6 +180,9 @@ class Engine:
             stream.flush()
             return "length" if job.tokens >= job.max_tokens else "stop"
         job.tokens += 1
+        if isinstance(token, Step):
+            job.steps.append(token)
+            token = token.token
         if stream.add(token):
             return "stop"
         if job.tokens >= job.max_tokens:
@@ -180,6 +197,9 @@ class Engine:
         if reason is not None:
             with self._cond:
                 self.completed += 1
+            if job.steps:
+                self._emit(job, "tokens", job.steps)
+                job.steps = []
             self._emit(job, "done", {"finish_reason": reason, "prompt_tokens": len(job.prompt_ids),
                                      "completion_tokens": job.tokens})  # fmt: skip
 

@@ -35,8 +35,6 @@ class APIError(Exception):
 # Parameters of OpenAI's API that would change the reply but are not implemented here: a request that gives one
 # a value other than its no-op values is refused with a 400 naming it, never served as if it had not been sent.
 NOT_IMPLEMENTED = {
-    "logprobs": (None, False),  # completions: the top-k alternatives per token; chat: true
-    "top_logprobs": (None,),
     "suffix": (None, ""),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
@@ -52,6 +50,8 @@ NOT_IMPLEMENTED = {
     "prediction": (None,),
 }
 NOT_IN_CHAT = {"echo": (None, False)}  # a completions parameter
+NOT_IN_COMPLETIONS = {"top_logprobs": (None,)}  # a chat parameter (completions give the count as `logprobs`)
+MAX_TOP_LOGPROBS = {True: 20, False: 5}  # alternatives per token, chat / completions (OpenAI's caps)
 MAX_PROMPTS = 64  # prompts in one completions request (one choice each)
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = _repr.maxlong = 60
@@ -69,7 +69,7 @@ def _is(value, options) -> bool:
 
 
 def refuse_not_implemented(body: dict, chat: bool) -> None:
-    for name, no_ops in (NOT_IMPLEMENTED | NOT_IN_CHAT if chat else NOT_IMPLEMENTED).items():
+    for name, no_ops in (NOT_IMPLEMENTED | (NOT_IN_CHAT if chat else NOT_IN_COMPLETIONS)).items():
         if name in body and not _is(body[name], no_ops):
             raise APIError(f"'{name}' is not supported by this server (slm serve); leave it out (got "
                            f"{show(body[name])})", name, "unsupported_parameter")  # fmt: skip
@@ -104,6 +104,28 @@ def parse_sampling(body: dict, cap: int) -> dict:
         raise APIError("only n = 1 is supported (give a list of prompts for several completions)", "n")
     return {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p), "stop": stop,
             "seed": seed}  # fmt: skip
+
+
+def _count(value, param: str, cap: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= cap:
+        raise APIError(f"'{param}' must be an integer from 0 to {cap}, got {show(value)}", param)
+    return value
+
+
+def parse_logprobs(body: dict, chat: bool) -> int | None:
+    """How many alternatives to report per generated token (0: only the token's own logprob), or None for no logprobs.
+    Chat: `logprobs: true` with `top_logprobs` 0..20; completions: `logprobs` 0..5 (OpenAI's shapes and caps)."""
+    cap = MAX_TOP_LOGPROBS[chat]
+    if not chat:
+        value = body.get("logprobs")
+        return None if value is None else _count(value, "logprobs", cap)
+    wanted, top = flag(body, "logprobs", "logprobs"), body.get("top_logprobs")
+    if top is None:
+        return 0 if wanted else None
+    top = _count(top, "top_logprobs", cap)
+    if not wanted:
+        raise APIError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return top
 
 
 def parse_stream(body: dict) -> tuple[bool, bool]:
