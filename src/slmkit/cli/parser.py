@@ -302,6 +302,54 @@ def register_ship(sub) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = add(sub, "score", "ship:cmd_score", "per-unit loss, perplexity, bits per byte and most surprising spans of "
+            "text (JSONL)", SCORE_HELP)  # fmt: skip
+    p.add_argument("run", type=run_dir, help="run directory")
+    p.add_argument("--input", required=True, help="a text file, a folder of text files, or a .jsonl file")
+    p.add_argument("--unit", default="doc", choices=("doc", "line", "window"), help="doc: each file or JSONL record; "
+                   "line: each non-blank line; window: pieces of block_size tokens")  # fmt: skip
+    p.add_argument("--out", help="JSONL file to write (default: stdout)")
+    p.add_argument("--text-field", default="text", help=".jsonl input: the field holding the text")
+    p.add_argument("--stride", type=count(0, note="0: block size"), default=0, help="sliding-window stride in tokens "
+                   "for units longer than the block (0: block size)")  # fmt: skip
+    p.add_argument("--top-spans", type=count(0), default=3, help="most surprising tokens to report per unit")
+    add_checkpoint(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    an = group(sub, "anomaly", "flag out-of-domain text: calibrate a threshold on in-domain text, then detect")
+    p = add(an, "fit", "ship:cmd_anomaly_fit", "calibrate a detector on in-domain held-out text and write it (JSON)",
+            ANOMALY_FIT_HELP)  # fmt: skip
+    p.add_argument("run", type=run_dir, help="run directory")
+    p.add_argument("--normal", required=True, help="in-domain held-out text: a text file, folder or .jsonl (not the "
+                   "training text: its scores are too low)")  # fmt: skip
+    p.add_argument(
+        "--fpr",
+        type=number(float, Range(0, 1, low_open=True, high_open=True)),
+        default=0.01,
+        help="share of in-domain units to flag: the threshold is the (1 - fpr) quantile of their scores",
+    )
+    p.add_argument("--out", required=True, help="detector file to write, e.g. detector.json")
+    p.add_argument("--score", default="bpb", choices=("bpb", "loss"), help="bpb: bits per byte; loss: nats per token")
+    p.add_argument("--unit", default="doc", choices=("doc", "line", "window"), help="what one decision is about")
+    p.add_argument("--text-field", default="text", help=".jsonl input: the field holding the text")
+    p.add_argument("--stride", type=count(0, note="0: block size"), default=0, help="sliding-window stride in tokens "
+                   "(0: block size)")  # fmt: skip
+    add_checkpoint(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add(an, "detect", "ship:cmd_anomaly_detect", "flag each unit of the input whose score is above the "
+            "detector's threshold (JSONL)")  # fmt: skip
+    p.add_argument("detector", help="detector file written by `slm anomaly fit`")
+    p.add_argument("--input", required=True, help="a text file, a folder of text files, or a .jsonl file")
+    p.add_argument("--out", help="JSONL file to write (default: stdout)")
+    p.add_argument("--labels", help="one label per unit (1/anomaly or 0/normal), in order, or JSON lines "
+                   "{\"id\", \"label\"}: report ROC-AUC, PR-AUC and the TPR at the detector's FPR")  # fmt: skip
+    p.add_argument("--plot", type=image_out, default="anomaly-scores.png", help="with --labels: the image of both "
+                   "classes' score histograms")  # fmt: skip
+    p.add_argument("--report", help="with --labels: also write the metrics to this JSON file")
+    p.add_argument("--unit", choices=("doc", "line", "window"), help="override the detector's unit")
+    p.add_argument("--text-field", help="override the detector's .jsonl text field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint: hf (a transformers directory) or gguf "
             "(llama.cpp)")  # fmt: skip
     p.add_argument("run", type=run_dir, help="run directory")
@@ -498,3 +546,20 @@ examples:
   slm eval runs/x --tasks val --data notes.txt --stride 128
   slm eval runs/x --tasks hellaswag,arc_easy --task-source hf
 """
+
+SCORE_HELP = """score text with a run: one JSON line per unit with tokens, loss (nats/token), ppl, bpb and the most
+surprising tokens (start/end character offsets into the unit's text). A unit's first token is context only; longer
+units than the block are scored with a sliding window of --stride tokens (the same numbers as `slm eval --data`).
+
+examples:
+  slm score runs/x --input notes.txt
+  slm score runs/x --input docs/ --unit line --out scores.jsonl
+  slm score runs/x --input data.jsonl --text-field body --stride 128"""
+
+ANOMALY_FIT_HELP = """calibrate an out-of-domain detector: score in-domain held-out units (bits per byte by default)
+and set the threshold so that about --fpr of them are flagged; writes run, checkpoint, score, threshold and
+calibration statistics to --out.
+
+examples:
+  slm anomaly fit runs/x --normal heldout/ --fpr 0.01 --out detector.json
+  slm anomaly detect detector.json --input new.jsonl --labels labels.txt --plot hist.png"""

@@ -1,10 +1,14 @@
-"""`slm` verbs that adapt and ship models: sft, lora, chat, eval, export, quantize, serve, import-hf, compare."""
+"""`slm` verbs that adapt and ship models: sft, lora, chat, eval, score, anomaly, export, quantize, serve, import-hf,
+compare."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sys
 from pathlib import Path
 
+from slmkit.base.atomic import atomic_path, atomic_write_json
 from slmkit.base.errors import SlmError
 from slmkit.cli.base import SAMPLING_FLAGS
 from slmkit.engine.evaluate import evaluate_run, format_table
@@ -12,11 +16,14 @@ from slmkit.engine.evaluate.suite import EVALS_DIR
 from slmkit.engine.evaluate.tasks import LOSS_TASK
 from slmkit.model.generate import check_sampling
 from slmkit.model.qweights import QUANT_FILE
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship import anomaly
 from slmkit.ship.chat import chat
 from slmkit.ship.export.artifact import export
 from slmkit.ship.export.hf import import_hf
 from slmkit.ship.finetune import merge_run, sft
 from slmkit.ship.quantize import quantize
+from slmkit.ship.score import check_input, score_source
 from slmkit.ship.serve.app import serve
 from slmkit.study.compare import compare, read_prompts
 
@@ -69,6 +76,69 @@ def cmd_eval(args) -> None:
     print(format_table(results))
     written = [str(Path(args.run) / EVALS_DIR / f"{task}.json") for task in results]
     print(f"wrote {', '.join(written)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _jsonl_out(out: str | None):
+    """A write(line) for JSON lines: to stdout, or streamed to a temporary file renamed to `out` at the end (an
+    interrupted run leaves no half-written `out`)."""
+    if not out:
+        yield lambda obj: print(json.dumps(obj), flush=True)
+        return
+    if Path(out).is_dir():
+        raise SlmError(f"{out} is a directory; --out names the JSONL file to write")
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield lambda obj: (f.write(json.dumps(obj) + "\n"), f.flush())
+
+
+def cmd_score(args) -> None:
+    check_input(args.input)
+    model, tokenizer, _cfg, _ckpt = load_model(args.run, args.checkpoint)
+    results = score_source(model, tokenizer, args.input, unit=args.unit, text_field=args.text_field,
+                           stride=args.stride, top_spans=args.top_spans,
+                           show_progress=not args.no_progress)  # fmt: skip
+    n = errors = 0
+    with _jsonl_out(args.out) as write:
+        for r in results:
+            write(r)
+            n, errors = n + 1, errors + bool(r.get("error"))
+    note = f' ({errors} could not be tokenized: see their "error")' if errors else ""
+    print(f"scored {n} {args.unit} unit(s){note}" + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def cmd_anomaly_fit(args) -> None:
+    d = anomaly.fit(args.run, args.normal, args.out, fpr=args.fpr, checkpoint=args.checkpoint, score=args.score,
+                    unit=args.unit, text_field=args.text_field, stride=args.stride,
+                    show_progress=not args.no_progress)  # fmt: skip
+    c = d["calibration"]
+    print(f"threshold {d['threshold']:.4f} {d['score']} (fpr {d['fpr']}) from {c['scored']} in-domain {d['unit']} "
+          f"units: mean {c['mean']:.4f}, std {c['std']:.4f}; wrote {args.out}")  # fmt: skip
+
+
+def cmd_anomaly_detect(args) -> None:
+    if not args.labels and args.report:
+        raise SlmError("--report needs --labels (the metrics compare the flags with the labels)")
+    det = anomaly.read_detector(args.detector)
+    ids, scores, flagged = [], [], 0
+    with _jsonl_out(args.out) as write:
+        for r in anomaly.detect(det, args.input, unit=args.unit, text_field=args.text_field,
+                                show_progress=not args.no_progress):  # fmt: skip
+            write(r)
+            ids.append(r["id"])
+            scores.append(r["score"])
+            flagged += bool(r["flagged"])
+    print(f"flagged {flagged} of {len(ids)} unit(s) (threshold {det['threshold']:.4f} {det['score']})", file=sys.stderr)
+    if args.labels:
+        labels = anomaly.read_labels(args.labels, ids)
+        metrics = anomaly.evaluate(scores, labels, float(det["threshold"]))
+        metrics["detector_fpr"] = det.get("fpr")
+        anomaly.plot_histograms(scores, labels, float(det["threshold"]), det["score"], args.plot)
+        if args.report:
+            atomic_write_json(args.report, metrics)
+        m = metrics
+        print(f"ROC-AUC {m['roc_auc']:.4f}  PR-AUC {m['pr_auc']:.4f}  TPR {m['tpr_at_threshold']:.4f} at FPR "
+              f"{m['fpr_at_threshold']:.4f} (target {det.get('fpr')}); histograms: {args.plot}",
+              file=sys.stderr)  # fmt: skip
 
 
 def cmd_export(args) -> None:

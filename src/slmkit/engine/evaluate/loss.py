@@ -49,41 +49,53 @@ def check_text_source(source: str | Path) -> None:
         raise SlmError(problem)
 
 
+def plan_windows(n: int, block: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows that score ids[1:n] once each: (start, end, skip) with inputs ids[start:end], targets
+    ids[start+1:end+1], of which the first `skip` were scored by an earlier window. `stride` is already resolved."""
+    # scored_to: the first target position not yet scored
+    windows, scored_to, s = [], 1, 0
+    while scored_to < n:
+        s = max(0, min(s, n - 1 - block)) if n - 1 > block else 0
+        end = min(s + block, n - 1)
+        windows.append((s, end, scored_to - (s + 1)))
+        scored_to = end + 1
+        s += stride
+    return windows
+
+
 @torch.inference_mode()
-def sliding_nll(model: GPT, ids: np.ndarray, stride: int = 0, batch_size: int = 8) -> tuple[float, int]:
-    """(summed negative log-likelihood in nats, number of predicted tokens) of ids[1:] given what precedes them."""
+def token_nlls(model: GPT, docs: list[np.ndarray], stride: int = 0, batch_size: int = 8) -> list[np.ndarray]:
+    """For each of `docs` (token id arrays), the negative log-likelihood in nats of each of ids[1:] given what
+    precedes it (float64, len(ids) - 1 values), with the sliding window; windows of all docs share batches."""
     block, vocab = model.config.block_size, model.config.vocab_size
     check_stride(stride)
     model.eval()
     stride = min(stride or block, block)
     device = model.lm_head.weight.device
-    n = len(ids)
-    if n < 2:
-        return 0.0, 0
-    # (start, first target offset inside the window): window covers inputs ids[s : s+T], targets ids[s+1 : s+T+1]
-    windows, scored_to, s = [], 1, 0  # scored_to: the first target position not yet scored
-    while scored_to < n:
-        s = max(0, min(s, n - 1 - block)) if n - 1 > block else 0
-        end = min(s + block, n - 1)  # inputs ids[s:end], targets ids[s+1:end+1]
-        windows.append((s, end, scored_to - (s + 1)))
-        scored_to = end + 1
-        s += stride
-    total = 0.0
+    out = [np.zeros(max(len(ids) - 1, 0), dtype=np.float64) for ids in docs]
+    windows = [(d, *w) for d, ids in enumerate(docs) for w in plan_windows(len(ids), block, stride)]
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size]
-        T = max(e - s for s, e, _ in chunk)
+        T = max(e - s for _, s, e, _ in chunk)
         x = torch.zeros(len(chunk), T, dtype=torch.long)
         y = torch.full((len(chunk), T), -100, dtype=torch.long)
-        for j, (s, e, skip) in enumerate(chunk):
-            x[j, : e - s] = torch.from_numpy(ids[s:e].astype(np.int64))
-            tgt = torch.from_numpy(ids[s + 1 : e + 1].astype(np.int64))
-            tgt[:skip] = -100
-            y[j, : e - s] = tgt
+        for j, (d, s, e, _) in enumerate(chunk):
+            x[j, : e - s] = torch.from_numpy(np.asarray(docs[d][s:e]).astype(np.int64))
+            y[j, : e - s] = torch.from_numpy(np.asarray(docs[d][s + 1 : e + 1]).astype(np.int64))
         logits = model(x.to(device))[0][..., :vocab].float()  # (B, T, V)
-        total += float(
-            F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="sum")
-        )
-    return total, n - 1
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="none")
+        nll = nll.view(len(chunk), T).double().cpu().numpy()
+        for j, (d, s, e, skip) in enumerate(chunk):
+            out[d][s + skip : e] = nll[j, skip : e - s]  # target ids[p] sits at out[p - 1]
+    return out
+
+
+def sliding_nll(model: GPT, ids: np.ndarray, stride: int = 0, batch_size: int = 8) -> tuple[float, int]:
+    """(summed negative log-likelihood in nats, number of predicted tokens) of ids[1:] given what precedes them."""
+    check_stride(stride)
+    if len(ids) < 2:
+        return 0.0, 0
+    return float(token_nlls(model, [np.asarray(ids)], stride, batch_size)[0].sum()), len(ids) - 1
 
 
 def loss_metrics(nll: float, tokens: int, n_bytes: int) -> dict:

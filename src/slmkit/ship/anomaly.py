@@ -1,0 +1,215 @@
+"""Out-of-domain text detection with a language model: text the model finds surprising is flagged.
+
+`fit` scores in-domain held-out text (`ship.score`), per unit, with a length-normalized score (bits per byte by
+default: comparable across unit lengths and tokenizers) and sets the threshold at the (1 - fpr) quantile of those
+scores, so about `fpr` of in-domain units are flagged. The detector is a small JSON file (run, checkpoint, score
+kind, unit, stride, threshold and calibration statistics) written atomically. `detect` scores new units and flags
+those above the threshold; given labels it measures ROC-AUC, PR-AUC (average precision), the true- and
+false-positive rates at the threshold, and draws both classes' score histograms. A unit the tokenizer cannot encode
+(a character a char model never saw) gets an infinite score: it is flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.base.atomic import atomic_path, atomic_write_json
+from slmkit.base.errors import SlmError
+from slmkit.runs.checkpoint import load_model
+from slmkit.ship.score import UNITS, check_input, score_source
+
+FORMAT = "slm-anomaly-detector"
+VERSION = 1
+SCORES = ("bpb", "loss")
+POSITIVE = {"1", "true", "anomaly", "anomalous", "ood", "out", "positive", "yes"}
+NEGATIVE = {"0", "false", "normal", "in", "id", "negative", "no"}
+
+
+class DetectorError(SlmError):
+    """A detector file that is missing or damaged, a bad --fpr, labels that do not match the units."""
+
+
+def unit_score(result: dict, kind: str) -> float | None:
+    """The anomaly score of one `score_units` result: inf for text the tokenizer cannot encode, None for a unit
+    with nothing predicted (fewer than 2 tokens), else its bpb or loss."""
+    if result.get("error"):
+        return math.inf
+    return result.get(kind)
+
+
+def fit(run: str | Path, normal: str | Path, out: str | Path, *, fpr: float = 0.01, checkpoint: str = "best",
+        score: str = "bpb", unit: str = "doc", text_field: str = "text", stride: int = 0,
+        show_progress: bool = False) -> dict:  # fmt: skip
+    """Calibrate a detector on in-domain held-out text and write it to `out`; returns it."""
+    if not (isinstance(fpr, (int, float)) and 0 < fpr < 1):
+        raise DetectorError(f"--fpr must be a number between 0 and 1 (exclusive), got {fpr!r}")
+    if score not in SCORES:
+        raise DetectorError(f"unknown score {score!r}; pick one of {', '.join(SCORES)}")
+    if unit not in UNITS:
+        raise DetectorError(f"unknown unit {unit!r}; pick one of {', '.join(UNITS)}")
+    if Path(out).is_dir():
+        raise DetectorError(f"{out} is a directory; --out names the detector file to write, e.g. {out}/detector.json")
+    check_input(normal)
+    model, tokenizer, _cfg, ckpt = load_model(run, checkpoint)
+    results = list(score_source(model, tokenizer, normal, unit=unit, text_field=text_field, stride=stride,
+                                top_spans=0, show_progress=show_progress))  # fmt: skip
+    values = [unit_score(r, score) for r in results]
+    unencodable = sum(1 for v in values if v == math.inf)
+    vals = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(vals) < 2:
+        raise DetectorError(f"{normal} gives {len(vals)} scorable {unit} unit(s); calibration needs at least 2 "
+                            "(pass more in-domain text or a finer --unit)")  # fmt: skip
+    threshold = float(np.quantile(vals, 1 - fpr, method="higher"))
+    detector = {
+        "format": FORMAT,
+        "version": VERSION,
+        "run": str(Path(run).resolve()),
+        "checkpoint": str(Path(ckpt).resolve()),
+        "score": score,
+        "unit": unit,
+        "text_field": text_field,
+        "stride": stride,
+        "fpr": fpr,
+        "threshold": threshold,
+        "calibration": {
+            "source": str(normal),
+            "units": len(results),
+            "scored": len(vals),
+            "unencodable": unencodable,
+            "mean": float(vals.mean()),
+            "std": float(vals.std()),
+            "min": float(vals.min()),
+            "max": float(vals.max()),
+            "quantiles": {str(q): float(np.quantile(vals, q)) for q in (0.5, 0.9, 0.95, 0.99)},
+            "flagged_fraction": float((vals > threshold).mean()),
+        },
+    }
+    atomic_write_json(out, detector)
+    return detector
+
+
+def read_detector(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorError(f"{path} is not a file; pass the detector written by `slm anomaly fit`")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DetectorError(
+            f"{path} is not a detector file (not JSON: {e}); pass the output of `slm anomaly fit`"
+        ) from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise DetectorError(f"{path} is not a detector file (no \"format\": \"{FORMAT}\"); pass the output of "
+                            "`slm anomaly fit`")  # fmt: skip
+    missing = [k for k in ("run", "checkpoint", "score", "unit", "threshold") if k not in d]
+    if missing or d["score"] not in SCORES or d["unit"] not in UNITS:
+        raise DetectorError(f"{path} is a damaged detector file ({', '.join(missing) or 'score/unit'} missing or "
+                            "unknown); fit it again with `slm anomaly fit`")  # fmt: skip
+    return d
+
+
+def detect(detector: dict, source: str | Path, *, unit: str | None = None, text_field: str | None = None,
+           show_progress: bool = False) -> Iterator[dict]:  # fmt: skip
+    """Per unit of `source`: id, score, flagged (score > threshold), and the unit's tokens, loss, bpb."""
+    check_input(source)
+    ckpt = Path(detector["checkpoint"])
+    model, tokenizer, _cfg, _ = load_model(detector["run"], int(ckpt.name.split("-")[-1])
+                                           if ckpt.name.startswith("step-") else "best")  # fmt: skip
+    kind, threshold = detector["score"], float(detector["threshold"])
+    for r in score_source(model, tokenizer, source, unit=unit or detector["unit"],
+                          text_field=text_field or detector.get("text_field", "text"),
+                          stride=int(detector.get("stride", 0)), top_spans=1,
+                          show_progress=show_progress):  # fmt: skip
+        s = unit_score(r, kind)
+        yield {"id": r["id"], "score": None if s is None else (s if math.isfinite(s) else "inf"),
+               "flagged": None if s is None else bool(s > threshold), "tokens": r["tokens"], "loss": r["loss"],
+               "bpb": r["bpb"], **({"error": r["error"]} if r.get("error") else {}),
+               "top_span": r["top_spans"][0] if r["top_spans"] else None}  # fmt: skip
+
+
+def _label(text: str, where: str) -> int:
+    t = str(text).strip().lower()
+    if t in POSITIVE:
+        return 1
+    if t in NEGATIVE:
+        return 0
+    raise DetectorError(f"{where}: label {text!r} is neither anomalous (1, anomaly, ood) nor normal (0, normal)")
+
+
+def read_labels(path: str | Path, ids: list[str]) -> np.ndarray:
+    """Labels (1 anomalous, 0 normal) of the units `ids`, from a file of one label per line in unit order, or of
+    JSON objects {"id": ..., "label": ...} (matched by id)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorError(f"{path} is not a file; --labels names a file of one label (0/1) per unit")
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if lines and lines[0].lstrip().startswith("{"):
+        by_id = {}
+        for n, ln in enumerate(lines, 1):
+            obj = json.loads(ln)
+            by_id[str(obj.get("id"))] = _label(obj.get("label"), f"{path}:{n}")
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DetectorError(f"{path} has no label for unit {missing[0]!r} ({len(missing)} of {len(ids)} missing)")
+        return np.array([by_id[i] for i in ids])
+    if len(lines) != len(ids):
+        raise DetectorError(f"{path} has {len(lines)} labels for {len(ids)} units; give one per unit, in order, or "
+                            "JSON lines with id and label")  # fmt: skip
+    return np.array([_label(ln, f"{path}:{n}") for n, ln in enumerate(lines, 1)])
+
+
+def evaluate(scores: list[float | None], labels: np.ndarray, threshold: float) -> dict:
+    """ROC-AUC, PR-AUC (average precision), and the TPR and FPR at `threshold`, over units with a score."""
+    try:  # local: optional (the `anomaly` extra) and slow to import, used only with --labels
+        from sklearn.metrics import average_precision_score, roc_auc_score
+    except ImportError:
+        raise DetectorError("--labels needs scikit-learn: pip install 'slmkit[anomaly]' (or scikit-learn)") from None
+
+    keep = np.array([s is not None for s in scores])
+    s = np.array([np.inf if s == "inf" else s for s in scores if s is not None], dtype=np.float64)
+    y = labels[keep]
+    if len(set(y.tolist())) < 2:
+        raise DetectorError("the labels hold one class only; ROC-AUC needs both normal and anomalous units")
+    finite_cap = np.nanmax(s[np.isfinite(s)]) + 1 if np.isfinite(s).any() else 1.0
+    s_auc = np.where(np.isfinite(s), s, finite_cap)
+    flagged = s > threshold
+    return {
+        "units": int(len(y)),
+        "anomalous": int(y.sum()),
+        "normal": int((1 - y).sum()),
+        "roc_auc": float(roc_auc_score(y, s_auc)),
+        "pr_auc": float(average_precision_score(y, s_auc)),
+        "threshold": threshold,
+        "tpr_at_threshold": float(flagged[y == 1].mean()),
+        "fpr_at_threshold": float(flagged[y == 0].mean()),
+    }
+
+
+def plot_histograms(scores: list[float | None], labels: np.ndarray, threshold: float, kind: str,
+                    out: str | Path) -> None:  # fmt: skip
+    """Both classes' score histograms and the threshold, as an image (written atomically)."""
+    import matplotlib  # local: slow to import, used only here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(float(s), int(y)) for s, y in zip(scores, labels, strict=True) if s is not None and s != "inf"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    vals = np.array([s for s, _ in pairs]) if pairs else np.zeros(1)
+    bins = np.linspace(min(vals.min(), threshold), max(vals.max(), threshold), 41)
+    for cls, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        ax.hist([s for s, y in pairs if y == cls], bins=bins, alpha=0.6, label=name, color=color)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel({"bpb": "bits per byte", "loss": "loss (nats/token)"}[kind])
+    ax.set_ylabel("units")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", dpi=100)
+    plt.close(fig)
