@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -172,6 +173,32 @@ def tiny_dataset(tmp_path_factory, stdlib_dir):
 
 
 sys.dont_write_bytecode = True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A real browser: Debian's headless chromium driven by selenium (the report, the chat page, the inspect page).
+
+CHROMIUM_MISSING = (
+    "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
+)
+
+
+def headless_chromium(*extra_args: str):
+    """A selenium driver of headless chromium (the caller quits it); skips the test with one line where chromium,
+    chromedriver or selenium is missing (in CI that skip fails: .ci/run installs them)."""
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip(CHROMIUM_MISSING)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server",
+                *extra_args):  # fmt: skip
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -4,13 +4,11 @@ returns, bad input, the page (and, where Chromium is installed, the page rendere
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, headless_chromium
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.config_files import load_config
@@ -223,28 +221,16 @@ def test_cli_inspect_a_quantized_model(run, run_cli, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # The page in a real browser. CI installs chromium and chromium-driver (.ci/run); elsewhere it is skipped.
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="no chromium/chromedriver (apt-get install chromium "
-                    "chromium-driver; .ci/run installs them)")  # fmt: skip
 def test_inspect_page_renders_in_headless_chromium(run, tmp_path):
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = headless_chromium("--window-size=1200,900")  # skips with one line where chromium is missing
     import matplotlib.image
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     model, tok, _, _ = load_model(run)
     prompt = "def f(x):\n    return x"
     page = write_inspect_page(inspect_prompt(model, tok, prompt, name="insp"), tmp_path)
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1200,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
     try:
         driver.get(page.as_uri())
         T = len(tok.encode(prompt))

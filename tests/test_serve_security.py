@@ -12,6 +12,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
+from conftest import headless_chromium  # noqa: E402
 from test_serve import CAP, MODEL, start_server, tiny_model  # noqa: E402
 
 from slmkit.base.errors import SlmError  # noqa: E402
@@ -225,23 +226,13 @@ def test_the_chat_page_works_in_a_browser_under_both_loopback_names(default_serv
     """Real headless Chromium (skipped without Debian's chromium, chromedriver and selenium): the page's same-origin
     fetches pass the Host and Origin checks whether it was opened as 127.0.0.1 or localhost."""
     import os
-    import shutil
 
     os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager look for drivers online
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("needs Debian's chromium and chromium-driver")
-    from selenium.webdriver.chrome.service import Service
+    browser = headless_chromium()  # skips with one line where chromium or selenium is missing
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-proxy-server"):
-        opts.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
     try:
         for name in ("127.0.0.1", "localhost"):
             browser.get(f"http://{name}:{default_server}/")
