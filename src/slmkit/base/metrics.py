@@ -283,6 +283,12 @@ class RunMetrics:
     def values(self, key: str) -> list[float]:
         return self.series(key)[1]
 
+    @staticmethod
+    def column(records: list[dict], key: str) -> list[float]:
+        """`key` of each record as a float aligned with `records` (NaN where it is missing or not a number): the
+        per-step columns the doctor and the charts read from `step_records()`."""
+        return [float(v) if (v := _number(e.get(key))) is not None else math.nan for e in records]
+
     def first(self, key: str, default: float | None = None) -> float | None:
         return next(iter(self.values(key)), default)
 

@@ -66,7 +66,7 @@ def load_series(run_dir: str | Path) -> RunSeries:
     rs.minutes = [t / 60 for t in metrics.train_seconds()]
     for attr, key in (("loss", "train/loss"), ("grad_norm", "train/grad_norm"), ("clipped", "train/clipped"),
                       ("lr", "train/lr"), ("tokens", "train/tokens"), ("tok_s", "perf/tok_per_s")):  # fmt: skip
-        setattr(rs, attr, [float(e.get(key, math.nan)) for e in steps])
+        setattr(rs, attr, metrics.column(steps, key))
     rs.val_step, rs.val_loss = metrics.series("val/loss")
     return rs
 

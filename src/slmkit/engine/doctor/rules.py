@@ -48,25 +48,14 @@ class Streams:
 
     @classmethod
     def from_events(cls, events: Iterable[dict]) -> Streams:
-        s = cls()
-        nan = float("nan")
-        for e in RunMetrics.from_events(events):
-            if "train/loss" in e and "train/grad_norm" in e:  # a full step record (not a doctor/* note)
-                s.steps.append(int(e["step"]))
-                s.loss.append(float(e["train/loss"]))
-                s.grad_norm.append(float(e.get("train/grad_norm", nan)))
-                s.clipped.append(float(e.get("train/clipped", nan)))
-                s.lr.append(float(e.get("train/lr", nan)))
-                s.tokens.append(float(e.get("train/tokens", nan)))
-            elif "train/loss" in e:  # the trainer's NaN marker: {"train/loss": nan, "doctor/divergence": 1}
-                s.steps.append(int(e["step"]))
-                s.loss.append(float(e["train/loss"]))
-                for lst in (s.grad_norm, s.clipped, s.lr, s.tokens):
-                    lst.append(nan)
-            if "val/loss" in e:
-                s.val_steps.append(int(e["step"]))
-                s.val_loss.append(float(e["val/loss"]))
-        return s
+        m = RunMetrics.from_events(events)
+        steps = m.with_key("train/loss")  # optimizer steps, and the trainer's NaN marker (loss only, NaN elsewhere)
+        val_steps, val_loss = m.series("val/loss")
+        return cls([int(e["step"]) for e in steps], *(m.column(steps, f"train/{k}") for k in _STREAM_KEYS),
+                   val_steps=val_steps, val_loss=val_loss)  # fmt: skip
+
+
+_STREAM_KEYS = ("loss", "grad_norm", "clipped", "lr", "tokens")  # the train/* columns of Streams, in field order
 
 
 @dataclass
