@@ -176,6 +176,35 @@ sys.dont_write_bytecode = True
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Faults injected into training: something happens at the trainer's Nth optimizer step.
+
+
+def at_train_step(monkeypatch, n: int, effect):
+    """Patch the trainer's train_step so that its `n`th call first runs `effect()`: an exception it raises
+    propagates; a value it returns replaces that step's (loss, grad norm); None lets the real step run."""
+    import slmkit.engine.trainer as trainer
+
+    real, calls = trainer.train_step, []
+
+    def patched(*a, **k):
+        calls.append(1)
+        if len(calls) == n and (result := effect()) is not None:
+            return result
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer, "train_step", patched)
+
+
+def raising(exc: BaseException):
+    """An `at_train_step` effect that raises `exc`."""
+
+    def effect():
+        raise exc
+
+    return effect
+
+
+# ---------------------------------------------------------------------------------------------------------
 # A real browser: Debian's headless chromium driven by selenium (the report, the chat page, the inspect page).
 
 CHROMIUM_MISSING = (

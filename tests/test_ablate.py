@@ -4,7 +4,7 @@
 import json
 
 import pytest
-from conftest import tiny_overrides
+from conftest import at_train_step, raising, tiny_overrides
 
 from slmkit.base.config import ConfigError
 from slmkit.base.config_files import load_config
@@ -57,7 +57,6 @@ def dataset(tiny_dataset):
 
 @pytest.mark.slow
 def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.trainer as tr
     from slmkit.engine.train import train
 
     out = tmp_path / "study"
@@ -68,17 +67,9 @@ def test_real_study_survives_a_kill_resumes_and_summarizes(dataset, tmp_path, mo
     train(study.run_config(rms, 2), progress=False, stop_after=2)
     assert ckpt_io.read_run_info(study.run_dir(rms, 2))["status"] == "interrupted"
     # part 2: base/seed-2 crashes at its first step. Order: base/1, rmsnorm/1, base/2 (crash), rmsnorm/2 (resume)
-    real, calls = tr.train_step, []
-
-    def crashing(*a, **k):
-        calls.append(1)
-        if len(calls) == 13:
-            raise RuntimeError("simulated crash")
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "train_step", crashing)
-    summary = run_study(study)
-    monkeypatch.setattr(tr, "train_step", real)
+    with monkeypatch.context() as patch:
+        at_train_step(patch, 13, raising(RuntimeError("simulated crash")))
+        summary = run_study(study)
     rows = {r["arm"]: r for r in summary["arms"]}
     assert rows[BASE_ARM]["n"] == 1 and rows[BASE_ARM]["missing"] == [2]
     assert rows["norm=rmsnorm"]["n"] == 2 and rows["norm=rmsnorm"]["vs_base"]["verdict"] == UNKNOWN

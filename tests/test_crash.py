@@ -18,7 +18,7 @@ import socket
 import time
 
 import pytest
-from conftest import TINY, tiny_overrides
+from conftest import TINY, at_train_step, raising, tiny_overrides
 
 from slmkit.base.config_files import load_config
 from slmkit.base.errors import SlmError
@@ -105,17 +105,7 @@ def test_full_disk_while_logging_metrics(dataset, tmp_path, monkeypatch):
 
 
 def test_any_exception_marks_the_run_crashed_with_a_one_line_reason(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.trainer as tr
-
-    real, calls = tr.train_step, []
-
-    def broken(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("boom\nsecond line of detail")
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "train_step", broken)
+    at_train_step(monkeypatch, 3, raising(RuntimeError("boom\nsecond line of detail")))
     cfg, ov = tiny(dataset, tmp_path, "train.name=boom")
     with pytest.raises(RuntimeError, match="boom"):  # a bug keeps its traceback; run.json has the line
         train(cfg, overrides=ov, progress=False)
@@ -141,17 +131,7 @@ def test_a_run_failing_before_its_run_json_leaves_nothing(dataset, tmp_path, mon
 
 
 def test_sigterm_saves_and_exits_interrupted(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.trainer as tr
-
-    real, calls = tr.train_step, []
-
-    def terminated(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "train_step", terminated)
+    at_train_step(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGTERM))
     cfg, ov = tiny(dataset, tmp_path, "train.name=term")
     run = train(cfg, overrides=ov, progress=False)
     assert ckpt_io.read_run_info(run)["status"] == "interrupted"

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY
+from conftest import TINY, at_train_step
 
 from slmkit.base.config import ConfigError
 from slmkit.base.config_files import load_config
@@ -125,15 +125,7 @@ def test_resume_refuses_a_different_model(dataset, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.trainer as tr
-
-    real, calls = tr.train_step, []
-
-    def poisoned(*a, **k):
-        calls.append(1)
-        return (float("nan"), float("nan")) if len(calls) == 7 else real(*a, **k)
-
-    monkeypatch.setattr(tr, "train_step", poisoned)
+    at_train_step(monkeypatch, 7, lambda: (float("nan"), float("nan")))
     cfg, ov = tiny(dataset, tmp_path, "train.name=nan")
     with pytest.raises(TrainingDiverged, match=r"step 7; last good checkpoint: .*step-000005"):
         train(cfg, overrides=ov, progress=False)
@@ -141,17 +133,7 @@ def test_nan_loss_stops_with_a_clear_message(dataset, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_saves_and_exits_cleanly(dataset, tmp_path, monkeypatch):
-    import slmkit.engine.trainer as tr
-
-    real, calls = tr.train_step, []
-
-    def interrupting(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "train_step", interrupting)
+    at_train_step(monkeypatch, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
     cfg, ov = tiny(dataset, tmp_path, "train.name=ctrlc")
     run = train(cfg, overrides=ov, progress=False)
     assert ckpt_io.read_run_info(run)["status"] == "interrupted"
