@@ -342,6 +342,19 @@ class GPT(nn.Module):
         kv_cache: read and extended in place (positions start_pos..start_pos+T); start_pos defaults to
         kv_cache.length (0 without a cache). last_only: compute logits for the last position only (B, 1, V).
         """
+        x = self.hidden(idx, kv_cache=kv_cache, start_pos=start_pos)  # (B, T, C)
+        if last_only and targets is None:
+            x = x[:, -1:]  # (B, 1, C)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        if targets is None:
+            return logits, None
+        return logits, masked_cross_entropy(logits, targets)
+
+    def hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
+               start_pos: int | None = None) -> torch.Tensor:  # fmt: skip
+        """The residual stream after the final norm, (B, T, n_embd): what the head reads, and what embeddings
+        pool. Same arguments as forward. Causal attention means a right-padded row's real positions never see its
+        padding, so pooling them needs no attention mask."""
         B, T = idx.shape
         start = (kv_cache.length if kv_cache is not None else 0) if start_pos is None else start_pos
         limit = kv_cache.max_len if kv_cache is not None else self.config.block_size
@@ -358,13 +371,7 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache, start)
         if kv_cache is not None:
             kv_cache.length = start + T
-        x = self.norm_f(x)
-        if last_only and targets is None:
-            x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, padded_vocab)
-        if targets is None:
-            return logits, None
-        return logits, masked_cross_entropy(logits, targets)
+        return self.norm_f(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (a tied head counted once). non_embedding excludes wte and wpe (Kaplan's N)."""
