@@ -91,6 +91,62 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+class Decoding:
+    """One sequence being generated: its ids so far, the ids the model has not seen yet (`pending`) and how the next
+    id is picked from the model's logits (temperature, top-k, top-p, its own random generator, stop ids, the vocabulary
+    limit, logprobs). `generate` drives one with a batch-1 cache; the serving engine drives many at once, each in a
+    row of a `RaggedKVCache`, so a request's ids are the same whichever way it is served.
+
+    Arguments as `generate`'s; parameters out of range raise SamplingError (or ValueError) here, before any forward.
+    """
+
+    def __init__(self, model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int, *,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 stop_ids: Sequence[int] = (), vocab_limit: int | None = None,
+                 logprobs: int | None = None):  # fmt: skip
+        check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise ValueError(f"logprobs must be None or a count of alternatives >= 0, got {logprobs!r}")
+        self.tokens = [int(t) for t in (idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else idx)]
+        if not self.tokens:
+            raise ValueError("generate needs a prompt of at least one token (e.g. the end-of-text id)")
+        self.block = model.config.block_size
+        self.limit = min(vocab_limit or model.config.vocab_size, model.config.vocab_size)
+        self.temperature, self.top_k, self.top_p, self.logprobs = temperature, top_k, top_p, logprobs
+        self.gen = torch.Generator(device=model.lm_head.weight.device)
+        self.gen.manual_seed(seed) if seed is not None else self.gen.seed()
+        self.stop = set(stop_ids)
+        self.pending = self.tokens[-self.block :]  # ids not yet fed to the model
+        self.new = 0  # ids generated so far
+
+    def needs_window(self, cached: int) -> bool:
+        """Whether feeding `pending` after `cached` ids would overflow the context (then `restart` and feed anew)."""
+        return cached + len(self.pending) > self.block
+
+    def restart(self) -> list[int]:
+        """The cache is full: the recent window (the last block_size - block_size // 4 ids) becomes `pending`, to be
+        prefilled into an empty cache."""
+        self.pending = self.tokens[-(self.block - self.block // 4) :]
+        return self.pending
+
+    def pick(self, logits: torch.Tensor) -> int | Step | None:
+        """The next id from the logits (padded_vocab,) after the pending ids (modified in place: ids >= the limit
+        masked): its id, or a `Step` with logprobs, or None when it is a stop id (not kept). Sets `pending`."""
+        logits[self.limit :] = float("-inf")
+        nxt = sample_next(logits, self.temperature, self.top_k, self.top_p, self.gen)
+        if nxt in self.stop:
+            return None
+        self.tokens.append(nxt)
+        self.pending = [nxt]
+        self.new += 1
+        if self.logprobs is None:
+            return nxt
+        lp = token_logprobs(logits[: self.limit], self.temperature)
+        best = torch.topk(lp, min(self.logprobs, self.limit)) if self.logprobs else None
+        top = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+        return Step(nxt, float(lp[nxt]), top)
+
+
 @torch.inference_mode()
 def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_ids: Sequence[int] = (),
@@ -105,41 +161,23 @@ def generate(model: GPT, idx: Sequence[int] | torch.Tensor, max_new_tokens: int,
     A sampled id in stop_ids ends generation and is not yielded. The model is put in eval mode. Parameters out of
     range (`SAMPLING`) raise SamplingError before anything is generated.
     """
-    check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
-        raise ValueError(f"logprobs must be None or a count of alternatives >= 0, got {logprobs!r}")
+    seq = Decoding(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                   stop_ids=stop_ids, vocab_limit=vocab_limit, logprobs=logprobs)  # fmt: skip
     model.eval()
     device = model.lm_head.weight.device
-    tokens = [int(t) for t in (idx.reshape(-1).tolist() if isinstance(idx, torch.Tensor) else idx)]
-    if not tokens:
-        raise ValueError("generate needs a prompt of at least one token (e.g. the end-of-text id)")
-    limit = min(vocab_limit or model.config.vocab_size, model.config.vocab_size)
-    block = model.config.block_size
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
-    stop = set(stop_ids)
     cache = model.new_kv_cache(1) if use_cache else None
-    pending = tokens[-block:]  # ids not yet fed to the model
     for _ in range(max_new_tokens):
-        if cache is not None and cache.length + len(pending) > block:  # full: re-prefill the recent window
+        if cache is not None and seq.needs_window(cache.length):  # full: re-prefill the recent window
             cache.reset()
-            pending = tokens[-(block - block // 4) :]
-        x = torch.tensor([pending], dtype=torch.long, device=device)  # (1, T)
+            seq.restart()
+        x = torch.tensor([seq.pending], dtype=torch.long, device=device)  # (1, T)
         logits, _ = model(x, kv_cache=cache, last_only=True)  # (1, 1, padded_vocab)
-        logits = logits[0, -1]
-        logits[limit:] = float("-inf")
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)
-        if nxt in stop:
+        out = seq.pick(logits[0, -1])
+        if out is None:
             return
-        tokens.append(nxt)
-        pending = [nxt] if cache is not None else tokens[-block:]
-        if logprobs is None:
-            yield nxt
-        else:
-            lp = token_logprobs(logits[:limit], temperature)
-            best = torch.topk(lp, min(logprobs, limit)) if logprobs else None
-            top = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
-            yield Step(nxt, float(lp[nxt]), top)
+        if cache is None:
+            seq.pending = seq.tokens[-seq.block :]
+        yield out
 
 
 class TextStream:

@@ -17,11 +17,16 @@ used in place of the separate projections (the parameters and their names stay a
 
 Inside `with record_attention(model) as weights:` attention is written out (softmax(q k^T / sqrt(hd) + mask) v,
 `explicit_attention`) and every layer's attention weights are kept: for inspection only (`slm inspect`), slower.
+
+Serving decodes many independent sequences in one forward with a `RaggedKVCache`: each row has its own length, so
+its own position ids (learned or RoPE) and a mask hiding the slots it has not filled. Without one (training, `slm
+sample`, scoring) nothing of that runs: training stays plain causal SDPA.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -86,7 +91,8 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, T, heads, hd) by the (T, 1, hd) tables of its positions."""
+    """Rotate x (B, T, heads, hd) by the tables of its positions: (T, 1, hd), or (B, T, 1, hd) when every row has its
+    own positions (a `RaggedKVCache`)."""
     return (x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin).to(x.dtype)
 
 
@@ -118,6 +124,95 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+        """An empty cache whose storage is the given (n_layer, B, kv_heads, max_len, hd) tensors (views are fine:
+        writes land in them)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.max_len, cache.length = k, v, k.size(3), 0
+        return cache
+
+
+class RaggedKVCache:
+    """Keys and values of up to `capacity` independent sequences decoded together, each row at its own length.
+
+    Storage (n_layer, rows, kv_heads, max_len, hd), grown on demand (doubling) up to `capacity` rows, so memory
+    follows the peak number of sequences, not the limit. Rows are LEFT-aligned: a row's position p lives in slot p,
+    so its position ids are its slot indices (learned positions and RoPE need nothing else), a row can be filled
+    alone (`row()` gives a batch-1 `KVCache` over it, so a prompt is prefilled exactly as `generate` does) and it
+    can be restarted at 0 (a sliding window) without touching the others. A right-aligned cache (left padding,
+    every row ending at the same slot) writes each step at one slot, but a row that joins with a longer prompt than
+    the others have would shift them all, and position ids would still differ per row; here the write is a scatter
+    at per-row slots (cheap) and the mask hides slots past each row's length (stale keys of an earlier occupant).
+
+    A forward over `B` rows covers rows 0..B-1 (the user keeps its live rows first: `move` fills a freed row with
+    the last one). `prepare(B, T)` (called by the model) fixes this step's positions (B, T), mask (B, 1, T, S)
+    and span S = the longest row after the step; `update` writes each layer's new keys; `advance` adds T.
+    """
+
+    def __init__(self, n_layer: int, capacity: int, kv_heads: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):  # fmt: skip
+        self.capacity, self.max_len = capacity, max_len
+        self._shape, self._device, self._dtype = (n_layer, kv_heads, max_len, head_dim), device, dtype
+        self.k = self.v = torch.zeros(0)
+        self._grow(min(capacity, 4))
+        self.lengths = [0] * capacity  # tokens cached per row
+        self.positions = self.mask = None
+        self.span = 0
+
+    def _grow(self, rows: int) -> None:
+        n_layer, kv_heads, max_len, hd = self._shape
+        k = torch.zeros((n_layer, rows, kv_heads, max_len, hd), device=self._device, dtype=self._dtype)
+        v = torch.zeros_like(k)
+        old = self.k.size(1) if self.k.dim() == 5 else 0
+        if old:
+            k[:, :old], v[:, :old] = self.k, self.v
+        self.k, self.v = k, v
+
+    def reserve(self, rows: int) -> None:
+        """Make room for rows 0..rows-1 (up to capacity); existing rows keep their contents."""
+        if rows > self.capacity:
+            raise ValueError(f"a RaggedKVCache of {self.capacity} rows cannot hold {rows}")
+        if rows > self.k.size(1):
+            self._grow(min(self.capacity, max(rows, 2 * self.k.size(1))))
+
+    def row(self, r: int) -> KVCache:
+        """A batch-1 `KVCache` over row r, empty (length 0): a forward with it fills the row from position 0. Set
+        `lengths[r]` to its length afterwards."""
+        self.reserve(r + 1)
+        return KVCache.over(self.k[:, r : r + 1], self.v[:, r : r + 1])
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row src (its filled slots) into row dst, which it replaces."""
+        n = self.lengths[src]
+        self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+        self.lengths[dst] = n
+
+    def prepare(self, B: int, T: int, device: torch.device) -> torch.Tensor:
+        """Positions (B, T) of the next T tokens of rows 0..B-1; also sets `mask` (B, 1, T, S), True where a query
+        may see a slot (slot <= its own position) and `span` S."""
+        starts = torch.tensor(self.lengths[:B], device=device)  # (B,)
+        self.span = max(self.lengths[:B]) + T
+        if self.span > self.max_len:
+            raise ValueError(f"positions up to {self.span} exceed the context of {self.max_len} tokens")
+        self.positions = starts[:, None] + torch.arange(T, device=device)  # (B, T)
+        slots = torch.arange(self.span, device=device)  # (S,)
+        self.mask = (slots[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, S)
+        return self.positions
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, kv_heads, T, hd) at each row's positions; return rows 0..B-1 over the span S."""
+        B = k.size(0)
+        rows = torch.arange(B, device=k.device)[:, None]  # (B, 1), broadcast against positions (B, T)
+        self.k[layer][rows, :, self.positions] = k.transpose(1, 2)  # indexed view: (B, T, kv_heads, hd)
+        self.v[layer][rows, :, self.positions] = v.transpose(1, 2)
+        return self.k[layer, :B, :, : self.span], self.v[layer, :B, :, : self.span]  # (B, kv_heads, S, hd)
+
+    def advance(self, B: int, T: int) -> None:
+        for r in range(B):
+            self.lengths[r] += T
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Attention, MLP, block
@@ -128,11 +223,13 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(x, p, training) if training and p > 0 else x
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, ...]:
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+                       visible: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """What SDPA computes in one fused kernel, step by step: (output (B, n_head, T, hd), weights (B, n_head, T, S)).
 
     q: (B, n_head, T, hd) at positions start..start+T-1; k, v: (B, kv_heads, S, hd) at positions 0..S-1. Query i
-    sees keys 0..start+i. The scores and softmax are in fp32; each row of the weights sums to 1.
+    sees keys 0..start+i, or where `visible` (broadcast to (B, n_head, T, S)) is True when given (ragged rows).
+    The scores and softmax are in fp32; each row of the weights sums to 1.
     """
     group = q.size(1) // k.size(1)  # GQA: kv head j serves query heads j*group .. (j+1)*group-1
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, n_head, S, hd)
@@ -140,6 +237,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start:
     key_pos = torch.arange(k.size(2), device=q.device)
     query_pos = torch.arange(start, start + q.size(2), device=q.device)
     future = key_pos[None, :] > query_pos[:, None]  # (T, S): True where a query would see a later token
+    if visible is not None:
+        future = ~visible
     weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, n_head, T, S)
     return (weights @ v.float()).to(q.dtype), weights
 
@@ -157,6 +256,49 @@ def record_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     finally:
         for attn in layers:
             attn.record = None
+
+
+_INT8_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # int8 module -> (W^T (K, N) int8, sums (N,))
+
+
+def int8_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """y = x W^T * scale + bias for an int8 module (`qweight` (N, K) int8, `scale` (N,), `bias`, as
+    `qweights.DynamicInt8Linear`), each token row of x (..., K) quantized on its own: 8-bit asymmetric (min and max
+    of the row, 0 included, over 0..255), an exact int32 matrix product (`torch._int_mm`), then the scales.
+
+    fbgemm's kernel quantizes a whole call with one scale, so in a batch a row's result would depend on the other
+    rows; here every row computes the same bits whatever shares its call (integer sums are exact, the rest is per
+    element). One call for the batch reads the weights once (per-row fbgemm calls read them once per row: ~2x
+    slower at 16 rows). Not bit-identical to fbgemm's batch-1 path (its activations round differently; measured
+    on a 384-wide layer, this one's error against the fp32 product is ~3x smaller)."""
+    packed = _INT8_PACKED.get(module)
+    if packed is None:
+        q = module.qweight
+        packed = _INT8_PACKED[module] = (q.t().contiguous(), q.sum(dim=1, dtype=torch.int32))
+    wt, sums = packed  # (K, N) int8, (N,) int32
+    xf = x.reshape(-1, x.size(-1)).float()  # (M, K)
+    lo, hi = xf.amin(1, keepdim=True).clamp(max=0), xf.amax(1, keepdim=True).clamp(min=0)  # (M, 1) each
+    step = ((hi - lo) / 255).clamp(min=1e-12)  # (M, 1): one quantization step per row
+    zero = (-lo / step).round()  # (M, 1): the integer that 0.0 maps to
+    xq = (xf / step + zero).round().clamp(0, 255).sub(128).to(torch.int8)  # (M, K): uint8 values shifted to int8
+    acc = torch._int_mm(xq, wt).add_((128 - zero).to(torch.int32) * sums)  # (M, N) = sum_k (xq + 128 - zero) w
+    y = acc.float().mul_(step).mul_(module.scale)
+    if module.bias is not None:
+        y = y.add_(module.bias)
+    return y.view(*x.shape[:-1], -1)
+
+
+def project(module: nn.Module, x: torch.Tensor, apart: bool) -> torch.Tensor:
+    """module(x) for x (B, T, C). With `apart` (rows of a `RaggedKVCache`: independent requests) each row computes
+    what it would alone: an nn.Linear is a plain matmul; an int8 module (with `qweight`) quantizes activations per
+    row (`int8_rows`); any other module is called once per row."""
+    if not apart or isinstance(module, nn.Linear):
+        return module(x)
+    if hasattr(module, "qweight") and hasattr(module, "scale"):
+        return int8_rows(module, x)
+    if x.size(0) == 1:
+        return module(x)
+    return torch.cat([module(x[b : b + 1]) for b in range(x.size(0))])
 
 
 class Attention(nn.Module):
@@ -185,10 +327,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
+        ragged = isinstance(cache, RaggedKVCache)
         if self.qkv is not None:  # one fused matmul
-            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+            q, k, v = project(self.qkv, x, ragged).split(self.sizes, dim=-1)
         else:
-            q, k, v = self.q(x), self.k(x), self.v(x)  # (B, T, heads * hd) each
+            q, k, v = project(self.q, x, ragged), project(self.k, x, ragged), project(self.v, x, ragged)  # (B, T, *)
         q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, hd)
         k, v = k.view(B, T, self.kv_heads, self.head_dim), v.view(B, T, self.kv_heads, self.head_dim)
         if self.qk_norm:
@@ -196,18 +339,22 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v, start)  # (B, kv_heads, start+T, hd)
         # No cached prefix: plain causal. One new token after the cache: it sees every key, no mask.
         # A chunk after the cache: query i (position start+i) sees keys 0..start+i, an explicit (T, S) mask.
-        is_causal, mask = start == 0 and T > 1, None
-        if start > 0 and T > 1:
+        # Ragged rows: each sees its own filled slots, the cache's (B, 1, T, S) mask.
+        is_causal, mask = start == 0 and T > 1 and not ragged, None
+        if ragged:
+            k, v = cache.update(self.layer, k, v)  # (B, kv_heads, S, hd)
+            mask = cache.mask
+        elif cache is not None:
+            k, v = cache.update(self.layer, k, v, start)  # (B, kv_heads, start+T, hd)
+        if start > 0 and T > 1 and not ragged:
             key_pos = torch.arange(k.size(2), device=x.device)  # (S,)
             mask = key_pos[None, :] <= torch.arange(start, start + T, device=x.device)[:, None]  # (T, S)
         dropout_p, gqa = self.dropout if self.training else 0.0, self.kv_heads != self.n_head
         # y: (B, n_head, T, hd)
         if self.record is not None:  # inspection (eval: no attention dropout): written out, weights kept
-            y, weights = explicit_attention(q, k, v, start)
+            y, weights = explicit_attention(q, k, v, start, mask if ragged else None)
             self.record.append(weights.detach())
         elif q.dtype == torch.bfloat16 and T <= SDPA_FP32_MAX_T and q.requires_grad and q.device.type == "cpu":
             with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
@@ -216,7 +363,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, n_head*hd)
-        return dropout(self.o(y), self.dropout, self.training)
+        return dropout(project(self.o, y, ragged), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -235,18 +382,19 @@ class MLP(nn.Module):
         self.dropout = cfg.dropout
         self.gate_up: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, apart: bool = False) -> torch.Tensor:
+        """apart: the rows are independent requests (see `project`)."""
         if self.kind == "swiglu":
             if self.gate_up is not None:  # one fused matmul
-                gate, up = self.gate_up(x).chunk(2, dim=-1)
+                gate, up = project(self.gate_up, x, apart).chunk(2, dim=-1)
             else:
-                gate, up = self.gate(x), self.up(x)  # (B, T, hidden) each
+                gate, up = project(self.gate, x, apart), project(self.up, x, apart)  # (B, T, hidden) each
             h = F.silu(gate) * up
         elif self.kind == "relu2":
-            h = F.relu(self.up(x)).square()
+            h = F.relu(project(self.up, x, apart)).square()
         else:
-            h = F.gelu(self.up(x), approximate="tanh")
-        return dropout(self.down(h), self.dropout, self.training)  # h: (B, T, hidden)
+            h = F.gelu(project(self.up, x, apart), approximate="tanh")
+        return dropout(project(self.down, h, apart), self.dropout, self.training)  # h: (B, T, hidden)
 
 
 class Block(nn.Module):
@@ -260,12 +408,13 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope, cache: KVCache | None, start: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, cache: KVCache | RaggedKVCache | None, start: int) -> torch.Tensor:
+        apart = isinstance(cache, RaggedKVCache)
         if self.pre:
             x = x + self.attn(self.norm1(x), rope, cache, start)
-            return x + self.mlp(self.norm2(x))
+            return x + self.mlp(self.norm2(x), apart)
         x = self.norm1(x + self.attn(x, rope, cache, start))
-        return self.norm2(x + self.mlp(x))
+        return self.norm2(x + self.mlp(x, apart))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,12 +475,18 @@ class GPT(nn.Module):
         return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim,
                        device=device or p.device, dtype=dtype or p.dtype)  # fmt: skip
 
+    def new_ragged_cache(self, rows: int, device=None, dtype=None) -> RaggedKVCache:
+        """An empty `RaggedKVCache` for up to `rows` sequences of up to block_size positions each."""
+        cfg, p = self.config, self.lm_head.weight
+        return RaggedKVCache(cfg.n_layer, rows, cfg.kv_heads, cfg.block_size, cfg.head_dim,
+                             device=device or p.device, dtype=dtype or p.dtype)  # fmt: skip
+
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        kv_cache: KVCache | None = None,
+        kv_cache: KVCache | RaggedKVCache | None = None,
         start_pos: int | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -341,21 +496,24 @@ class GPT(nn.Module):
         is the fp32 mean cross-entropy over the other positions (0 when every position is ignored).
         kv_cache: read and extended in place (positions start_pos..start_pos+T); start_pos defaults to
         kv_cache.length (0 without a cache). last_only: compute logits for the last position only (B, 1, V).
+        A `RaggedKVCache` instead: idx feeds rows 0..B-1 of it, each continuing at its own length (start_pos unused).
         """
         x = self.hidden(idx, kv_cache=kv_cache, start_pos=start_pos)  # (B, T, C)
         if last_only and targets is None:
             x = x[:, -1:]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        logits = project(self.lm_head, x, isinstance(kv_cache, RaggedKVCache))  # (B, T, padded_vocab)
         if targets is None:
             return logits, None
         return logits, masked_cross_entropy(logits, targets)
 
-    def hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | None = None,
+    def hidden(self, idx: torch.Tensor, *, kv_cache: KVCache | RaggedKVCache | None = None,
                start_pos: int | None = None) -> torch.Tensor:  # fmt: skip
         """The residual stream after the final norm, (B, T, n_embd): what the head reads, and what embeddings
         pool. Same arguments as forward. Causal attention means a right-padded row's real positions never see its
         padding, so pooling them needs no attention mask."""
         B, T = idx.shape
+        if isinstance(kv_cache, RaggedKVCache):
+            return self._hidden_ragged(idx, kv_cache)
         start = (kv_cache.length if kv_cache is not None else 0) if start_pos is None else start_pos
         limit = kv_cache.max_len if kv_cache is not None else self.config.block_size
         if start + T > limit:
@@ -371,6 +529,22 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache, start)
         if kv_cache is not None:
             kv_cache.length = start + T
+        return self.norm_f(x)
+
+    def _hidden_ragged(self, idx: torch.Tensor, cache: RaggedKVCache) -> torch.Tensor:
+        """hidden() for rows 0..B-1 of a ragged cache: row b's tokens at positions lengths[b]..lengths[b]+T-1."""
+        B, T = idx.shape
+        pos = cache.prepare(B, T, idx.device)  # (B, T)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.wpe(pos)  # (B, T, C)
+        else:
+            rope = (self.rope_cos[pos][:, :, None], self.rope_sin[pos][:, :, None])  # (B, T, 1, hd) each
+        x = dropout(x, self.config.dropout, self.training)
+        for block in self.blocks:
+            x = block(x, rope, cache, 0)
+        cache.advance(B, T)
         return self.norm_f(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
