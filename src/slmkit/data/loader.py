@@ -24,6 +24,11 @@ How ranks share the data (`shard`):
   The state is that of the single-process stream (world_size 1, global batch count), so a checkpoint resumes
   under any world size that divides its batch count.
 
+With `fim` (a `slmkit.data.fim.FimSpec`, `data.fim_rate` > 0) every window is rearranged after it is read: each
+document piece in it, with probability `fim.rate`, becomes prefix/suffix/middle with the FIM sentinels
+(`slmkit.data.fim.fim_window`), a pure function of (seed, document index, offset), so batches stay a pure function
+of their index and resume stays exact.
+
 `state_dict()` / `load_state_dict()` save and restore the exact position (counters): the batches after a restore
 are the ones the uninterrupted loader would have produced. The state is the same on every rank, so the state saved
 by rank 0 restores all ranks.
@@ -37,6 +42,7 @@ import numpy as np
 import torch
 
 from slmkit.data.dataset import doc_starts, read_meta, split_shards
+from slmkit.data.fim import FimSpec, fim_window
 from slmkit.data.sources import DataError
 
 CHUNK_WINDOWS = 8  # with several ranks (random mode), each rank owns interleaved chunks of this many windows
@@ -60,6 +66,7 @@ class TokenLoader:
         rank: int = 0,
         world_size: int = 1,
         shard: str = "windows",
+        fim: FimSpec | None = None,
     ):
         if mode not in MODES:
             raise DataError(f"unknown loader mode {mode!r}; use random or sequential")
@@ -82,6 +89,8 @@ class TokenLoader:
             raise DataError(f"the {split} split of {self.dir} has {self.num_tokens} tokens, fewer than one window "
                             f"of block_size + 1 = {block_size + 1}; use a smaller block size or more data")  # fmt: skip
         self._starts = self._window_starts()
+        self.fim = fim if fim is not None and fim.rate > 0 else None
+        self._docs = doc_starts(self.dir, split).astype(np.int64) if self.fim is not None else None
         self.batches = 0  # batches produced so far
         self.epoch = 0  # sequential mode: completed passes
         self._pos = 0  # sequential mode: index of this rank's next window in self._starts
@@ -169,9 +178,19 @@ class TokenLoader:
             for b, (i, lo, s) in enumerate(zip(shard.tolist(), offsets.tolist(), starts.tolist())):
                 window = self._shards[i][lo : lo + self.block_size + 1]
                 rows[b] = window if len(window) == self.block_size + 1 else self._window(s)
+        if self.fim is not None:
+            rows = self._fim_rows(rows, starts)
         rows = torch.from_numpy(rows.astype(np.int64))
         self.batches += 1
         return rows[:, :-1], rows[:, 1:]
+
+    def _fim_rows(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Each row (T+1,) rearranged by `fim_window`; its first token lies in document `doc` at `start - doc start`."""
+        docs = np.maximum(np.searchsorted(self._docs, starts, side="right") - 1, 0)
+        out = np.empty_like(rows)
+        for b, (start, doc) in enumerate(zip(starts.tolist(), docs.tolist())):
+            out[b] = fim_window(rows[b], doc, start - int(self._docs[doc]), self.seed, self.fim)
+        return out
 
     def __iter__(self):
         while True:
@@ -181,7 +200,8 @@ class TokenLoader:
     def _identity(self) -> dict:
         return {"split": self.split, "mode": self.mode, "align_to_docs": self.align, "batch_size": self.batch_size,
                 "block_size": self.block_size, "seed": self.seed, "world_size": self._stream_rank()[0],
-                "num_tokens": self.num_tokens}  # fmt: skip
+                "num_tokens": self.num_tokens,
+                **({"fim": [self.fim.rate, self.fim.spm_rate]} if self.fim is not None else {})}  # fmt: skip
 
     def state_dict(self) -> dict:
         """A JSON-serialisable position: restoring it makes the next batches those that would have come next."""
@@ -193,7 +213,7 @@ class TokenLoader:
         return {**self._identity(), "batches": self.batches, "epoch": self.epoch, "pos": self._pos}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self._identity()
+        mine = {"fim": None, **self._identity()}  # a state saved with FIM does not fit a loader without it
         diff = [f"{k} {state.get(k)!r} -> {v!r}" for k, v in mine.items() if state.get(k) != v]
         if diff:
             raise DataError(f"loader state does not fit this loader ({'; '.join(diff)}); resume with the same data "

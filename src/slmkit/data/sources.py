@@ -8,7 +8,8 @@ A source string is one of
   anything else is read as UTF-8 text (one document, read in pieces);
 - a directory (every file under it, hidden entries and `__pycache__` skipped, filtered by include/exclude globs) or
   a glob (`src/**/*.py`); each file is read by its extension as above;
-- `hf:<dataset>[:<config>]`: a Hugging Face dataset streamed with `datasets` (its train split), only when named.
+- `hf:<dataset>[:<config>[:<split>]]`: a Hugging Face dataset streamed with `datasets` (the train split unless
+  named), only when named.
 
 Files with NUL bytes in their first block are taken for binary and skipped; other bytes that are not UTF-8 are
 decoded with replacement. Both are counted in `SourceStats`, which also records file counts, sizes and hashes.
@@ -245,7 +246,7 @@ def resolve_files(source: str, include: Sequence[str] = (), exclude: Sequence[st
         raise DataError(f"no files match {source!r}; check the pattern (use ** for sub-folders)")
     raise DataError(
         f"no such file, directory or built-in corpus: {source!r}; built-ins are {', '.join(BUILTINS)}, "
-        "remote datasets are named hf:<dataset>[:<config>]"
+        "remote datasets are named hf:<dataset>[:<config>[:<split>]]"
     )
 
 
@@ -417,9 +418,9 @@ def _iter_hf(source: str, stats: SourceStats, text_field: str) -> Iterator[Docum
         import datasets
     except ImportError:
         raise DataError(f"{source} needs the Hugging Face `datasets` package: pip install datasets") from None
-    name, _, config = source[3:].partition(":")
+    name, config, split = (source[3:].split(":") + ["", ""])[:3]  # hf:<dataset>[:<config>[:<split>]]
     try:
-        ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        ds = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
     except Exception as e:  # network, unknown dataset, ...
         raise DataError(f"could not open {source} ({type(e).__name__}: {e})") from None
     for i, rec in enumerate(ds):
