@@ -15,6 +15,8 @@ The directory is built under a hidden temporary name (`slmkit.base.atomic.atomic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -34,6 +36,9 @@ from slmkit.base.config import DataConfig, TokenizerConfig
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
+from slmkit.data.quality.clean import PROCESS_MIN_BYTES as CLEAN_PROCESS_MIN_BYTES
+from slmkit.data.quality.clean import Cleaner, CleanSpec
+from slmkit.data.quality.decontam import EvalNGrams
 from slmkit.data.sources import (
     DataError,
     Document,
@@ -317,6 +322,8 @@ def prepare(
     progress: bool = True,
     max_bytes: int = 0,
     backend: str = "auto",
+    clean: CleanSpec | None = None,
+    eval_index: Callable[[], EvalNGrams | None] | None = None,
 ) -> Path:
     """Tokenize `source` into the dataset directory `out` (see the module docstring); returns `out`.
 
@@ -324,6 +331,10 @@ def prepare(
     at once, unless `force`. `workers` 0 means one per CPU; `max_bytes` > 0 stops after that much text.
     `backend`: "thread" (tiktoken and numpy release the GIL), "process" (worker processes; fastest on large
     corpora in benchmarks/bench_prepare.py) or "auto" (processes from PROCESS_MIN_BYTES of text, else threads).
+    `clean` filters and deduplicates the documents on the way (`data.quality.clean`); `eval_index`, called only
+    when the dataset is really built, gives the eval 13-grams to check against (clean.contamination: warn names
+    each overlapping task and its count; remove drops those documents). meta.json records the cleaning report. A
+    char or bpe tokenizer is learned from the text as read, before cleaning.
     """
     out = Path(out)
     if not 0.0 <= val_fraction < 1.0:
@@ -336,6 +347,9 @@ def prepare(
     settings = {"source": source, "tokenizer": spec, "val_fraction": val_fraction, "seed": seed,
                 "text_field": text_field, "include": include, "exclude": exclude, "shard_tokens": shard_tokens,
                 "max_bytes": max_bytes}  # fmt: skip
+    clean = clean or CleanSpec()
+    if clean.changes_text:  # a warning-only check leaves the data as it is, and older datasets' settings valid
+        settings["clean"] = clean.to_meta()
     if _already_prepared(out, settings, spec, force):
         if progress:
             print(f"prepare: {out} is already prepared (pass --force to rebuild it)", file=sys.stderr)
@@ -347,7 +361,9 @@ def prepare(
     sample = lambda n: iter_texts(source, max_bytes=min(n or max_bytes, max_bytes or n), **doc_kw)
     tok = _build_tokenizer(spec, sample, progress)
     stats = SourceStats(source)
-    docs = iter_documents(source, stats=stats, split_at=split_at, **doc_kw)
+    docs = _limited(iter_documents(source, stats=stats, split_at=split_at, **doc_kw), max_bytes)
+    cleaner = _cleaner(clean, eval_index, max_bytes or source_bytes(source, include, exclude))
+    docs = cleaner.run(docs) if cleaner is not None else docs
     with atomic_dir(out) as tmp:
         tok_dir = tok.save(tmp / TOKENIZER_DIR)
         dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
@@ -356,20 +372,44 @@ def prepare(
         if backend == "auto":
             backend = "process" if workers > 1 and (total == 0 or total >= PROCESS_MIN_BYTES) else "thread"
         bar = progress_bar(total or None, f"prepare {source}", "B", enabled=progress, unit_scale=True)
-        splits = _write_splits(tmp, tok, tok_dir, dtype, _limited(docs, max_bytes), val_fraction, seed, workers,
-                               shard_tokens, backend, bar)  # fmt: skip
+        splits = _write_splits(tmp, tok, tok_dir, dtype, docs, val_fraction, seed, workers, shard_tokens, backend,
+                               bar)  # fmt: skip
         if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
             seen = f"{stats.files} files, {stats.binary_files_skipped} binary skipped, {stats.bad_lines} bad records"
             raise DataError(f"empty corpus: {source} holds no text ({seen})")
         elapsed = time.perf_counter() - t0
         meta = _meta(tok, dtype, splits, stats, settings, elapsed, split_at)
+        if cleaner is not None:
+            meta["cleaning"] = cleaner.report()
         atomic_write_json(tmp / META_FILE, meta)
     if progress:
         tr, va = splits["train"], splits["val"]
         print(f"prepare: {out}: train {tr['tokens']:,} tokens ({tr['documents']:,} docs), val {va['tokens']:,} "
               f"tokens ({va['documents']:,} docs), {tok.name} fingerprint {tok.fingerprint}, {elapsed:.1f}s",
               file=sys.stderr)  # fmt: skip
+    if cleaner is not None and cleaner.contamination is not None:
+        _warn_overlap(cleaner, out)
     return out
+
+
+def _cleaner(spec: CleanSpec, eval_index, total_bytes: int) -> Cleaner | None:
+    """The cleaner for `spec` (None when there is nothing to do): worker processes only for a large corpus with
+    filters or dedup (a contamination check alone is cheap)."""
+    index = eval_index() if eval_index is not None and spec.contamination != "off" else None
+    if not spec.changes_text and index is None:
+        return None
+    heavy = bool(spec.filters or spec.dedup) and total_bytes >= CLEAN_PROCESS_MIN_BYTES
+    return Cleaner(spec, index, workers=_cpu_count() if heavy else 1)
+
+
+def _warn_overlap(cleaner: Cleaner, out: Path) -> None:
+    """One line per eval task the corpus overlaps: what was found, and what was done about it."""
+    removed = cleaner.spec.contamination == "remove"
+    for line in cleaner.contamination.lines():
+        print(f"prepare: {'removed' if removed else 'warning'}: {line}", file=sys.stderr)
+    if cleaner.contamination.documents and not removed:
+        print(f"prepare: {out} keeps those documents; data.contamination=remove (slm prepare --decontaminate) drops "
+              "them; counts are in meta.json under cleaning.contamination", file=sys.stderr)  # fmt: skip
 
 
 def _cpu_count() -> int:
@@ -457,13 +497,21 @@ def default_dataset_dir(source: str, tokenizer_kind: str, root: str | Path = "da
     return Path(root) / f"{_slug(name)}-{_slug(tok)}"
 
 
-def ensure_prepared(data_cfg, tokenizer_kind: str) -> Path:
+def ensure_prepared(data_cfg, tokenizer_kind: str, eval_index: Callable[[], EvalNGrams | None] | None = None) -> Path:
     """The dataset directory for a run's data config: `data.dir` as it is when complete, else prepared (with a
-    progress bar) on first use and reused afterwards."""
+    progress bar) on first use and reused afterwards. The data config's cleaning fields (dedup, filters,
+    contamination) apply on the way; a cleaned dataset's default folder name ends in -clean-<digest of them>."""
     explicit = bool(data_cfg.dir)
+    spec = CleanSpec.from_config(data_cfg)
     out = Path(data_cfg.dir) if explicit else default_dataset_dir(data_cfg.source, tokenizer_kind)
+    if not explicit and spec.changes_text:  # a cleaned corpus is another dataset: its own folder
+        out = out.with_name(f"{out.name}-clean-{_spec_digest(spec)}")
     if explicit and (out / META_FILE).is_file():
         return out
     return prepare(data_cfg.source, tokenizer=tokenizer_kind, out=out, val_fraction=data_cfg.val_fraction,
                    seed=data_cfg.seed, text_field=data_cfg.text_field, include=tuple(data_cfg.include),
-                   exclude=tuple(data_cfg.exclude), progress=True)  # fmt: skip
+                   exclude=tuple(data_cfg.exclude), progress=True, clean=spec, eval_index=eval_index)  # fmt: skip
+
+
+def _spec_digest(spec: CleanSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.to_meta(), sort_keys=True).encode()).hexdigest()[:8]
