@@ -20,7 +20,7 @@ CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 @pytest.fixture(scope="module")
 def bpe():
     texts = ["Hi there, who are you? A small model. Be brief. Say it literally, ok done."] * 20
-    return train_bpe(texts, 300)
+    return train_bpe(texts, 303)
 
 
 def tokenizers(bpe):

@@ -22,6 +22,9 @@ from slmkit.base.errors import SlmError
 EOT = "<|endoftext|>"
 SYSTEM, USER, ASSISTANT, END_OF_TURN = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END_OF_TURN)
+FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+FIM_TOKENS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+"""Fill-in-the-middle sentinels (Bavarian et al. 2022); a middle ends with end-of-text (`slmkit.data.fim`)."""
 META_FILE = "slmkit-tokenizer.json"
 HF_FILE = "tokenizer.json"
 # The GPT-2 pre-tokenization regex; HF's ByteLevel pre-tokenizer uses the same one.
@@ -72,6 +75,10 @@ class Tokenizer:
     @property
     def has_chat_tokens(self) -> bool:
         return all(t in self.special_tokens for t in CHAT_TOKENS)
+
+    @property
+    def has_fim_tokens(self) -> bool:
+        return all(t in self.special_tokens for t in FIM_TOKENS)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -258,11 +265,11 @@ def bpe_from_hf_json(hf_json: str) -> TiktokenTokenizer:
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> TiktokenTokenizer:
-    """Train a byte-level BPE on `texts` with the reserved specials (end-of-text and the chat tokens)."""
+    """Train a byte-level BPE on `texts` with the reserved specials (end-of-text, the chat and the FIM tokens)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    specials = [EOT, *CHAT_TOKENS]
+    specials = [EOT, *CHAT_TOKENS, *FIM_TOKENS]
     if vocab_size < 256 + len(specials) + 1:
         raise TokenizerError(f"bpe vocab size must be at least {256 + len(specials) + 1}, got {vocab_size}")
     tok = HFTokenizer(models.BPE())
@@ -332,6 +339,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 tok.add_special_tokens(extra)  # type: ignore[attr-defined]
         elif kind == "bpe":
             tok = bpe_from_hf_json((path / HF_FILE).read_text(encoding="utf-8"))
+            extra = [t for t in meta["special_tokens"] if t not in tok.special_tokens]
+            if extra:  # appended after training (FIM tokens for a bpe trained before they were reserved)
+                tok.add_special_tokens(extra)  # type: ignore[attr-defined]
         else:
             raise TokenizerError(f"{meta_path}: unknown tokenizer kind {kind!r}")
     except (KeyError, json.JSONDecodeError, OSError) as e:

@@ -1,0 +1,255 @@
+"""Fill-in-the-middle: (a) FIM for free, (b) editor-grade latency.
+
+(a) Two models of the same size, trained on the same tokens of python-stdlib (bpe:4096, its FIM tokens reserved),
+one with data.fim_rate=0.5 and one with 0. Targets: the FIM model's `fim-line` exact match >= 2x the other's (which
+infills by continuing the prefix left to right), and its left-to-right val loss worse by <= 2%.
+
+(b) Latency at batch 1: the `code` preset (briefly trained: latency does not depend on the weights' values),
+quantized int8-dynamic (`slm quantize`), a 512-token context (496 prompt tokens of prefix and suffix + 16 new
+tokens). Targets: p50 <= 50 ms and p95 <= 100 ms, in-process (`slmkit.data.fim`, exactly 16 tokens, stop ids off)
+and through `slm serve` over loopback (POST /v1/completions with `suffix`, max_tokens 16; a reply may stop early at
+end-of-middle, so its token count is reported).
+
+    nice -n 5 python benchmarks/bench_fim.py [--work /tmp/slm-bench-fim] [--steps 400] [--items 300]
+
+Runs and data are kept in --work and reused by a second call. Writes benchmarks/results/fim.json and fim.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUALITY = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=256", "train.batch_size=16",
+           "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=50", "train.eval_every=100000", "train.threads=1",
+           "train.seed=1", "tokenizer.kind=bpe:4096"]  # fmt: skip
+TARGETS = {"fim_exact_ratio": 2.0, "val_loss_worse_pct": 2.0, "p50_ms": 50.0, "p95_ms": 100.0}
+CONTEXT, NEW_TOKENS = 512, 16
+
+
+def prepared(work: Path) -> Path:
+    from slmkit.data.prepare import prepare
+
+    out = work / "data" / "python-stdlib-bpe4096"
+    if not (out / "meta.json").is_file():
+        prepare("python-stdlib", tokenizer="bpe:4096", out=out, progress=False)
+    return out
+
+
+def trained(work: Path, name: str, preset: str, overrides: list[str]) -> tuple[Path, float | None]:
+    """(run dir, training seconds; None when the run was already there)."""
+    from slmkit.base.config_files import load_config
+    from slmkit.engine.train import train
+
+    run = work / "runs" / name
+    if (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get("status") == "finished":
+        return run, None
+    if run.exists():  # an unfinished run of an earlier call, in the benchmark's own folder: start it again
+        shutil.rmtree(run)
+    overrides = [*overrides, f"train.name={name}", f"train.out_dir={work / 'runs'}"]
+    t0 = time.time()
+    train(load_config(preset, overrides), overrides=overrides, progress=False)
+    return run, time.time() - t0
+
+
+def quality(work: Path, data: Path, steps: int, items: int) -> dict:
+    from slmkit.engine.evaluate import evaluate_run
+
+    out = {"load_avg_start": os.getloadavg()}
+    for name, rate in (("fim0", 0.0), ("fim50", 0.5)):
+        run, seconds = trained(work, name, "default", [*QUALITY, f"data.dir={data}", f"data.fim_rate={rate}",
+                                                      f"train.max_steps={steps}"])  # fmt: skip
+        res = evaluate_run(run, ["val", "fim-line", "next-line"], limit=items, progress=False)
+        out[name] = {"fim_rate": rate, "train_seconds": seconds, "val_loss": res["val"]["metrics"]["loss"],
+                     **{f"{t}/{m}": v for t in ("fim-line", "next-line") for m, v in res[t]["metrics"].items()},
+                     "fim_line_mode": res["fim-line"]["mode"], "items": res["fim-line"]["n"]}  # fmt: skip
+    base, fim = out["fim0"], out["fim50"]
+    ratio = fim["fim-line/exact_match"] / base["fim-line/exact_match"] if base["fim-line/exact_match"] else None
+    worse = 100 * (fim["val_loss"] - base["val_loss"]) / base["val_loss"]
+    out["fim_exact_ratio"], out["val_loss_worse_pct"] = ratio, worse
+    out["met"] = {"fim_exact_ratio": ratio is not None and ratio >= TARGETS["fim_exact_ratio"],
+                  "val_loss_worse_pct": worse <= TARGETS["val_loss_worse_pct"]}  # fmt: skip
+    out["tokens_per_model"] = steps * 16 * 256
+    out["load_avg_end"] = os.getloadavg()
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def _summary(ms: list[float]) -> dict:
+    return {"n": len(ms), "p50_ms": _pct(ms, 50), "p95_ms": _pct(ms, 95), "mean_ms": statistics.fmean(ms)}
+
+
+def latency_item(long_enough: int = 4000):
+    """A held-out stdlib file cut at a line in its middle: (prefix, suffix) far longer than the context."""
+    from slmkit.engine.evaluate.code_tasks import load_line_items
+
+    for item in load_line_items(limit=2000):
+        if len(item.prefix) > long_enough and len(item.suffix) > long_enough:
+            return item.prefix, item.suffix
+    raise SystemExit("no held-out item long enough for the latency prompt")
+
+
+def in_process(qdir: Path, prefix: str, suffix: str, threads: int, repeats: int) -> dict:
+    import torch
+
+    from slmkit.data.fim import fim_prompt, run_completion
+    from slmkit.runs.checkpoint import load_model
+
+    torch.set_num_threads(threads)
+    model, tok, _, _ = load_model(qdir)
+    ms, cpu_ms, tokens = [], [], []
+    for i in range(repeats + 3):
+        t0, c0 = time.perf_counter(), time.process_time()
+        prompt = fim_prompt(tok, prefix, suffix, CONTEXT - NEW_TOKENS)
+        prompt.stop_ids = []  # exactly NEW_TOKENS tokens
+        _, n, _ = run_completion(model, tok, prompt, NEW_TOKENS, "block")
+        if i >= 3:  # warm-up first
+            ms.append((time.perf_counter() - t0) * 1000)
+            cpu_ms.append((time.process_time() - c0) * 1000)
+            tokens.append(n)
+    return {**_summary(ms), "cpu": _summary(cpu_ms), "threads": threads, "prompt_tokens": len(prompt.ids),
+            "new_tokens": tokens[0]}  # fmt: skip
+
+
+def through_server(qdir: Path, prefix: str, suffix: str, threads: int, repeats: int, port: int = 18431) -> dict:
+    cmd = [sys.executable, "-m", "slmkit", "serve", str(qdir), "--port", str(port), "--max-batch", "1", "--threads",
+           str(threads)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/health", timeout=2).read()
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    why = proc.stderr.read() if proc.poll() is not None else "no answer in 120 s"
+                    raise SystemExit(f"slm serve did not start: {why}") from None
+                time.sleep(0.5)
+        body = json.dumps({"model": qdir.resolve().name, "prompt": prefix, "suffix": suffix, "max_tokens": NEW_TOKENS,
+                           "temperature": 0}).encode()  # fmt: skip
+        ms, tokens, truncation = [], [], None
+        server = psutil.Process(proc.pid)
+        for i in range(repeats + 3):
+            if i == 3:
+                cpu0 = sum(server.cpu_times()[:2])
+            req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+            t0 = time.perf_counter()
+            reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
+            if i >= 3:
+                ms.append((time.perf_counter() - t0) * 1000)
+                tokens.append(reply["usage"]["completion_tokens"])
+                truncation = reply.get("truncation")
+        cpu_ms = (sum(server.cpu_times()[:2]) - cpu0) * 1000 / repeats  # clock-tick resolution: a mean only
+        return {**_summary(ms), "cpu_mean_ms": cpu_ms, "threads": threads,
+                "prompt_tokens": reply["usage"]["prompt_tokens"],
+                "completion_tokens_median": statistics.median(tokens), "truncation": truncation}  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def latency(work: Path, data: Path, repeats: int, threads: int) -> dict:
+    from slmkit.ship.quantize import quantize
+
+    run, seconds = trained(work, "code-brief", "code", [f"data.dir={data}", "train.max_steps=30", "optim.warmup=5",
+                                                        "train.eval_every=100000"])  # fmt: skip
+    qdir = work / "code-brief-int8"
+    if not (qdir / "quantization.json").is_file():
+        quantize(run, "int8-dynamic", qdir, report=False, force=True)
+    prefix, suffix = latency_item()
+    out = {"run": str(run), "train_seconds": seconds, "quantized": str(qdir), "load_avg_start": os.getloadavg()}
+    out["in_process"] = in_process(qdir, prefix, suffix, threads, repeats)
+    out["server"] = through_server(qdir, prefix, suffix, threads, repeats)
+    out["met"] = {f"{where}_{k}": out[where][k] <= TARGETS[k] for where in ("in_process", "server")
+                  for k in ("p50_ms", "p95_ms")}  # fmt: skip
+    out["load_avg_end"] = os.getloadavg()
+    return out
+
+
+def markdown(res: dict) -> str:
+    def load(part: dict) -> str:
+        if "load_avg_start" not in part:
+            return "load avg not recorded"
+        return f"load avg {part['load_avg_start'][0]:.1f} at start, {part['load_avg_end'][0]:.1f} at end"
+
+    lines = [f"fim ({res['machine']}, {res['cpu_count']} cores):"]
+    q = res.get("quality")
+    if q:
+        a, b = q["fim0"], q["fim50"]
+        ratio = "n/a (baseline 0)" if q["fim_exact_ratio"] is None else f"{q['fim_exact_ratio']:.2f}x"
+        lines += [
+            f"- FIM for free (4 x 128, block 256, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
+            f"trained in {a['train_seconds'] or 0:.0f} s and {b['train_seconds'] or 0:.0f} s, {load(q)}):",
+            f"  - fim-line exact match {b['fim-line/exact_match']:.3f} (FIM, infilling) vs "
+            f"{a['fim-line/exact_match']:.3f} (no FIM, left to right): {ratio} (target >= 2x: "
+            f"{'met' if q['met']['fim_exact_ratio'] else 'MISSED'})",
+            f"  - fim-line edit similarity {b['fim-line/edit_sim']:.3f} vs {a['fim-line/edit_sim']:.3f}; next-line "
+            f"exact {b['next-line/exact_match']:.3f} vs {a['next-line/exact_match']:.3f}",
+            f"  - val loss (left to right) {b['val_loss']:.4f} vs {a['val_loss']:.4f}: {q['val_loss_worse_pct']:+.2f}% "
+            f"(target <= +2%: {'met' if q['met']['val_loss_worse_pct'] else 'MISSED'})",
+        ]
+    lat = res.get("latency")
+    if lat:
+        lines.append(f"- latency: {load(lat)}")
+        for where in ("in_process", "server"):
+            r = lat[where]
+            if where == "server":
+                extra = (
+                    f", median {r['completion_tokens_median']} tokens returned; server CPU mean "
+                    f"{r['cpu_mean_ms']:.1f} ms"
+                )
+            else:
+                extra = f"; CPU time p50 {r['cpu']['p50_ms']:.1f} ms, p95 {r['cpu']['p95_ms']:.1f} ms"
+            ok = "met" if lat["met"][f"{where}_p50_ms"] and lat["met"][f"{where}_p95_ms"] else "MISSED"
+            lines.append(f"- latency {where.replace('_', '-')} (code preset int8, {r['prompt_tokens']} prompt + "
+                         f"{NEW_TOKENS} new tokens, {r['threads']} thread(s), n={r['n']}{extra}): p50 "
+                         f"{r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms (targets 50 / 100 ms: {ok})")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/slm-bench-fim", help="where data, runs and artifacts go (reused)")
+    ap.add_argument("--steps", type=int, default=400, help="training steps of each quality model (16 x 256 tokens)")
+    ap.add_argument("--items", type=int, default=300, help="fim-line / next-line items")
+    ap.add_argument("--repeats", type=int, default=50, help="timed completions per latency path")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency paths")
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    work = Path(args.work)
+    res = {"benchmark": "fim", "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "machine": platform.machine(),
+           "targets": TARGETS}  # fmt: skip
+    data = prepared(work)
+    if not args.skip_quality:
+        res["quality"] = quality(work, data, args.steps, args.items)
+    if not args.skip_latency:
+        res["latency"] = latency(work, data, args.repeats, args.threads)
+    res["load_avg_end"] = os.getloadavg()
+    RESULTS.mkdir(exist_ok=True)
+    old = json.loads((RESULTS / "fim.json").read_text()) if (RESULTS / "fim.json").is_file() else {}
+    res = {**old, **res}  # a partial run (--skip-...) keeps the other part's last figures
+    (RESULTS / "fim.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / "fim.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
