@@ -247,14 +247,14 @@ def test_presets_list_the_formats_their_runs_export_to(run_cli, tmp_path, stdlib
     code, out, _ = run_cli("config", "presets")
     assert code == 0
     listed = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
-    assert listed["llama-tiny"] == "hf,gguf" and listed["gpt2-124m"] == "hf"
+    assert listed["llama-tiny"] == "hf,gguf,sentence-transformers" and listed["gpt2-124m"] == "hf,sentence-transformers"
     assert listed["shakespeare-char-modern"] == "none"
     text = (stdlib_dir / "textwrap.py").read_text(encoding="utf-8")
     tokenizers = {"bpe": train_bpe([text], 400), "char": CharTokenizer(text)}
     for preset, formats in listed.items():
         run = _tiny_run_like(preset, tmp_path, tokenizers)
         works = []
-        for fmt in ("hf", "gguf"):
+        for fmt in ("hf", "gguf", "sentence-transformers"):
             try:
                 export(run, tmp_path / "out" / preset / fmt, format=fmt)
                 works.append(fmt)

@@ -12,8 +12,10 @@ from slmkit.runs.checkpoint import load_model
 from slmkit.ship.export.checks import check_export
 from slmkit.ship.export.gguf import export_gguf
 from slmkit.ship.export.hf import export_hf
+from slmkit.ship.export.sbert import export_sentence_transformers
 
-EXPORTERS: dict[str, Callable] = {"hf": export_hf, "gguf": export_gguf}
+EXPORTERS: dict[str, Callable] = {"hf": export_hf, "gguf": export_gguf,
+                                  "sentence-transformers": export_sentence_transformers}  # fmt: skip
 """Export formats: name -> fn(model, tokenizer, cfg, out_dir, **options). A new format adds one entry here and one
 in checks.CHECKS."""
 

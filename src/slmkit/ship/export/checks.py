@@ -23,7 +23,8 @@ def check_hf(model_cfg: ModelConfig, tokenizer_kind: str) -> None:
     hf_architecture(model_cfg)
 
 
-CHECKS: dict[str, Callable[[ModelConfig, str], None]] = {"hf": check_hf, "gguf": check_gguf}
+CHECKS: dict[str, Callable[[ModelConfig, str], None]] = {"hf": check_hf, "gguf": check_gguf,
+                                                         "sentence-transformers": check_hf}  # fmt: skip
 """name -> fn(model config, tokenizer kind: char | bpe | gpt2) raising SlmError when the format cannot express them."""
 
 
