@@ -11,6 +11,7 @@ from conftest import tiny_overrides
 from slmkit.base.config_files import load_config
 from slmkit.data.prepare import prepare
 from slmkit.engine.train import train
+from slmkit.runs.checkpoint import run_tokenizer
 from slmkit.ship.anomaly import DetectorError, evaluate, read_detector, read_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,3 +122,21 @@ def test_metrics_and_unencodable_units():
     m = evaluate([1.0, 2.0, "inf", None, 0.5], np.array([0, 1, 1, 0, 0]), 1.5)
     assert m["roc_auc"] == 1.0 and m["tpr_at_threshold"] == 1.0 and m["fpr_at_threshold"] == 0.0
     assert m["units"] == 4
+
+
+def test_a_detector_refuses_another_runs_tokenizer(run, run_cli, sources, tmp_path, tiny_dataset, capsys):
+    normal, test, _labels, _rows = sources
+    det = tmp_path / "detector.json"
+    code, _, err = run_cli("anomaly", "fit", run, "--normal", normal, "--out", det, "--no-progress")
+    assert code == 0, err
+    recorded = json.loads(det.read_text())["tokenizer_fingerprint"]
+    ov = tiny_overrides(f"data.dir={tiny_dataset()}", f"train.out_dir={tmp_path / 'runs'}", "train.name=other",
+                        "train.max_steps=2")  # fmt: skip
+    other = train(load_config(None, ov), overrides=ov, progress=False)  # a char model of another corpus
+    theirs = run_tokenizer(other).fingerprint
+    capsys.readouterr()  # training's log lines
+    assert theirs != recorded
+    code, out, err = run_cli("anomaly", "detect", det, "--input", test, "--run", other, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and recorded in err and theirs in err, err
+    code, out, err = run_cli("anomaly", "detect", det, "--input", test, "--run", run, "--no-progress")
+    assert code == 0 and len(out.splitlines()) > 10, err  # the detector's own run, named explicitly

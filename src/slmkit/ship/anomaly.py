@@ -20,11 +20,11 @@ import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
 from slmkit.base.errors import SlmError
-from slmkit.runs.checkpoint import load_model
+from slmkit.runs.checkpoint import check_run_dir, load_model, run_tokenizer
 from slmkit.ship.score import UNITS, check_input, score_source
 
 FORMAT = "slm-anomaly-detector"
-VERSION = 1
+VERSION = 2  # 2: the tokenizer fingerprint is recorded and checked
 SCORES = ("bpb", "loss")
 POSITIVE = {"1", "true", "anomaly", "anomalous", "ood", "out", "positive", "yes"}
 NEGATIVE = {"0", "false", "normal", "in", "id", "negative", "no"}
@@ -70,6 +70,7 @@ def fit(run: str | Path, normal: str | Path, out: str | Path, *, fpr: float = 0.
         "version": VERSION,
         "run": str(Path(run).resolve()),
         "checkpoint": str(Path(ckpt).resolve()),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
         "score": score,
         "unit": unit,
         "text_field": text_field,
@@ -114,12 +115,11 @@ def read_detector(path: str | Path) -> dict:
 
 
 def detect(detector: dict, source: str | Path, *, unit: str | None = None, text_field: str | None = None,
-           show_progress: bool = False) -> Iterator[dict]:  # fmt: skip
-    """Per unit of `source`: id, score, flagged (score > threshold), and the unit's tokens, loss, bpb."""
+           run: str | Path | None = None, show_progress: bool = False) -> Iterator[dict]:  # fmt: skip
+    """Per unit of `source`: id, score, flagged (score > threshold), and the unit's tokens, loss, bpb. `run` scores
+    with another run dir than the detector's (a moved copy): its tokenizer must have the detector's fingerprint."""
     check_input(source)
-    ckpt = Path(detector["checkpoint"])
-    model, tokenizer, _cfg, _ = load_model(detector["run"], int(ckpt.name.split("-")[-1])
-                                           if ckpt.name.startswith("step-") else "best")  # fmt: skip
+    model, tokenizer = load_detector_model(detector, run)
     kind, threshold = detector["score"], float(detector["threshold"])
     for r in score_source(model, tokenizer, source, unit=unit or detector["unit"],
                           text_field=text_field or detector.get("text_field", "text"),
@@ -130,6 +130,23 @@ def detect(detector: dict, source: str | Path, *, unit: str | None = None, text_
                "flagged": None if s is None else bool(s > threshold), "tokens": r["tokens"], "loss": r["loss"],
                "bpb": r["bpb"], **({"error": r["error"]} if r.get("error") else {}),
                "top_span": r["top_spans"][0] if r["top_spans"] else None}  # fmt: skip
+
+
+def load_detector_model(detector: dict, run: str | Path | None = None):
+    """(model, tokenizer) the detector scores with: its run's checkpoint, or `run`'s checkpoint of the same step.
+    DetectorError when the tokenizer's fingerprint is not the one the detector was calibrated with."""
+    source_run = run or detector["run"]
+    expected = detector.get("tokenizer_fingerprint")  # absent in version-1 detectors: nothing to compare
+    if expected is not None:
+        have = run_tokenizer(check_run_dir(source_run)).fingerprint  # checked before any weights are read
+        if have != expected:
+            raise DetectorError(f"the detector was calibrated with tokenizer {expected}, but {source_run} has "
+                                f"tokenizer {have}; its scores are not comparable: fit a detector for this run with "
+                                "`slm anomaly fit`")  # fmt: skip
+    ckpt = Path(detector["checkpoint"])
+    which = int(ckpt.name.split("-")[-1]) if ckpt.name.startswith("step-") else "best"
+    model, tokenizer, _cfg, _ = load_model(source_run, which)
+    return model, tokenizer
 
 
 def _label(text: str, where: str) -> int:

@@ -27,7 +27,7 @@ from slmkit.model.gpt import GPT
 
 UNITS = ("doc", "line", "window")
 DEFAULT_TOP_SPANS = 3
-BATCH_WINDOWS = 8  # windows per forward pass
+BATCH_TOKENS = 4096  # tokens per forward pass: block 128 gives 32 windows a batch (benchmarks/bench_score.py)
 GROUP_TOKENS = 32_768  # tokens of units gathered before they are scored (bounds memory and output latency)
 
 
@@ -170,19 +170,27 @@ def _result(tokenizer: Tokenizer, unit: Unit, ids: np.ndarray, nll: np.ndarray, 
     return {**out, **metrics, "stride": stride, "top_spans": spans}
 
 
+def batch_windows(block_size: int) -> int:
+    """Windows of `block_size` tokens per forward pass: about BATCH_TOKENS tokens (fewer, larger calls are faster on
+    a CPU; the logits of a batch take BATCH_TOKENS x vocabulary floats)."""
+    return max(1, BATCH_TOKENS // block_size)
+
+
 def score_units(model: GPT, tokenizer: Tokenizer, units: Iterable[Unit | str], *, stride: int = 0,
-                top_spans: int = DEFAULT_TOP_SPANS, batch_size: int = BATCH_WINDOWS,
+                top_spans: int = DEFAULT_TOP_SPANS, batch_size: int | None = None,
                 show_progress: bool = False, total: int | None = None) -> Iterator[dict]:  # fmt: skip
     """For each unit, in order: id, chars, tokens (predicted), loss (nats/token), ppl, bpb, bytes, stride and
     top_spans (the `top_spans` most surprising tokens: start/end character offsets into the unit's text, the text,
     token_index and surprisal in bits). Units are gathered up to GROUP_TOKENS tokens and scored together, so
-    results stream. A unit of fewer than 2 tokens has loss None (nothing is predicted); one the tokenizer cannot
+    results stream; `batch_size` windows go through the model at once (default: BATCH_TOKENS // block_size, at
+    least 1). A unit of fewer than 2 tokens has loss None (nothing is predicted); one the tokenizer cannot
     encode (a character a char model never saw) has loss None and `error` saying why."""
     check_stride(stride)
     if isinstance(top_spans, bool) or not isinstance(top_spans, int) or top_spans < 0:
         raise ScoreError(f"top_spans must be a whole number >= 0, got {top_spans!r}")
     block = model.config.block_size
     stride_used = min(stride or block, block)
+    batch_size = batch_size or batch_windows(block)
     bar = progress(total, desc="score", unit="unit", enabled=show_progress)
     group: list[tuple[Unit, np.ndarray]] = []
     have = 0
