@@ -1,6 +1,7 @@
 """`slm serve`: an OpenAI-compatible HTTP API and a web chat page over one model (FastAPI + uvicorn).
 
-Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (OpenAI request
+Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions, POST /v1/embeddings
+(its own batching worker: `slmkit.ship.serve.embeddings`) (OpenAI request
 and response shapes; `stream: true` sends server-sent events, `data: {chunk}` lines ending with `data: [DONE]`),
 GET /health, and GET / (the chat page, `static/index.html`). Supported parameters: max_tokens
 (max_completion_tokens), temperature, top_p, stop (a string or up to 4), seed (64-bit), n = 1,
@@ -8,9 +9,11 @@ stream_options.include_usage, logprobs (chat: `logprobs: true` and `top_logprobs
 choices[i].logprobs.content; completions: `logprobs` 0..5, giving OpenAI's legacy {tokens, token_logprobs,
 top_logprobs, text_offset}; the log-softmax at the request's temperature, 1 when greedy, before top_p filtering:
 `slmkit.model.generate.token_logprobs`); for completions, `prompt` as a string, a list of token ids, or a list of
-up to 64 of those (one choice each, `index` telling them apart), and `echo` (the prompt is returned before the
-completion).
-Parameters that would change the reply but are not implemented (echo with logprobs, suffix, best_of,
+up to 64 of those (one choice each, `index` telling them apart), `echo` (the prompt is returned before the
+completion) and `suffix` (fill in the middle between prompt and suffix, for a model trained with data.fim_rate > 0:
+`protocol.infill_prompts`; the reply's `truncation`, or the X-Slm-Truncation header of a stream, says how many
+tokens were cut from the start of each prompt and the end of the suffix to fit the context).
+Parameters that would change the reply but are not implemented (echo with logprobs, best_of,
 logit_bias, presence/frequency_penalty, tools, functions, response_format other than text, ...: NOT_IMPLEMENTED) are
 refused with a 400 naming them unless they hold their no-op value; other unknown parameters (user, metadata, ...)
 are ignored.
@@ -48,17 +51,29 @@ from slmkit.engine.runtime import resolve_runtime
 from slmkit.model.generate import Step
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.chat import base_model_note
+from slmkit.ship.complete import trained_fim_rate
 from slmkit.ship.serve.access import Access, AccessGuard
-from slmkit.ship.serve.engine import Engine, EngineBusy, Job, cpu_cores, default_threads
+from slmkit.ship.serve.embeddings import EmbeddingBatcher, add_embeddings_route, run_pooling
+from slmkit.ship.serve.engine import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    Engine,
+    EngineBusy,
+    Job,
+    cpu_cores,
+    default_threads,
+)
 from slmkit.ship.serve.protocol import (
     APIError,
     flag,
+    infill_prompts,
     json_body,
     parse_logprobs,
     parse_messages,
     parse_prompts,
     parse_sampling,
     parse_stream,
+    parse_suffix,
     refuse_not_implemented,
     render_chat,
     show,
@@ -134,6 +149,7 @@ class Server:
         self.engine, self.model_name, self.cap = engine, model_name, max_tokens_cap
         self.tok, self.block = engine.tok, engine.model.config.block_size
         self.created = int(time.time())
+        self.fim_rate = 0.0  # the run's data.fim_rate (create_app): > 0 lets completions take a suffix
 
     def check_model(self, body: dict) -> None:
         name = body.get("model")
@@ -247,7 +263,7 @@ class Server:
                 job.cancel()  # no-op when finished; frees the slot when the client disconnected
 
     async def collect(self, request: Request, jobs: list[Job], events: asyncio.Queue, chat: bool,
-                      echo: list[str] | None = None) -> Response:  # fmt: skip
+                      echo: list[str] | None = None, extra: dict | None = None) -> Response:  # fmt: skip
         """The whole reply as one JSON body. A client that disconnects while it waits cancels the jobs, so they stop
         at the worker's next turn instead of generating for nobody."""
         parts: list[list[str]] = [[] for _ in jobs]
@@ -286,15 +302,19 @@ class Server:
         obj = "chat.completion" if chat else "text_completion"
         return JSONResponse({"id": self.response_id(jobs, chat), "object": obj, "created": int(jobs[0].created),
                              "model": self.model_name, "choices": choices,
-                             "usage": _usage([done[i] for i in range(len(jobs))])})  # fmt: skip
+                             "usage": _usage([done[i] for i in range(len(jobs))]), **(extra or {})})  # fmt: skip
 
 
 def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note: str | None = None,
-               access: Access | None = None) -> FastAPI:  # fmt: skip
+               access: Access | None = None, embedder: EmbeddingBatcher | None = None,
+               fim_rate: float = 0.0) -> FastAPI:  # fmt: skip
     """The FastAPI app over a started `Engine`. `note`: one line about the model that GET /v1/models carries (as
     `note`) and the chat page shows, e.g. that a base model was not fine-tuned for chat (`base_model_note`).
-    `access`: who may call (default: bound to 127.0.0.1, this machine's names and same-origin pages only)."""
+    `access`: who may call (default: bound to 127.0.0.1, this machine's names and same-origin pages only).
+    `embedder`: the batcher behind /v1/embeddings (default: one over the engine's model, mean pooling).
+    `fim_rate`: the run's data.fim_rate (`serve` reads it; 0, the default, refuses a `suffix`)."""
     srv = Server(engine, model_name, max_tokens_cap)
+    srv.fim_rate = fim_rate
     app = FastAPI(title="slmkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
     access = access or Access()
@@ -347,7 +367,7 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
         sampling = parse_sampling(body, srv.cap)
         stream, include_usage = parse_stream(body)
         logprobs = parse_logprobs(body, chat)
-        echo = None
+        echo, truncation = None, None
         if chat:
             messages = parse_messages(body)
             try:
@@ -361,9 +381,15 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
         else:
             given = parse_prompts(body)
             listed = given is body["prompt"]  # a list of prompts, not one prompt
-            prompts = [srv.prompt_ids(p, f"prompt[{i}]" if listed else "prompt") for i, p in enumerate(given)]
-            eot = srv.tok.token_id(EOT)
-            stop_ids = [] if eot is None else [eot]
+            suffix = parse_suffix(body)
+            if suffix is not None:  # fill in the middle: each prompt is a prefix; the reply says what was cut
+                prompts, stop_ids, cut = infill_prompts(srv.tok, given, suffix, srv.block, sampling["max_tokens"],
+                                                        srv.fim_rate)  # fmt: skip
+                truncation = {"truncation": cut}
+            else:
+                prompts = [srv.prompt_ids(p, f"prompt[{i}]" if listed else "prompt") for i, p in enumerate(given)]
+                eot = srv.tok.token_id(EOT)
+                stop_ids = [] if eot is None else [eot]
             if flag(body, "echo", "echo"):
                 if logprobs is not None:
                     raise APIError("'echo' with 'logprobs' (the prompt's own logprobs) is not supported by this server "
@@ -371,10 +397,12 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
                 echo = [p if isinstance(p, str) else srv.tok.decode(ids) for p, ids in zip(given, prompts)]
         jobs, events = await srv.run(prompts, sampling, stop_ids, logprobs)
         if stream:
+            cut_header = {"X-Slm-Truncation": json.dumps(truncation["truncation"])} if truncation else {}
             return StreamingResponse(srv.stream(jobs, events, chat, include_usage, echo),
                                      media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
-        return await srv.collect(request, jobs, events, chat, echo)
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                              **cut_header})  # fmt: skip
+        return await srv.collect(request, jobs, events, chat, echo, truncation)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -384,20 +412,24 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
     async def chat_completions(request: Request):
         return await _generate(request, chat=True)
 
+    add_embeddings_route(app, srv, embedder or EmbeddingBatcher(engine.model, engine.tok))  # its worker starts lazily
     return app
 
 
-def load_engine(run: str | Path, checkpoint: str = "best", slots: int = 4) -> tuple[Engine, str]:
-    """(started engine, model name) for a run dir or a `slm quantize` artifact."""
+def load_engine(run: str | Path, checkpoint: str = "best", slots: int = DEFAULT_MAX_BATCH) -> tuple[Engine, str]:
+    """(started engine, model name) for a run dir or a `slm quantize` artifact; `slots`: requests decoded together
+    (--max-batch)."""
 
     model, tokenizer, _, _ = load_model(run, checkpoint)
-    return Engine(model, tokenizer, slots=slots).start(), Path(run).resolve().name
+    return Engine(model, tokenizer, max_batch=slots).start(), Path(run).resolve().name
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, checkpoint: str = "best",
-          max_tokens_cap: int = 1024, slots: int = 4, threads: int | None = None, allow_hosts: Sequence[str] = (),
+          max_tokens_cap: int = 1024, max_batch: int = DEFAULT_MAX_BATCH, max_queue: int = DEFAULT_MAX_QUEUE,
+          threads: int | None = None, allow_hosts: Sequence[str] = (),
           allow_origins: Sequence[str] = ()) -> None:  # fmt: skip
-    """`slm serve`: serve a run until interrupted (127.0.0.1 unless host says otherwise). `threads`: torch's CPU
+    """`slm serve`: serve a run until interrupted (127.0.0.1 unless host says otherwise). `max_batch`: requests
+    decoded together; `max_queue`: requests that may wait for them (one more gets a 429). `threads`: torch's CPU
     threads (None: `default_threads()`, which holds up when the CPU is busy; 0: torch's own choice). `allow_hosts`,
     `allow_origins`: see `Access`."""
     import torch
@@ -406,19 +438,26 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, checkpo
     access = Access(host, tuple(allow_hosts), tuple(allow_origins))  # a bad entry fails before the model loads
     if threads is not None and threads < 0:
         raise SlmError(f"--threads must be 0 (torch's choice) or more, got {threads}")
+    if max_batch < 1 or max_queue < 0:
+        raise SlmError(f"--max-batch must be 1 or more and --max-queue 0 or more, got {max_batch} and {max_queue}")
     why = "--threads" if threads else "torch's default (--threads 0)" if threads == 0 else \
         f"the default for {cpu_cores()} cores; --threads N to change"  # fmt: skip
     threads = default_threads() if threads is None else threads
     resolve_runtime(TrainConfig(device="cpu", dtype="fp32", threads=threads))  # the one place torch's threads are set
-    engine, name = load_engine(run, checkpoint, slots)
+    engine, name = load_engine(run, checkpoint, max_batch)
+    embedder = EmbeddingBatcher(engine.model, engine.tok, pooling=run_pooling(run))
+    engine.max_queue = max_queue
     note = base_model_note(run)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"serving {name} on {url}  (OpenAI API at {url}/v1, chat page at /)")
-    say(f"serve: host {host}, port {port}; {access.describe(port)}; threads {torch.get_num_threads()} ({why})")
+    say(f"serve: host {host}, port {port}; {access.describe(port)}; max batch {max_batch}, queue {max_queue}; "
+        f"threads {torch.get_num_threads()} ({why})")  # fmt: skip
     if note:
         print(note)
     try:
-        uvicorn.run(create_app(engine, name, max_tokens_cap, note, access), host=host, port=port,
+        uvicorn.run(create_app(engine, name, max_tokens_cap, note, access, embedder,
+                               fim_rate=trained_fim_rate(run, checkpoint)), host=host, port=port,
                     log_level="warning")  # fmt: skip
     finally:
         engine.stop()
+        embedder.stop()

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
 from slmkit.data.chat import render
+from slmkit.data.fim import FimError, check_fim_model, fim_prompt
 from slmkit.model.generate import SamplingError, check_sampling
 
 DEFAULT_MAX_TOKENS = 256
@@ -35,7 +36,6 @@ class APIError(Exception):
 # Parameters of OpenAI's API that would change the reply but are not implemented here: a request that gives one
 # a value other than its no-op values is refused with a 400 naming it, never served as if it had not been sent.
 NOT_IMPLEMENTED = {
-    "suffix": (None, ""),
     "best_of": (None, 1),
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
@@ -49,7 +49,7 @@ NOT_IMPLEMENTED = {
     "audio": (None,),
     "prediction": (None,),
 }
-NOT_IN_CHAT = {"echo": (None, False)}  # a completions parameter
+NOT_IN_CHAT = {"echo": (None, False), "suffix": (None, "")}  # completions parameters
 NOT_IN_COMPLETIONS = {"top_logprobs": (None,)}  # a chat parameter (completions give the count as `logprobs`)
 MAX_TOP_LOGPROBS = {True: 20, False: 5}  # alternatives per token, chat / completions (OpenAI's caps)
 MAX_PROMPTS = 64  # prompts in one completions request (one choice each)
@@ -196,6 +196,44 @@ def render_chat(messages: list[dict], tokenizer: Tokenizer) -> tuple[list[int], 
     text = "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
     eot = tokenizer.token_id(EOT)
     return tokenizer.encode(text), [] if eot is None else [eot], ["\nUser:"]
+
+
+def parse_suffix(body: dict) -> str | None:
+    """The completions `suffix` (fill in the middle between prompt and suffix), or None when absent or empty."""
+    suffix = body.get("suffix")
+    if suffix is None or suffix == "":
+        return None
+    if not isinstance(suffix, str):
+        raise APIError(f"'suffix' must be a string, got {show(suffix)}", "suffix")
+    return suffix
+
+
+def infill_prompts(tokenizer: Tokenizer, given: list, suffix: str, block: int, max_tokens: int,
+                   fim_rate: float) -> tuple[list[list[int]], list[int], list[dict]]:  # fmt: skip
+    """(prompt ids, stop ids, truncation per prompt) of a completions request with a `suffix`: each prompt is the
+    prefix of a fill-in-the-middle prompt (`slmkit.data.fim.fim_prompt`, no whitespace healing: the text is sent
+    as given) cut to leave `max_tokens` of the context. APIError for a model that cannot infill (`fim_rate`: the
+    run's data.fim_rate), token-id prompts, or a context too small."""
+    try:
+        check_fim_model(tokenizer, fim_rate)
+    except FimError as e:
+        raise APIError(str(e), "suffix", "fim_not_supported") from None
+    prompts, truncation, stops = [], [], []
+    for i, text in enumerate(given):
+        if not isinstance(text, str):
+            raise APIError("with 'suffix' the prompt must be text (the code before the cursor), not token ids",
+                           "prompt")  # fmt: skip
+        try:
+            prompt = fim_prompt(tokenizer, text, suffix, block - max_tokens, healing=False)
+        except FimError as e:
+            raise APIError(str(e), "max_tokens" if text or suffix else "prompt") from None
+        except ValueError as e:  # e.g. a character a char-level vocabulary lacks
+            raise APIError(f"prompt or suffix cannot be encoded by this model's tokenizer: {e}", "prompt",
+                           "invalid_prompt") from None  # fmt: skip
+        prompts.append(prompt.ids)
+        truncation.append({"index": i, **prompt.truncation()})
+        stops = prompt.stop_ids
+    return prompts, stops, truncation
 
 
 async def json_body(request: Request) -> dict:
