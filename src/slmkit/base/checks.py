@@ -79,6 +79,12 @@ RANGES: dict[str, Range] = {
     # data
     "data.val_fraction": _FRACTION_OPEN,
     "data.seed": _SEED,
+    "data.near_threshold": Range(0, 1, low_open=True),
+    "data.fim_rate": Range(0, 1, note="0 = no fill-in-the-middle"),
+    "data.fim_spm_rate": Range(0, 1),
+    "data.shuffle_buffer": _POS._replace(note="documents; 1 = no document shuffle"),
+    "data.val_tokens": _POS,
+    "data.stream_workers": _nat("0 = one background thread"),
     # optim
     "optim.lr": _POSITIVE,
     "optim.min_lr": Range(0),
@@ -112,8 +118,21 @@ RANGES: dict[str, Range] = {
     "lora.rank": _nat("0 = LoRA off"),
     "lora.alpha": _POSITIVE,
     "lora.dropout": _FRACTION_OPEN,
+    # embed
+    "embed.temperature": Range(0.001, 10),
+    "embed.negatives": _nat("0 = in-batch negatives only"),
+    "embed.min_score": Range(0, 5),
+    "embed.max_len": _nat("0 = model.block_size"),
+    "embed.max_pairs": _nat("0 = all"),
 }
 """Every int and float field of the config tree (a test checks that none is missing)."""
+
+QUALITY_FILTERS = ("boilerplate", "short", "encoding", "gopher", "gopher-repetition", "c4", "fineweb")
+"""The names of data.filters (what each does: `slmkit.data.quality.filters`)."""
+DEDUP_METHODS = ("exact", "near")
+"""The names of data.dedup: exact (same text) and near (MinHash, Jaccard >= data.near_threshold)."""
+CONTAMINATION_MODES = ("warn", "remove", "off")
+"""data.contamination: what preparing does with documents sharing 13-grams with the eval tasks."""
 
 
 def number_problem(name: str, value: object, rng: Range, kind: type = float) -> str | None:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.base.checks import RANGES, number_problem, show, suggest
+from slmkit.base.checks import (
+    CONTAMINATION_MODES,
+    DEDUP_METHODS,
+    QUALITY_FILTERS,
+    RANGES,
+    number_problem,
+    show,
+    suggest,
+)
 from slmkit.base.errors import SlmError
 
 if sys.version_info >= (3, 11):
@@ -141,7 +149,7 @@ class DataConfig:
 
     source: str = "python-stdlib"
     """A built-in corpus (python-stdlib, tinyshakespeare, tinystories, wikitext-2), a file, directory,
-    glob, .jsonl, .parquet, or hf:<dataset>[:<config>]."""
+    glob, .jsonl, .parquet, or hf:<dataset>[:<config>[:<split>]] (stream mode also reads .jsonl.gz / .jsonl.zst)."""
     dir: str = ""
     """Prepared dataset directory; empty means data/<source>-<tokenizer>. Prepared on first use."""
     val_fraction: float = 0.05
@@ -156,9 +164,19 @@ class DataConfig:
     """Glob patterns of files to skip when the source is a directory."""
     align_to_docs: bool = False
     """Start training windows at document starts instead of anywhere."""
+    fim_rate: float = 0.0
+    """Fill-in-the-middle training (Bavarian et al. 2022): the fraction of documents (the piece of each in a
+    training window) rearranged as <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle, so the model
+    learns to infill (`slm complete --suffix`). 0 = plain left-to-right; 0.5 is the paper's choice. The val loss
+    stays left-to-right. char/gpt2 tokenizers (and bpe ones trained before the FIM tokens were reserved) get the
+    FIM tokens appended. Read by text pretraining (data.format=text); a fine-tuned child keeps its parent's value,
+    which records that the weights can infill."""
+    fim_spm_rate: float = 0.5
+    """Of the FIM documents, the share in suffix-prefix-middle order instead of prefix-suffix-middle."""
     format: str = "text"
     """text (pretraining on prepared token shards) | auto | alpaca | messages | prompt_completion (supervised
-    fine-tuning: chat examples read from data.source, loss only on the assistant's replies)."""
+    fine-tuning: chat examples read from data.source, loss only on the assistant's replies) | pairs (contrastive
+    embedding training: text pairs read from data.source as embed.pairs says)."""
     packing: bool = True
     """Fine-tuning: pack several whole examples into each block_size row (no loss target crosses from one example
     into the next); false puts one example per row, padded."""
@@ -167,11 +185,65 @@ class DataConfig:
     add_chat_tokens: bool = True
     """Fine-tuning: when the tokenizer lacks the chat tokens (char, gpt2), add them and grow the embeddings (new
     rows start at the mean embedding); false refuses such a tokenizer."""
+    dedup: list[str] = field(default_factory=list)
+    """Deduplication while preparing: exact (same text) and/or near (MinHash over word 5-grams, Jaccard >=
+    data.near_threshold); the first copy is kept. Empty: none. The dataset's meta.json records what was removed."""
+    filters: list[str] = field(default_factory=list)
+    """Quality filters while preparing: boilerplate, short, encoding, gopher, gopher-repetition, c4, fineweb
+    (`slm data clean --help` says what each does). Empty: none."""
+    near_threshold: float = 0.7
+    """Near-duplicate threshold: estimated Jaccard similarity of word 5-gram sets (data.dedup = near). FineWeb's
+    MinHash (14 bands of 8) sits near 0.72; a 2% word edit rate alone brings a copy down to about 0.8."""
+    contamination: str = "warn"
+    """Documents sharing a 13-gram with an eval task (hellaswag, lambada, ...): warn (name task and count), remove
+    (drop those documents) or off (no check). Checked when a dataset is prepared."""
+    contamination_tasks: list[str] = field(default_factory=list)
+    """Eval tasks to check against; empty: every task whose files are present under $SLM_DATA_DIR/eval."""
+    stream: bool = False
+    """Stream the source instead of preparing it: documents are read, tokenized by background workers and packed
+    while training, nothing of the corpus is written, training starts in seconds. Use it for corpora too large to
+    prepare (web crawls, hf: datasets, big parquet folders) and for data.mix; false (prepared shards) suits small
+    corpora read many times. char/bpe tokenizers are then learnt from a sample (or pass a tokenizer dir)."""
+    mix: list[str] = field(default_factory=list)
+    """Stream mode: several sources with weights, SOURCE=WEIGHT each (e.g. [/data/wiki=0.7,python-stdlib=0.3]);
+    weights are shares of training tokens. When set, data.source is not read."""
+    shuffle_buffer: int = 1000
+    """Stream mode: documents are shuffled in blocks of this many (besides the per-epoch order of files and row
+    groups); 1 keeps the source's order within files."""
+    val_tokens: int = 262144
+    """Stream mode: tokens of held-out documents (chosen by a hash of their text) in the fixed, cached val set."""
+    stream_workers: int = 2
+    """Stream mode: tokenizer worker processes (0: one background thread in the training process)."""
 
     def __post_init__(self) -> None:
         _check_ranges("data", self)
-        _check_choice("data", "format", self.format, ("text", "auto", "alpaca", "messages", "prompt_completion"))
+        if self.mix and not self.stream:
+            raise ConfigError("data.mix needs data.stream=true (a prepared dataset reads one source)")
+        if self.stream and self.format != "text":
+            raise ConfigError(f"data.stream reads pretraining text; data.format={self.format} needs prepared data "
+                              "(drop data.stream)")  # fmt: skip
+        unused = [k for k, v in (("dir", self.dir), ("dedup", self.dedup), ("filters", self.filters),
+                                 ("align_to_docs", self.align_to_docs)) if v]  # fmt: skip
+        if self.stream and unused:
+            raise ConfigError(f"data.{unused[0]} applies to prepared data, not to data.stream=true; drop it (or "
+                              "prepare the data)")  # fmt: skip
+        for entry in self.mix:
+            weight = entry.rpartition("=")[2]
+            try:
+                ok = "=" in entry and 0 < float(weight) < float("inf")
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"data.mix entry {entry!r} must be SOURCE=WEIGHT with a positive weight, e.g. "
+                                  "data.mix=[/data/wiki=0.7,python-stdlib=0.3]")  # fmt: skip
+        _check_choice("data", "format", self.format,
+                      ("text", "auto", "alpaca", "messages", "prompt_completion", "pairs"))  # fmt: skip
         _check_choice("data", "chat_template", self.chat_template, ("slm",))
+        for name in self.dedup:
+            _check_choice("data", "dedup", name, DEDUP_METHODS)
+        for name in self.filters:
+            _check_choice("data", "filters", name, QUALITY_FILTERS)
+        _check_choice("data", "contamination", self.contamination, CONTAMINATION_MODES)
 
 
 @dataclass
@@ -325,6 +397,42 @@ class LoraConfig:
 
 
 @dataclass
+class EmbedConfig:
+    """Sentence embeddings: how a text becomes one vector (slm embed, the embedding eval tasks) and the contrastive
+    objective of an embedding run (data.format = pairs, `slm embed-train`)."""
+
+    pooling: str = "mean"
+    """How token states become one vector: mean (over the text's tokens) | last (the last token's state) | eos (an
+    end-of-text token is appended and its state taken)."""
+    instruction: str = ""
+    """Prefix put before queries: the anchors of training pairs and the queries of retrieval tasks (e.g. "query: ")."""
+    pairs: str = "auto"
+    """How data.source holds training pairs: auto (from the file) | pairs (.jsonl anchor/positive[/negatives] or .tsv
+    anchor<TAB>positive[<TAB>negative...]) | sts-b (STS Benchmark: pairs scored >= embed.min_score) | sick (SICK
+    train: entailment pairs, contradictions as hard negatives) | simcse (unlabeled text, each sentence its own
+    positive under dropout)."""
+    temperature: float = 0.05
+    """InfoNCE temperature: similarities are cosine / temperature (the start value when learn_temperature)."""
+    learn_temperature: bool = False
+    """Learn the temperature (as a log-scale parameter, CLIP-style) instead of keeping it fixed."""
+    symmetric: bool = True
+    """InfoNCE in both directions: anchors against positives (+ hard negatives) and positives against anchors."""
+    negatives: int = 1
+    """Hard negatives used per pair (when the data has them); 0 uses in-batch negatives only."""
+    min_score: float = 4.0
+    """embed.pairs = sts-b: the gold similarity (0-5) at or above which a pair is a positive."""
+    max_len: int = 0
+    """Tokens per training text (longer ones are cut); 0 means model.block_size."""
+    max_pairs: int = 0
+    """Read at most this many pairs (simcse: sentences) from data.source; 0 reads all."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("embed", self)
+        _check_choice("embed", "pooling", self.pooling, ("mean", "last", "eos"))
+        _check_choice("embed", "pairs", self.pairs, ("auto", "pairs", "sts-b", "sick", "simcse"))
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a run."""
 
@@ -336,6 +444,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     preset: str = ""
     """Name of the preset this config started from (informational; used in derived run names)."""
     description: str = ""

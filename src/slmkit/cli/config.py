@@ -22,8 +22,9 @@ def cmd_config_show(args) -> None:
 
 def cmd_config_presets(args) -> None:
     """Each preset with the `slm export` formats its runs can use (the exporters' own checks) and its description."""
-    print(f"{'preset':<24} {'export':<9} description")
-    for name in preset_names():
-        desc = read_toml(PRESETS_DIR / f"{name}.toml").get("description", "")
-        formats = ",".join(preset_export_formats(name)) or "none"
-        print(f"{name:<24} {formats:<9} {desc}")
+    rows = [(name, ",".join(preset_export_formats(name)) or "none",
+             read_toml(PRESETS_DIR / f"{name}.toml").get("description", "")) for name in preset_names()]  # fmt: skip
+    width = max(len("export"), *(len(formats) for _, formats, _ in rows))
+    print(f"{'preset':<24} {'export':<{width}} description")
+    for name, formats, desc in rows:
+        print(f"{name:<24} {formats:<{width}} {desc}")

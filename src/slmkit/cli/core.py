@@ -10,7 +10,10 @@ from slmkit.base.tokenizer import build_tokenizer, bytes_per_token, parse_kind, 
 from slmkit.cli.base import SAMPLING_FLAGS, print_json, split_config_arg
 from slmkit.data.dataset import find_tokenizer, read_meta
 from slmkit.data.prepare import prepare
+from slmkit.data.quality.clean import CleanSpec
+from slmkit.data.quality.stats import data_stats
 from slmkit.data.sources import iter_texts
+from slmkit.engine.contamination import clean_corpus, eval_index_provider
 from slmkit.engine.launch import launch_train, strip_nproc
 from slmkit.engine.train import train
 from slmkit.model.generate import check_sampling, sample_text
@@ -48,13 +51,42 @@ def cmd_tokenizer_eval(args) -> None:
 
 
 def cmd_prepare(args) -> None:
+    if args.decontaminate and args.no_contamination_check:
+        raise SlmError("--decontaminate needs the contamination check; drop --no-contamination-check")
+    mode = "remove" if args.decontaminate else "off" if args.no_contamination_check else "warn"
     prepare(args.source, tokenizer=args.tokenizer, out=args.out, val_fraction=args.val_fraction, seed=args.seed,
             text_field=args.text_field, include=args.include, exclude=args.exclude, workers=args.workers,
-            shard_tokens=args.shard_tokens, force=args.force)  # fmt: skip
+            shard_tokens=args.shard_tokens, force=args.force, clean=CleanSpec(contamination=mode),
+            eval_index=eval_index_provider(mode))  # fmt: skip
 
 
 def cmd_data_info(args) -> None:
     print_json(read_meta(args.dir))
+
+
+def _names(text: str | None) -> list[str]:
+    """A comma-separated option as a list; "none" or empty is the empty list."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    return [] if items == ["none"] else items
+
+
+def cmd_data_stats(args) -> None:
+    stats = data_stats(args.sources, args.out, overwrite=args.overwrite, tokenizer=args.tokenizer,
+                       max_bytes=args.max_bytes, text_field=args.text_field, near_threshold=args.near_threshold,
+                       workers=args.workers, progress=not args.no_progress)  # fmt: skip
+    print(stats["markdown"])
+    if args.out:
+        print(f"wrote {args.out}/stats.md, stats.json, stats.html and charts", file=sys.stderr)
+
+
+def cmd_data_clean(args) -> None:
+    if args.decontaminate and args.no_contamination_check:
+        raise SlmError("--decontaminate needs the contamination check; drop --no-contamination-check")
+    clean_corpus(args.source, args.out, dedup=_names(args.dedup), filters=_names(args.filters),
+                 decontaminate=_names(args.decontaminate) or None, check=not args.no_contamination_check,
+                 near_threshold=args.near_threshold, fmt=args.format, text_field=args.text_field,
+                 include=args.include, exclude=args.exclude, overwrite=args.overwrite, workers=args.workers,
+                 progress=not args.no_progress)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -73,10 +73,54 @@ def register_core(sub) -> None:
                    "CPU)")  # fmt: skip
     p.add_argument("--shard-tokens", type=count(1), default=100_000_000, help="tokens per shard file")
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is already prepared")
+    p.add_argument("--decontaminate", action="store_true", help="drop documents that share a 13-gram with an eval "
+                   "task (by default they are kept and each task's count is printed: data.contamination)")  # fmt: skip
+    p.add_argument("--no-contamination-check", action="store_true", help="skip the 13-gram check against the eval "
+                   "tasks")  # fmt: skip
 
-    dt = group(sub, "data", "inspect dataset directories")
+    dt = group(sub, "data", "inspect, measure and clean corpora and dataset directories")
     p = add(dt, "info", "core:cmd_data_info", "print a dataset directory's meta (tokenizer, counts, sources)")
     p.add_argument("dir")
+    p = add(dt, "stats", "core:cmd_data_stats", "statistics of corpora or dataset directories: sizes, length "
+            "histograms, duplicates, boilerplate, characters, language mix, top tokens and n-grams",
+            DATA_STATS_HELP)  # fmt: skip
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="corpus sources (as for slm prepare) or prepared "
+                   "dataset directories; several are a mixture, reported per source and together")  # fmt: skip
+    p.add_argument("--out", type=out_dir, help="folder for stats.md, stats.json, stats.html and PNG charts "
+                   "(default: print the summary only)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--tokenizer", default="auto", help="tokens are counted with: auto (a dataset's own, else gpt2), "
+                   "gpt2, a tokenizer/dataset/run directory, or none")  # fmt: skip
+    p.add_argument("--max-bytes", type=count(0, note="0: all"), default=0, help="read at most this much text of "
+                   "each source (0: all)")  # fmt: skip
+    add_field(p, "--text-field", "data.text_field")
+    add_field(p, "--near-threshold", "data.near_threshold")
+    p.add_argument("--workers", type=count(0, note="0: one per CPU on a large corpus"), default=0,
+                   help="MinHash worker processes (0: one per CPU from 8 MB of text)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add(dt, "clean", "core:cmd_data_clean", "write a cleaned corpus (quality filters, exact/near dedup, eval "
+            "decontamination) with a report of what each rule removed", DATA_CLEAN_HELP)  # fmt: skip
+    p.add_argument("source", type=corpus, help="corpus: built-in name, file, directory, glob, .jsonl, .parquet or "
+                   "hf:<dataset>")  # fmt: skip
+    p.add_argument("--out", required=True, type=out_dir, help="folder to write corpus.jsonl (or .parquet), "
+                   "report.md and report.json into")  # fmt: skip
+    p.add_argument("--dedup", default="exact,near", help="comma-separated: exact, near (none: no dedup; the same for "
+                   "--filters)")  # fmt: skip
+    p.add_argument("--filters", default="boilerplate,short,encoding,gopher,gopher-repetition", help="comma-separated "
+                   "filters (boilerplate, short, encoding, gopher, gopher-repetition, c4, fineweb)")  # fmt: skip
+    p.add_argument("--decontaminate", metavar="TASKS", help="remove documents sharing a 13-gram with these eval "
+                   "tasks (comma-separated, or all); without it overlap with every task present is only "
+                   "reported")  # fmt: skip
+    p.add_argument("--no-contamination-check", action="store_true", help="do not check against the eval tasks")
+    add_field(p, "--near-threshold", "data.near_threshold")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "parquet"), help="output format")
+    add_field(p, "--text-field", "data.text_field")
+    add_field(p, "--include", "data.include")
+    add_field(p, "--exclude", "data.exclude")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--workers", type=count(0, note="0: one per CPU on a large corpus"), default=0,
+                   help="worker processes (0: one per CPU from 8 MB of text)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add(
         sub,
@@ -258,6 +302,61 @@ def register_ship(sub) -> None:
     p.add_argument("--name", help="child run name (default: <parent>-sft or <parent>-lora)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
+    p = add(sub, "embed-train", "ship:cmd_embed_train", "contrastive fine-tuning of a run into a sentence-embedding "
+            "model (a child run)", EMBED_TRAIN_HELP)  # fmt: skip
+    p.add_argument("parent", metavar="PARENT_RUN", type=run_dir, help="the run to fine-tune")
+    pairs_data = text_file("pairs file", "pass a .jsonl/.tsv pairs file, an STS-B or SICK file, or text for simcse")
+    p.add_argument("--data", required=True, type=pairs_data, help="pairs: .jsonl (anchor, positive, negative(s)) or "
+                   ".tsv, STS-B train, SICK.txt, or text with embed.pairs=simcse")  # fmt: skip
+    add_overrides(p, "dotted overrides, e.g. embed.pooling=last embed.learn_temperature=true lora.rank=8")
+    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
+    p.add_argument("--name", help="child run name (default: <parent>-embed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    p = add(sub, "embed", "ship:cmd_embed", "sentence embeddings of texts with a run (L2-normalized vectors)",
+            EMBED_HELP)  # fmt: skip
+    p.add_argument("run", type=run_dir, help="run directory (pretrained, sft, lora or embed-train)")
+    p.add_argument("--input", required=True, help="a text file (one text a line; empty lines skipped) or .jsonl")
+    p.add_argument("--out", help="vectors.npy (float32 matrix) or vectors.jsonl (default: JSON lines on stdout)")
+    p.add_argument("--pooling", choices=("mean", "last", "eos"), help="how token states become one vector "
+                   "(default: the run's embed.pooling)")  # fmt: skip
+    p.add_argument("--instruction", default="", help="prefix put before every text (e.g. the run's "
+                   "embed.instruction, for queries)")  # fmt: skip
+    p.add_argument("--batch-size", type=count(1), default=64, help="texts per forward pass")
+    p.add_argument("--no-normalize", action="store_true", help="keep raw pooled vectors (not unit length)")
+    p.add_argument("--text-field", default="text", help=".jsonl input: the field holding the text")
+    add_checkpoint(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add(sub, "index", "ship:cmd_index", "build a semantic search index of documents with a run's embeddings",
+            INDEX_HELP)  # fmt: skip
+    p.add_argument("run", type=run_dir, help="run directory (pretrained, sft, lora or embed-train)")
+    p.add_argument("--input", required=True, help="documents: a text file, .jsonl, .parquet or a directory of them")
+    p.add_argument("--out", required=True, type=out_dir, help="index directory to write")
+    p.add_argument("--pooling", choices=("mean", "last", "eos"), help="how token states become one vector "
+                   "(default: the run's embed.pooling)")  # fmt: skip
+    p.add_argument("--instruction", help="prefix put before each query at search time (default: the run's "
+                   "embed.instruction); documents get none")  # fmt: skip
+    p.add_argument("--chunk", type=count(0, note="0: the model's context"), default=0, help="tokens per passage at "
+                   "most; longer documents are split at paragraphs, lines, words (0: the model's context)")  # fmt: skip
+    p.add_argument("--text-field", default="text", help=".jsonl / .parquet input: the field holding the text")
+    p.add_argument("--batch-size", type=count(1), default=64, help="passages per forward pass")
+    add_checkpoint(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add(sub, "search", "ship:cmd_search", "the passages of an index closest to a query (exact cosine)",
+            SEARCH_HELP)  # fmt: skip
+    p.add_argument("index", help="index directory (slm index)")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("-k", type=count(1), default=5, help="passages to return")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON")
+    p.add_argument("--run", type=run_dir, help="embed the query with this run instead of the one the index names "
+                   "(its tokenizer must match)")  # fmt: skip
+    p.add_argument("--checkpoint", help="checkpoint of the run: best | latest | STEP (default: the one that built "
+                   "the index)")  # fmt: skip
+
     lo = group(sub, "lora", "LoRA adapters: merge them into a full model")
     p = add(lo, "merge", "ship:cmd_lora_merge", "write a new run dir with the adapters folded into full weights")
     p.add_argument("run", type=run_dir, help="a run fine-tuned with lora.rank > 0")
@@ -282,13 +381,15 @@ def register_ship(sub) -> None:
     p.add_argument(
         "--tasks",
         default="val,hellaswag",
-        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, piqa, winogrande, lambada",
+        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, piqa, winogrande, lambada; embedding tasks "
+        "sts-b, sts-b-dev, sick-r, sts12 .. sts16, wiki-retrieval (pooled as the run's embed.pooling); code tasks "
+        "fim-line, next-line (held-out .py files: --data DIR, else python-stdlib's val split)",
     )
     add_field(p, "--limit", "eval.limit")
     add_checkpoint(p)
     p.add_argument("--data", type=text_file("text file or dataset directory", "pass --data FILE_OR_DATASET_DIR",
-                   dir_ok=True), help="val task: a text file or dataset dir (default: the run's dataset, val "
-                   "split)")  # fmt: skip
+                   dir_ok=True), help="val task: a text file or dataset dir (else the run's dataset, val split); "
+                   "code tasks: a folder of .py files (else python-stdlib's val split)")  # fmt: skip
     p.add_argument("--stride", type=count(0, note="0: block size"), default=0, help="val task: sliding-window stride "
                    "in tokens (0: block size)")  # fmt: skip
     p.add_argument("--val-tokens", type=count(0, note="0: all"), default=None, help="val task: tokens to score (0: "
@@ -348,13 +449,18 @@ def register_ship(sub) -> None:
     p.add_argument("--report", help="with --labels: also write the metrics to this JSON file")
     p.add_argument("--unit", choices=("doc", "line", "window"), help="override the detector's unit")
     p.add_argument("--text-field", help="override the detector's .jsonl text field")
+    p.add_argument("--run", type=run_dir, help="score with this run instead of the one the detector names (e.g. a "
+                   "moved copy); its tokenizer must be the detector's")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    register_classify(sub)
 
     p = add(sub, "export", "ship:cmd_export", "export a run's checkpoint: hf (a transformers directory) or gguf "
             "(llama.cpp)")  # fmt: skip
     p.add_argument("run", type=run_dir, help="run directory")
     p.add_argument("--format", default="hf", help="hf (a transformers-loadable directory) | gguf (model.gguf for "
-                   "llama.cpp; LLaMA-style models)")  # fmt: skip
+                   "llama.cpp; LLaMA-style models) | sentence-transformers (SentenceTransformer(DIR), pooled as the "
+                   "run's embed.pooling)")  # fmt: skip
     p.add_argument("--type", choices=("f16", "q8_0"), help="gguf: tensor type of the matrices (default: f16)")
     p.add_argument("--out", required=True, help="directory to write (gguf: it holds model.gguf)")
     add_checkpoint(p)
@@ -385,7 +491,11 @@ def register_ship(sub) -> None:
     p.add_argument("--port", type=count(1, 65535), default=8000, help="port to listen on")
     add_checkpoint(p)
     p.add_argument("--max-tokens-cap", type=count(1), default=1024, help="largest max_tokens a request may ask for")
-    p.add_argument("--slots", type=count(1), default=4, help="requests generated at once, round-robin")
+    p.add_argument("--max-batch", "--slots", dest="max_batch", type=count(1), default=16, help="requests decoded "
+                   "together, one batched forward per token (continuous batching); --slots is its former "
+                   "name")  # fmt: skip
+    p.add_argument("--max-queue", type=count(0), default=64, help="requests that may wait for a place in the batch; "
+                   "one more is answered 429 (server busy) at once")  # fmt: skip
     p.add_argument("--threads", type=count(0, 1024, note="0: torch's choice"), default=None, help="torch CPU threads "
                    "(default: 1 on up to 4 cores, else min(4, cores/2): holds up on a busy CPU; 0: torch's own "
                    "choice)")  # fmt: skip
@@ -395,6 +505,21 @@ def register_ship(sub) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", help="let web pages of ORIGIN "
                    "(e.g. http://localhost:3000, or '*' for any; repeatable) call the API from a browser; by default "
                    "only the server's own pages may")  # fmt: skip
+
+    p = add(sub, "complete", "ship:cmd_complete", "autocomplete at a cursor: continue a prefix, or fill in the middle "
+            "between a prefix and a suffix (a model trained with data.fim_rate > 0)")  # fmt: skip
+    p.add_argument("run", type=run_dir, help="run directory or `slm quantize` output")
+    p.add_argument("--prefix", required=True, help="the text before the cursor, or @FILE for a file's text")
+    p.add_argument("--suffix", default=None, help="the text after the cursor, or @FILE (needs a model trained with "
+                   "data.fim_rate > 0)")  # fmt: skip
+    p.add_argument("--mode", choices=("line", "block"), default="line", help="line: stop at the end of the line; "
+                   "block: at the end of the middle (or --max-new-tokens)")  # fmt: skip
+    p.add_argument("--max-new-tokens", type=count(1), default=None, help="most tokens to generate (default: 48 in "
+                   "line mode, 128 in block mode)")  # fmt: skip
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the usual for completion)")
+    p.add_argument("--seed", type=int, default=None, help="make a sampled completion reproducible")
+    add_checkpoint(p)
+    p.add_argument("--json", action="store_true", help="print the completion with its counts and timing as JSON")
 
     p = add(
         sub, "import-hf", "ship:cmd_import_hf", "turn a local Hugging Face GPT-2 or LLaMA checkpoint into a run dir"
@@ -427,6 +552,36 @@ def register_ship(sub) -> None:
     p.add_argument("--num-seeds", type=count(1), default=1, help="samples per prompt and model, seeds seed..seed+N-1")
     add_sampling(p, max_new_tokens=64, temperature=0.8, top_k=0, top_p=False)
     p.add_argument("--checkpoint", default="best", help="checkpoint of the run dirs")
+
+
+DATA_STATS_HELP = """statistics of one or more corpora (a mixture: reported per source and together): documents, tokens,
+bytes; length histograms; exact and near (MinHash, word 5-grams) duplicate rates; lines repeated across documents
+and the byte share of boilerplate lines; character classes and a language proxy (dominant script, and English
+function words for Latin script); top tokens, words and word 3-grams (counted over the first 32 MB of each source).
+With --out: stats.md, stats.json and an offline stats.html with PNG charts.
+
+examples:
+  slm data stats data/web.jsonl
+  slm data stats wiki/ web.jsonl --out stats-mix
+  slm data stats data/python-stdlib-bpe4096 --out stats-stdlib      a prepared dataset (its tokens, decoded)
+"""
+
+
+DATA_CLEAN_HELP = """write a cleaned copy of a corpus: OUT/corpus.jsonl ({"text", "source"} per line; or .parquet) that
+slm prepare and data.source read, and OUT/report.md + report.json: what each rule removed (documents, bytes,
+examples) and the eval overlap found.
+
+order: exact dedup -> near dedup (first copy kept) -> boilerplate lines -> filters -> eval decontamination.
+filters: boilerplate (lines seen in 2+ earlier documents: menus, cookie banners), short (< 50 words), encoding
+(mojibake, replacement and control characters), and datatrove's gopher (Gopher quality rules), gopher-repetition
+(repeated lines and n-grams: keyword spam), c4 (C4 line rules), fineweb (FineWeb's rules).
+decontamination: 13-gram overlap (as GPT-3 and lm-eval) with the eval tasks under $SLM_DATA_DIR/eval.
+
+examples:
+  slm data clean crawl.jsonl --out crawl-clean
+  slm data clean crawl.jsonl --out crawl-clean --filters gopher,c4 --dedup near --decontaminate all
+  slm prepare crawl-clean/corpus.jsonl --tokenizer gpt2 --out data/crawl-clean
+"""
 
 
 TRAIN_HELP = """train a model and write a run directory (runs/<name>/: config, tokenizer, metrics.jsonl, checkpoints)
@@ -518,6 +673,53 @@ examples:
 """
 
 
+def register_classify(sub) -> None:
+    """`slm classify train|predict|eval`."""
+    cl = group(sub, "classify", "text classification: fine-tune a run to answer with a label, predict, evaluate")
+    p = add(cl, "train", "ship:cmd_classify_train", "fine-tune a run to continue \"<text>\\nLabel:\" with the label "
+            "(a child run; loss on the label tokens only)", CLASSIFY_HELP)  # fmt: skip
+    p.add_argument("parent", metavar="PARENT_RUN", type=run_dir, help="the run to fine-tune")
+    p.add_argument("--data", required=True, help="labelled .jsonl: one object a line with the text and label fields")
+    p.add_argument("--text-field", default="text", help="field holding the text")
+    p.add_argument("--label-field", default="label", help="field holding the label")
+    add_overrides(p, "dotted overrides, e.g. train.max_steps=500 optim.lr=1e-4 (also after the options)")
+    p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
+    p.add_argument("--name", help="child run name (default: <parent>-classify)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    p = add(cl, "predict", "ship:cmd_classify_predict", "label each document: every label's likelihood is scored (no "
+            "generation); JSONL of label, probability and all label probabilities")  # fmt: skip
+    p.add_argument("run", type=run_dir, help="a run made by `slm classify train`")
+    p.add_argument("--input", required=True, help=".jsonl (one document a record) or a text file (one a line)")
+    p.add_argument("--text-field", help=".jsonl input: the field holding the text (default: the training one)")
+    p.add_argument("--out", help="JSONL file to write (default: stdout)")
+    add_checkpoint(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = add(cl, "eval", "ship:cmd_classify_eval", "accuracy, macro-F1, confusion matrix (PNG) and calibration error "
+            "on labelled data")  # fmt: skip
+    p.add_argument("run", type=run_dir, help="a run made by `slm classify train`")
+    p.add_argument("--data", required=True, help="labelled .jsonl (held out from training)")
+    p.add_argument("--text-field", help="field holding the text (default: the training one)")
+    p.add_argument("--label-field", help="field holding the label (default: the training one)")
+    p.add_argument("--plot", type=image_out, default="confusion.png", help="image of the confusion matrix")
+    p.add_argument("--report", help="also write the metrics to this JSON file")
+    p.add_argument("--predictions", help="also write each record's prediction to this JSONL file")
+    add_checkpoint(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+CLASSIFY_HELP = """fine-tune a run as a classifier: each record becomes the prompt "<text>\\nLabel:" and the answer
+" <label>", trained through `slm sft` (loss on the label tokens only). The child run holds classify.json (labels,
+template, how many tokens of a text fit in the block; longer texts are cut to their start). Prediction scores every
+label's likelihood, so the answer is always one of the labels.
+
+examples:
+  slm classify train runs/x --data train.jsonl --text-field text --label-field label train.max_steps=500
+  slm classify predict runs/x-classify --input new.jsonl --out predictions.jsonl
+  slm classify eval runs/x-classify --data test.jsonl --plot confusion.png --report metrics.json
+"""
+
 SFT_HELP = """fine-tune a run on instruction or chat data: loss only on the assistant's replies, a held-out split with
 masked val loss, a child run dir that records its parent run and checkpoint. Same loop as `slm train`.
 
@@ -546,6 +748,40 @@ examples:
   slm eval runs/x --tasks val --data notes.txt --stride 128
   slm eval runs/x --tasks hellaswag,arc_easy --task-source hf
 """
+
+EMBED_TRAIN_HELP = """contrastive fine-tuning (InfoNCE over in-batch and hard negatives) of a run into a
+sentence-embedding model: a child run with the training loop's metrics, doctor, checkpoints, exact resume
+and LoRA. With the STS Benchmark under $SLM_DATA_DIR, its dev Spearman is logged at every eval
+(eval/sts-b-dev/spearman).
+
+examples:
+  slm embed-train runs/wiki --data pairs.jsonl                              anchor/positive(/negative) records
+  slm embed-train runs/wiki --data sts-train.csv embed.min_score=4          STS-B pairs scored >= 4
+  slm embed-train runs/wiki --data SICK.txt embed.learn_temperature=true    entailments, contradictions as negatives
+  slm embed-train runs/wiki --data sentences.txt embed.pairs=simcse model.dropout=0.1"""
+
+EMBED_HELP = """sentence embeddings of each line of a text file (or a .jsonl field) with any run: token states
+pooled (mean, last or eos) and L2-normalized; a text's vector does not depend on its batch.
+
+examples:
+  slm embed runs/wiki-embed --input sentences.txt --out vectors.npy
+  slm embed runs/wiki-embed --input queries.txt --instruction "query: " --out q.jsonl"""
+
+INDEX_HELP = """build a semantic search index: documents split into passages of at most --chunk tokens (paragraphs
+packed in order; an over-long paragraph split at lines, then words), embedded with the run, written atomically as a
+directory (vectors.npy, passages.jsonl with each passage's file and line or row, manifest.json).
+
+examples:
+  slm index runs/wiki-embed --input docs/ --out docs.index
+  slm index runs/wiki-embed --input articles.parquet --chunk 128 --instruction "query: " --out wiki.index
+  slm search wiki.index "who built the first telescope?" -k 5"""
+
+SEARCH_HELP = """the passages of an index closest to a query: the query is embedded as the documents were (same
+run, checkpoint, pooling; the index's query instruction before it) and scored by exact cosine similarity.
+
+examples:
+  slm search docs.index "how are checkpoints written?"
+  slm search docs.index "atomic writes" -k 10 --json"""
 
 SCORE_HELP = """score text with a run: one JSON line per unit with tokens, loss (nats/token), ppl, bpb and the most
 surprising tokens (start/end character offsets into the unit's text). A unit's first token is context only; longer

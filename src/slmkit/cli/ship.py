@@ -13,17 +13,21 @@ from slmkit.base.errors import SlmError
 from slmkit.cli.base import SAMPLING_FLAGS
 from slmkit.engine.evaluate import evaluate_run, format_table
 from slmkit.engine.evaluate.suite import EVALS_DIR
-from slmkit.engine.evaluate.tasks import LOSS_TASK
+from slmkit.engine.evaluate.tasks import CODE_TASKS, LOSS_TASK
 from slmkit.model.generate import check_sampling
 from slmkit.model.qweights import QUANT_FILE
 from slmkit.runs.checkpoint import load_model
-from slmkit.ship import anomaly
+from slmkit.ship import anomaly, classify
 from slmkit.ship.chat import chat
+from slmkit.ship.complete import complete, read_text_arg
+from slmkit.ship.embed import embed, summary
+from slmkit.ship.embed_train import embed_train
 from slmkit.ship.export.artifact import export
 from slmkit.ship.export.hf import import_hf
 from slmkit.ship.finetune import merge_run, sft
 from slmkit.ship.quantize import quantize
 from slmkit.ship.score import check_input, score_source
+from slmkit.ship.search import build_index, format_hits, index_summary, search
 from slmkit.ship.serve.app import serve
 from slmkit.study.compare import compare, read_prompts
 
@@ -35,6 +39,37 @@ def cmd_sft(args) -> None:
     overrides = [f"train.name={args.name}"] if args.name else []
     sft(args.parent, args.data, list(args.overrides) + overrides, checkpoint=args.checkpoint,
         progress=not args.no_progress)  # fmt: skip
+
+
+def cmd_embed_train(args) -> None:
+    overrides = [f"train.name={args.name}"] if args.name else []
+    embed_train(args.parent, args.data, list(args.overrides) + overrides, checkpoint=args.checkpoint,
+                progress=not args.no_progress)  # fmt: skip
+
+
+def cmd_embed(args) -> None:
+    vectors, stats = embed(args.run, args.input, args.out, pooling=args.pooling, instruction=args.instruction,
+                           checkpoint=args.checkpoint, batch_size=args.batch_size, normalize=not args.no_normalize,
+                           text_field=args.text_field, overwrite=args.overwrite,
+                           progress=not args.no_progress)  # fmt: skip
+    if args.out is None:
+        for n, v in zip(stats["lines"], vectors):
+            print(json.dumps({"line": n, "embedding": [round(float(x), 7) for x in v]}))
+    print(summary(stats, args.out), file=sys.stderr)
+
+
+def cmd_index(args) -> None:
+    manifest = build_index(args.run, args.input, args.out, pooling=args.pooling, instruction=args.instruction,
+                           chunk=args.chunk, checkpoint=args.checkpoint, text_field=args.text_field,
+                           batch_size=args.batch_size, overwrite=args.overwrite,
+                           progress=not args.no_progress)  # fmt: skip
+    print(index_summary(manifest, args.out), file=sys.stderr)
+
+
+def cmd_search(args) -> None:
+    hits = search(args.index, args.query, args.k, run=args.run, checkpoint=args.checkpoint)
+    print(json.dumps({"query": args.query, "hits": hits}, ensure_ascii=False, indent=1) if args.json
+          else format_hits(hits))  # fmt: skip
 
 
 def cmd_lora_merge(args) -> None:
@@ -56,6 +91,8 @@ def cmd_eval(args) -> None:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     val_options = {"--data": args.data, "--stride": args.stride or None, "--val-tokens": args.val_tokens}
     unused = [flag for flag, value in val_options.items() if value is not None] if LOSS_TASK not in tasks else []
+    if any(t in CODE_TASKS for t in tasks):  # the code tasks read their held-out .py files from --data
+        unused = [flag for flag in unused if flag != "--data"]
     if not any(t != LOSS_TASK for t in tasks):  # no benchmark: nothing reads --limit or --task-source
         unused += ["--limit"] * bool(args.limit) + ["--task-source"] * (args.task_source != "local")
     if tasks and unused:
@@ -121,7 +158,7 @@ def cmd_anomaly_detect(args) -> None:
     det = anomaly.read_detector(args.detector)
     ids, scores, flagged = [], [], 0
     with _jsonl_out(args.out) as write:
-        for r in anomaly.detect(det, args.input, unit=args.unit, text_field=args.text_field,
+        for r in anomaly.detect(det, args.input, unit=args.unit, text_field=args.text_field, run=args.run,
                                 show_progress=not args.no_progress):  # fmt: skip
             write(r)
             ids.append(r["id"])
@@ -141,6 +178,38 @@ def cmd_anomaly_detect(args) -> None:
               file=sys.stderr)  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------------------
+# classify
+
+
+def cmd_classify_train(args) -> None:
+    run = classify.train(args.parent, args.data, text_field=args.text_field, label_field=args.label_field,
+                         overrides=list(args.overrides), checkpoint=args.checkpoint, name=args.name,
+                         progress=not args.no_progress)  # fmt: skip
+    print(run)
+
+
+def cmd_classify_predict(args) -> None:
+    n = 0
+    with _jsonl_out(args.out) as write:
+        for r in classify.predict(args.run, args.input, text_field=args.text_field, checkpoint=args.checkpoint,
+                                  show_progress=not args.no_progress):  # fmt: skip
+            write(r)
+            n += 1
+    print(f"labelled {n} document(s)" + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+
+
+def cmd_classify_eval(args) -> None:
+    m = classify.evaluate(args.run, args.data, text_field=args.text_field, label_field=args.label_field,
+                          checkpoint=args.checkpoint, plot=args.plot, predictions=args.predictions,
+                          report=args.report, show_progress=not args.no_progress)  # fmt: skip
+    lo, hi = m["accuracy_ci95"]
+    print(
+        f"accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}, n={m['n']})  macro-F1 {m['macro_f1']:.4f}  "
+        f"ECE {m['ece']:.4f}; confusion matrix: {args.plot}" + (f"; metrics: {args.report}" if args.report else "")
+    )
+
+
 def cmd_export(args) -> None:
     options = {"type": args.type} if args.type else None
     out = export(args.run, args.out, format=args.format, checkpoint=args.checkpoint, force=args.force, options=options)
@@ -157,8 +226,23 @@ def cmd_quantize(args) -> None:
 
 def cmd_serve(args) -> None:
     serve(args.run, host=args.host, port=args.port, checkpoint=args.checkpoint, max_tokens_cap=args.max_tokens_cap,
-          slots=args.slots, threads=args.threads, allow_hosts=args.allow_host,
+          max_batch=args.max_batch, max_queue=args.max_queue, threads=args.threads, allow_hosts=args.allow_host,
           allow_origins=args.allow_origin)  # fmt: skip
+
+
+def cmd_complete(args) -> None:
+    prefix = read_text_arg(args.prefix)
+    suffix = None if args.suffix is None else read_text_arg(args.suffix)
+    result = complete(args.run, prefix, suffix, mode=args.mode, max_new_tokens=args.max_new_tokens,
+                      checkpoint=args.checkpoint, temperature=args.temperature, seed=args.seed)  # fmt: skip
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    print(result.text)
+    cut = f"; cut to fit: {result.prefix_tokens_cut} prefix, {result.suffix_tokens_cut} suffix tokens" if (
+        result.prefix_tokens_cut or result.suffix_tokens_cut) else ""  # fmt: skip
+    print(f"# {'infill' if result.infill else 'continuation'}: {result.completion_tokens} tokens in {result.ms:.0f} ms "
+          f"({result.finish_reason}){cut}", file=sys.stderr)  # fmt: skip
 
 
 def cmd_import_hf(args) -> None:

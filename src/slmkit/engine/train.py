@@ -24,11 +24,16 @@ from slmkit.base.config_files import load_config, save_config
 from slmkit.base.console import enable, say
 from slmkit.base.errors import SlmError
 from slmkit.base.metrics import RunMetrics
-from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, parse_kind
+from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, check_fingerprint, parse_kind
 from slmkit.data.chat import load_chat_data
-from slmkit.data.dataset import TOKENIZER_DIR, check_tokenizer, load_dataset_tokenizer
+from slmkit.data.dataset import TOKENIZER_DIR, load_dataset_tokenizer
+from slmkit.data.fim import ensure_fim_tokens
+from slmkit.data.pairs import load_pair_data
 from slmkit.data.prepare import ensure_prepared
+from slmkit.data.stream_data import StreamData
+from slmkit.engine.contamination import eval_index_for
 from slmkit.engine.distributed import agree, check_parallel, init_process_group, on_main, teardown
+from slmkit.engine.embedding import ContrastiveObjective, check_pooling
 from slmkit.engine.resolve import derive_run_name, lr_scaling_hint, resolve_batch, resolve_vocab
 from slmkit.engine.runtime import Runtime, resolve_runtime
 from slmkit.engine.trainer import Trainer
@@ -44,11 +49,21 @@ class DiskFull(SlmError):
 
 _RESUME_FROZEN = ("model.", "tokenizer.", "data.", "lora.")
 _RESUME_NEEDS_FLAG = ("optim.", "train.batch_size", "train.grad_accum", "train.tokens_per_step", "train.seed",
-                      "train.data_seed")  # fmt: skip
+                      "train.data_seed", "embed.")  # fmt: skip
+# stream mode: what is read may change with --allow-changed (the new data is read from its start)
+_STREAM_CHANGEABLE = ("data.source", "data.mix", "data.include", "data.exclude", "data.text_field",
+                      "data.shuffle_buffer", "data.stream_workers")  # fmt: skip
 
 
 def _check_resume_changes(old: RunConfig, new: RunConfig, allow_changed: bool) -> None:
     changed = diff_configs(old, new)
+    if old.data.stream and new.data.stream:
+        stream = {k: v for k, v in changed.items() if k in _STREAM_CHANGEABLE}
+        if stream and not allow_changed:
+            desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in stream.items())
+            raise ConfigError(f"resuming a stream run with changed data ({desc}); pass --allow-changed to read the "
+                              "new data from its start")  # fmt: skip
+        changed = {k: v for k, v in changed.items() if k not in stream}
     frozen = {k: v for k, v in changed.items() if k.startswith(_RESUME_FROZEN)}
     if frozen:
         desc = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in frozen.items())
@@ -86,16 +101,21 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     parent = None
     explicit_tokenizer = any(o.split("=", 1)[0].strip().removeprefix("--") == "tokenizer.kind" for o in overrides)
     dataset_dir, chat, tokenizer = _load_data(cfg, runtime, run_dir if resume is not None else None)
+    stream = chat if isinstance(chat, StreamData) else None  # stream mode: no dataset dir, batches read as it trains
+    chat = None if stream is not None else chat
     if dataset_dir is not None and resume is None:
         cfg = _match_dataset_tokenizer(cfg, dataset_dir, tokenizer, explicit_tokenizer)
+    if (dataset_dir is not None or stream is not None) and cfg.data.fim_rate > 0:  # appended after the data's ids
+        tokenizer = ensure_fim_tokens(tokenizer)
     cfg = resolve_batch(resolve_vocab(cfg, tokenizer), runtime.world_size)
     if cfg.lora.rank:
         check_targets(cfg.model, cfg.lora)
     if resume is None and cfg.train.init_from:
         parent = check_parent(cfg, tokenizer)
     if resume is not None:
-        if dataset_dir is not None:
-            check_tokenizer(dataset_dir, ckpt_io.run_tokenizer(run_dir))
+        if dataset_dir is not None:  # (a stream run resumes with the run's own tokenizer)
+            recorded = ckpt_io.run_tokenizer(run_dir).fingerprint  # the dataset's (+ the FIM tokens when it trains FIM)
+            check_fingerprint(recorded, tokenizer.fingerprint, f"dataset {dataset_dir}")
         if runtime.is_main:
             _clean_leftovers(run_dir, started)  # first: a checkpoint parked by a killed save is put back
         agree(runtime, True)  # every rank lists the checkpoints after that
@@ -108,14 +128,21 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         if runtime.is_main:
             _clean_leftovers(run_dir, started)  # a reused folder of a run killed while starting
     say(runtime.describe())
-    loaders = None
-    if chat is not None:
+    loaders, objective = None, None
+    if chat is not None:  # chat examples (SFT) or text pairs (an embedding run)
         say(chat.describe(cfg.model.block_size))
         loaders = chat.loaders(cfg.train.batch_size, cfg.model.block_size, cfg.data.packing, runtime.rank,
                                runtime.world_size)  # fmt: skip
+    if stream is not None:
+        say(stream.describe())
+        loaders = stream.loaders(cfg.train.batch_size, cfg.model.block_size, runtime.rank, runtime.world_size,
+                                 tokenizer, allow_changed=allow_changed)  # fmt: skip
+    if cfg.data.format == "pairs":
+        objective = ContrastiveObjective(cfg.embed)
     trainer, marked_running = None, False
     try:
-        trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders)
+        trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders,
+                          objective=objective)  # fmt: skip
         if resume is not None:
             ckpt = _restore(trainer, run_dir, candidates, runtime)
             if runtime.is_main:
@@ -147,7 +174,8 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
             raise DiskFull(_no_space_message(run_dir, trainer)) from None
         raise
     teardown()
-    verb = "chat" if cfg.data.format != "text" else "sample"  # a fine-tuned chat model answers; a base one continues
+    # a fine-tuned chat model answers; a base one continues; an embedding run embeds
+    verb = {"text": "sample", "pairs": "embed"}.get(cfg.data.format, "chat")
     best = "none" if trainer.state.best_val is None else f"{trainer.state.best_val:.4f}"
     say(f"{status}: {run_dir} at step {trainer.state.step} (best val loss {best}). Next: slm {verb} {run_dir}")
     return run_dir
@@ -281,12 +309,23 @@ def _device_of(path: Path) -> str:
 
 def _load_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
     """(dataset dir, chat data, tokenizer): a prepared token dataset, or chat examples for fine-tuning, read and
-    checked before any run dir exists. Rank 0 alone prepares a dataset."""
+    checked before any run dir exists. Rank 0 alone prepares a dataset. In stream mode the second item is the
+    StreamData (sources planned, tokenizer learnt from a sample on rank 0 or the run's own when resuming)."""
 
+    if cfg.data.stream:
+        if run_dir is not None:
+            tok = ckpt_io.run_tokenizer(run_dir)
+            return None, StreamData.open(cfg.data, cfg.tokenizer.kind, tok, str(run_dir / TOKENIZER_DIR)), tok
+        if runtime.distributed:  # rank 0 learns (and caches) a char/bpe tokenizer first; the others then load it
+            on_main(runtime, lambda: StreamData.open(cfg.data, cfg.tokenizer.kind) and None)
+        stream = StreamData.open(cfg.data, cfg.tokenizer.kind)
+        return None, stream, stream.tokenizer
     if cfg.data.format == "text":
-        data_cfg, kind = cfg.data, cfg.tokenizer.kind
-        dataset_dir = on_main(runtime, lambda: ensure_prepared(data_cfg, kind))
+        data_cfg, kind = cfg.data, cfg.tokenizer.kind  # cleaning and the eval-overlap check apply when preparing
+        dataset_dir = on_main(runtime, lambda: ensure_prepared(data_cfg, kind, eval_index_for(data_cfg)))
         return dataset_dir, None, load_dataset_tokenizer(dataset_dir)
+    if cfg.data.format == "pairs":
+        return None, *_pair_data(cfg, runtime, run_dir)
     chat = _chat_data(cfg, run_dir)
     return None, chat, chat.tokenizer
 
@@ -316,6 +355,15 @@ def _match_dataset_tokenizer(cfg: RunConfig, dataset_dir: Path, tokenizer: Token
     say(f"tokenizer: {dataset_dir} was prepared with {tokenizer.name}, not {kind}; training with the dataset's "
         f"(config.toml records tokenizer.kind={recorded})")  # fmt: skip
     return cfg.replace(**{"tokenizer.kind": recorded})
+
+
+def _pair_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
+    """(pair data, tokenizer) of an embedding run: the parent's (or, resuming, the run's) tokenizer."""
+    if runtime.world_size > 1:
+        raise SlmError("contrastive training (data.format=pairs) runs in one process; drop --nproc / torchrun")
+    tokenizer = ckpt_io.run_tokenizer(run_dir) if run_dir is not None else build_tokenizer(cfg.tokenizer.kind)
+    check_pooling(cfg.embed.pooling, tokenizer)
+    return load_pair_data(cfg.data, cfg.embed, tokenizer, cfg.model.block_size), tokenizer
 
 
 def _chat_data(cfg: RunConfig, run_dir: Path | None):

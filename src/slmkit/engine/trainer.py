@@ -28,6 +28,7 @@ from slmkit.base.errors import SlmError
 from slmkit.base.metrics import MetricsLogger
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.data.dataset import read_meta
+from slmkit.data.fim import FimSpec
 from slmkit.data.loader import TokenLoader
 from slmkit.engine.distributed import (
     agree,
@@ -55,17 +56,32 @@ class TrainingDiverged(SlmError):
     """The loss became NaN or infinite."""
 
 
+def lm_loss(model, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The default objective: next-token cross-entropy of a loader's (x, y) batch."""
+    _, loss = model(*batch)
+    return loss
+
+
+Objective = Callable[[Any, tuple], torch.Tensor]
+"""objective(model, batch) -> scalar loss, batch being the loader's tensors on the device. lm_loss by default; an
+embedding run passes slmkit.engine.embedding.ContrastiveObjective (an nn.Module: a learned temperature in it gets an
+optimizer group and is checkpointed)."""
+
+
+def _to(batch: tuple, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
 def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runtime: Runtime, grad_clip: float,
-               skip_if: Callable[[float], bool] | None = None):  # fmt: skip
+               skip_if: Callable[[float], bool] | None = None, objective: Objective = lm_loss):  # fmt: skip
     """Accumulate `accum` micro-batches, clip, step. Returns (mean loss, pre-clip grad norm) as floats.
 
     `skip_if(loss)` True drops this update (the doctor's train.on_spike = skip guard)."""
     total = torch.zeros((), device=runtime.device)
     for micro in range(accum):
-        x, y = batches()
-        x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
+        batch = _to(batches(), runtime.device)
         with grad_sync(model, last=micro == accum - 1), runtime.autocast():  # all-reduce on the last micro-step only
-            _, loss = model(x, y)
+            loss = objective(model, batch)
         (loss / accum).backward()
         total += loss.detach()
     loss = mean_over_ranks(total / accum).item()  # the same on every rank: the loss of the whole update
@@ -85,15 +101,15 @@ def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runti
 
 
 @torch.no_grad()  # not inference_mode: FSDP2 would keep its all-gather buffers as inference tensors for training
-def evaluate_loss(model, loader, n_batches: int, runtime: Runtime) -> float:
+def evaluate_loss(model, loader, n_batches: int, runtime: Runtime, objective: Objective = lm_loss) -> float:
     """Mean loss over `n_batches` batches of `loader` (model put back in train mode afterwards)."""
     was_training = model.training
     model.eval()
     losses = []
     for _ in range(n_batches):
-        x, y = loader.next_batch()
+        batch = _to(loader.next_batch(), runtime.device)
         with runtime.autocast():
-            _, loss = model(x.to(runtime.device), y.to(runtime.device))
+            loss = objective(model, batch)
         losses.append(loss.float().item())
     model.train(was_training)
     return sum(losses) / len(losses)
@@ -116,9 +132,11 @@ class Trainer:
     """Holds what one run needs; `run()` is the loop. Built by `train()`."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, tokenizer: Tokenizer, dataset_dir: Path | None, runtime: Runtime,
-                 progress: bool = True, loaders: Callable[[str, int], Any] | None = None):  # fmt: skip
+                 progress: bool = True, loaders: Callable[[str, int], Any] | None = None,
+                 objective: Objective | None = None):  # fmt: skip
         """`loaders(split, seed)` makes the train and val loaders (default: TokenLoader over dataset_dir); any
-        object with next_batch/state_dict/load_state_dict will do (SFT passes slmkit.data.chat's)."""
+        object with next_batch/state_dict/load_state_dict will do (SFT passes slmkit.data.chat's). `objective`
+        is the loss of a batch (default lm_loss; an embedding run passes its contrastive loss)."""
 
         self.cfg, self.run_dir, self.tokenizer, self.rt = cfg, run_dir, tokenizer, runtime
         self.dataset_dir, self.progress = dataset_dir, progress
@@ -132,6 +150,7 @@ class Trainer:
         self.sharded = runtime.distributed and t.parallel == "fsdp"  # FSDP2 shards self.model in place
         wrapped = wrap_model(self.model, runtime, t.parallel)  # DDP or FSDP2 with several processes, else the model
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.objective = self._add_objective(objective, cfg)
         self.groups = describe_groups(self.optimizer)
         self.compiled = torch.compile(wrapped) if runtime.compile else wrapped
         data_seed = t.data_seed if t.data_seed >= 0 else t.seed
@@ -153,6 +172,25 @@ class Trainer:
         self._skip_if = self.doctor.guard if guard == "skip" else None
         self._rollback_pending = False
         self.skip_first_eval = False  # a run restarted from step 0 whose step-0 eval is already logged
+
+    def _add_objective(self, objective: Objective | None, cfg: RunConfig) -> Objective:
+        """The objective on the device; its trainable parameters (a learned temperature) join the optimizer as
+        one more group, without weight decay."""
+        if objective is None:
+            return lm_loss
+        if isinstance(objective, torch.nn.Module):
+            objective.to(self.rt.device)
+            params = [p for p in objective.parameters() if p.requires_grad]
+            if params:
+                group = {"params": params, "name": "objective", "weight_decay": 0.0, "base_lr": cfg.optim.lr,
+                         "lr": cfg.optim.lr}  # fmt: skip
+                self.optimizer.add_param_group(group | ({"use_muon": False} if cfg.optim.name == "muon" else {}))
+        return objective
+
+    def _objective_state(self) -> dict | None:
+        if not isinstance(self.objective, torch.nn.Module) or not self.objective.state_dict():
+            return None
+        return {k: v.tolist() for k, v in self.objective.state_dict().items()}  # small (a temperature): JSON
 
     # -- resume -------------------------------------------------------------------------------------------
     def restore(self, ckpt: Path) -> None:
@@ -176,6 +214,8 @@ class Trainer:
                                               f"({ckpt_io.load_error_reason(e)}); resume with the same optim "
                                               "settings") from None  # fmt: skip
         self.loader.load_state_dict(state["loader"])
+        if state.get("objective") is not None and isinstance(self.objective, torch.nn.Module):
+            self.objective.load_state_dict({k: torch.tensor(v) for k, v in state["objective"].items()})
         ckpt_io.set_rng_state(state["rng"])
         self.state = TrainState(step=state["step"], tokens_seen=state["tokens_seen"], best_val=state.get("best_val"),
                                 elapsed=state.get("elapsed", 0.0), last_ckpt=str(ckpt))  # fmt: skip
@@ -186,23 +226,28 @@ class Trainer:
         t, block = self.cfg.train, self.cfg.model.block_size
         if split == "val":
             return TokenLoader(self.dataset_dir, "val", t.batch_size, block, seed=seed)
+        d = self.cfg.data  # fill-in-the-middle rearranges training windows only: the val loss stays left-to-right
+        fim = FimSpec.from_tokenizer(self.tokenizer, d.fim_rate, d.fim_spm_rate) if d.fim_rate > 0 else None
         return TokenLoader(self.dataset_dir, "train", t.batch_size, block, seed=seed,
                            align_to_docs=self.cfg.data.align_to_docs, rank=self.rt.rank,
-                           world_size=self.rt.world_size, shard="batches")  # fmt: skip
+                           world_size=self.rt.world_size, shard="batches", fim=fim)  # fmt: skip
 
     def evaluate(self) -> float:
         val = self.make_loader("val", VAL_SEED)
-        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt)
+        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt, self.objective)
 
     def save(self, val_loss: float | None = None) -> Path | None:
         model_state = optim_state = None
         if self.sharded:  # every rank takes part in gathering the whole state; rank 0 writes it
             model_state, optim_state = full_state(self.model, self.optimizer)
+        loader_state = self._loader_state()
         if not self.rt.is_main:
             return None
         s = self.state
         state = {"tokens_seen": s.tokens_seen, "best_val": s.best_val, "elapsed": s.elapsed,
-                 "loader": self.loader.state_dict(), "rng": ckpt_io.rng_state()}  # fmt: skip
+                 "loader": loader_state, "rng": ckpt_io.rng_state()}  # fmt: skip
+        if self._objective_state() is not None:
+            state["objective"] = self._objective_state()
         # a LoRA run's adapters alone too (the small file to share or apply to the parent), inside the checkpoint
         extra = (lambda folder: save_adapter(self.model, folder / ADAPTER_FILE)) if self.cfg.lora.rank else None
         path = ckpt_io.save_checkpoint(self.run_dir, s.step, self.model, self.optimizer, state, self.cfg,
@@ -211,6 +256,19 @@ class Trainer:
         s.last_ckpt = str(path)
         self._last_save = time.time()
         return path
+
+    def _per_rank_loader(self) -> bool:
+        """A loader whose position differs per rank (stream mode: each rank reads its own files)."""
+        return self.rt.distributed and getattr(self.loader, "per_rank_state", False)
+
+    def _loader_state(self) -> dict:
+        """The loader position to checkpoint; every rank's ({"ranks": [...]}, a collective) when it differs."""
+        state = self.loader.state_dict()
+        if not self._per_rank_loader():
+            return state
+        states: list = [None] * self.rt.world_size
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def _eval_and_save(self, final: bool = False) -> None:
         t, s = self.cfg.train, self.state
@@ -237,7 +295,8 @@ class Trainer:
         if not tasks or not due or not self.rt.is_main:
             return
 
-        metrics = evaluate_tasks(self.model, self.tokenizer, tasks, limit=e.limit)
+        metrics = evaluate_tasks(self.model, self.tokenizer, tasks, limit=e.limit, embed=self.cfg.embed,
+                                 fim=self.cfg.data.fim_rate > 0)  # fmt: skip
         self.logger.log(s.step, metrics)
         say(f"step {s.step:>6} | " + " | ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()))
 
@@ -246,7 +305,7 @@ class Trainer:
         if t.ckpt_every and self.state.step % t.ckpt_every == 0:
             return True
         due = bool(t.ckpt_minutes) and time.time() - self._last_save >= 60 * t.ckpt_minutes
-        if self.sharded and t.ckpt_minutes:  # FSDP saves are collective: all ranks follow rank 0's clock
+        if (self.sharded or self._per_rank_loader()) and t.ckpt_minutes:  # collective saves: rank 0's clock
             return agree(self.rt, due)
         return due
 
@@ -278,7 +337,8 @@ class Trainer:
                 lr = set_lr(self.optimizer, s.step, cfg.optim, t.max_steps)
                 t0 = time.perf_counter()
                 loss, gnorm = train_step(self.compiled, self.optimizer, self.loader.next_batch, t.grad_accum, self.rt,
-                                         cfg.optim.grad_clip, skip_if=self._skip_if)  # fmt: skip
+                                         cfg.optim.grad_clip, skip_if=self._skip_if,
+                                         objective=self.objective)  # fmt: skip
                 self.rt.synchronize()
                 dt = time.perf_counter() - t0
                 if not math.isfinite(loss):
@@ -325,6 +385,9 @@ class Trainer:
                    "perf/step_ms": 1000 * dt, "perf/tok_per_s": tok_s,
                    "perf/mfu": min(1.0, achieved / self.peak),
                    "mem/rss_mb": self._process.memory_info().rss / 2**20}  # fmt: skip
+        metrics.update(getattr(self.objective, "metrics", dict)())  # an objective's own, e.g. a learned temperature
+        if hasattr(self.loader, "metrics"):  # a stream loader: data/epoch, data/docs, data/tokens/<source>
+            metrics.update(self.loader.metrics())
         self.logger.log(s.step, metrics)
         if self.doctor is not None:
             self._doctor_observe(metrics)

@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_write_json
+from slmkit.base.config import EmbedConfig
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
+from slmkit.engine.evaluate.code_tasks import CODE_TASKS, run_code_task
+from slmkit.engine.evaluate.embedding import EMBED_TASKS, run_embed_task
 from slmkit.engine.evaluate.loss import (
     DEFAULT_MAX_TOKENS,
     check_max_tokens,
@@ -73,11 +76,27 @@ def run_task(
     root: str | Path | None = None,
     progress: bool = False,
     source: str = "local",
+    embed: EmbedConfig | None = None,
+    fim: bool = False,
+    data: str | Path | None = None,
 ) -> dict:
     """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
 
-    source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py)."""
+    source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py).
+    An embedding task (embedding.EMBED_TASKS) pools as `embed` says (default EmbedConfig()). A code task
+    (code_tasks.CODE_TASKS) reads held-out .py files (`data`, else python-stdlib's val split) and infills when `fim`
+    (the model was trained with data.fim_rate > 0)."""
     check_limit(limit)
+    if name in CODE_TASKS:
+        if source != "local":
+            raise TaskError(f"task {name} reads local files only; drop --task-source {source}")
+        return run_code_task(model, tokenizer, name, fim=fim, data=data, limit=limit, progress=progress)
+    if name in EMBED_TASKS:
+        if source != "local":
+            raise TaskError(f"task {name} reads local files only; drop --task-source {source}")
+        e = embed or EmbedConfig()
+        return run_embed_task(model, tokenizer, name, pooling=e.pooling, instruction=e.instruction, limit=limit,
+                              progress=progress)  # fmt: skip
     items = load_items(name, root, limit, source)
     if not items:
         raise TaskError(f"task {name} has no items to score ({source} source); check its files")
@@ -111,15 +130,16 @@ def check_limit(limit: int) -> None:
         raise TaskError(f"limit must be a whole number of items >= 0 (0 = all), got {limit!r}")
 
 
-def evaluate_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], limit: int = 0) -> dict[str, float]:
+def evaluate_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], limit: int = 0,
+                   embed: EmbedConfig | None = None, fim: bool = False) -> dict[str, float]:  # fmt: skip
     """Flat `eval/<task>/<metric>` values for the metrics log (the training loop's hook; `val` is skipped,
-    the trainer logs val/* itself)."""
+    the trainer logs val/* itself). `embed`: the run's pooling and instruction, for embedding tasks."""
     out = {}
     was_training = model.training
     for name in check_tasks(tasks):
         if name == LOSS_TASK:
             continue
-        for metric, value in run_task(model, tokenizer, name, limit=limit)["metrics"].items():
+        for metric, value in run_task(model, tokenizer, name, limit=limit, embed=embed, fim=fim)["metrics"].items():
             if not metric.endswith("_stderr"):
                 out[f"eval/{name}/{metric}"] = value
     model.train(was_training)
@@ -142,7 +162,7 @@ def evaluate_run(
     """`slm eval`: score a run's checkpoint on `tasks`; write RUN/evals/<task>.json (atomic); return the results.
 
     task_source: where benchmark items come from, "local" files or "hf" datasets (the only path that uses the
-    network)."""
+    network). data: the val task's text or dataset dir, and the code tasks' held-out .py files."""
 
     tasks = check_tasks(tasks)
     if not tasks:
@@ -173,7 +193,8 @@ def evaluate_run(
                 "seconds": time.perf_counter() - t0,
             }
         else:
-            res = run_task(model, tokenizer, name, limit=limit, progress=progress, source=task_source)
+            res = run_task(model, tokenizer, name, limit=limit, progress=progress, source=task_source, embed=cfg.embed,
+                           fim=cfg.data.fim_rate > 0, data=data)  # fmt: skip
         res.update(checkpoint=str(ckpt), step=step, tokenizer=tokenizer.name)
         results[name] = res
         if write:
@@ -196,7 +217,7 @@ def format_table(results: dict[str, dict]) -> str:
                 lines.append(f"| val | {metric} | {m[metric]:.4f} | | | " + " | ".join("" for _ in refs) + " |")
             continue
         for metric in [k for k in m if not k.endswith("_stderr")]:
-            chance = "" if metric == "ppl" else f"{res['chance']:.2f}"
+            chance = "" if metric == "ppl" or res["chance"] is None else f"{res['chance']:.2f}"
             ref = [REFERENCES[r].get(name, {}).get(metric) for r in refs]
             err = m.get(f"{metric}_stderr")
             lines.append(

@@ -31,6 +31,8 @@ from itertools import islice
 from pathlib import Path
 
 from slmkit.base.errors import SlmError
+from slmkit.engine.evaluate.code_tasks import CODE_TASKS
+from slmkit.engine.evaluate.embedding import EMBED_TASKS, embed_task_files
 
 
 class TaskError(SlmError):
@@ -78,13 +80,13 @@ LOSS_TASK = "val"
 
 
 def known_tasks() -> list[str]:
-    return [LOSS_TASK, *TASKS]
+    return [LOSS_TASK, *TASKS, *EMBED_TASKS, *CODE_TASKS]
 
 
 def check_tasks(names: list[str]) -> list[str]:
     """The names, validated; TaskError listing the known tasks for an unknown one."""
     for n in names:
-        if n not in TASKS and n != LOSS_TASK:
+        if n not in TASKS and n not in EMBED_TASKS and n not in CODE_TASKS and n != LOSS_TASK:
             raise TaskError(f"unknown task {n!r}; known tasks: {', '.join(known_tasks())}")
     return list(names)
 
@@ -94,7 +96,12 @@ def data_root() -> Path:
 
 
 def task_files(name: str, root: str | Path | None = None) -> list[Path]:
-    """Paths of a task's files; TaskError naming where they were looked for and how to supply them."""
+    """Paths of a task's files; TaskError naming where they were looked for and how to supply them (an embedding
+    task's: `embedding.embed_task_files`)."""
+    if name in EMBED_TASKS:
+        return embed_task_files(name, root)
+    if name in CODE_TASKS:  # held-out source files, not task files (code_tasks.py)
+        return []
     spec = TASKS[check_tasks([name])[0]] if name in TASKS else None
     if spec is None:
         raise TaskError(f"{name!r} is not a benchmark task; known tasks: {', '.join(TASKS)}")
