@@ -278,6 +278,7 @@ def test_eval_cli_runs_code_tasks_on_a_folder(fim_run, tmp_path, run_cli):
     (tmp_path / "m.py").write_text(SOURCE, encoding="utf-8")
     code, out, _ = run_cli("eval", fim_run, "--tasks", "fim-line,next-line", "--data", tmp_path, "--no-progress")
     assert code == 0 and "fim-line | exact_match" in out and "next-line | edit_sim" in out
+    assert "- exact match: the share of held-out lines" in out and "Spearman" not in out  # only its own hints
     assert json.loads((fim_run / "evals" / "fim-line.json").read_text())["mode"] == "infill"
 
 

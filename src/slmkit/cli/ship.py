@@ -30,6 +30,7 @@ from slmkit.ship.score import check_input, score_source
 from slmkit.ship.search import build_index, format_hits, index_summary, search
 from slmkit.ship.serve.app import serve
 from slmkit.study.compare import compare, read_prompts
+from slmkit.study.expectations import eval_hints
 
 # ---------------------------------------------------------------------------------------------------------
 # fine-tuning and chat
@@ -111,6 +112,8 @@ def cmd_eval(args) -> None:
         task_source=args.task_source,
     )
     print(format_table(results))
+    for hint in eval_hints(results):
+        print(f"- {hint}")
     written = [str(Path(args.run) / EVALS_DIR / f"{task}.json") for task in results]
     print(f"wrote {', '.join(written)}", file=sys.stderr)
 

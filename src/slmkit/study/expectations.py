@@ -87,3 +87,46 @@ def entropy_hint(nats: float, vocab_size: int) -> str:
         f"e^H ≈ {math.exp(nats):,.1f} tokens. The range is 0 (certain) to ln(V) = ln({vocab_size:,}) = {top:.2f} nats "
         f"(a uniform guess); this is {100 * share:.0f}% of it, {verdict}."
     )
+
+
+# What the newer evals' numbers mean, with the baselines measured here (benchmarks/results/embed.md, search.md,
+# fim.md: a 4-layer, 256-wide model pretrained on 1.8M Wikipedia tokens) and published ones for scale.
+EMBEDDING_SCALE = (
+    "Spearman x 100 between the cosine of two sentences' vectors and human similarity: 0 is unrelated. For scale: "
+    "TF-IDF word overlap scores 76 on STS-B test and 60 on SICK-R here; a small pretrained LM, mean-pooled and never "
+    "trained for similarity, scored 30 (STS-B); after 100 steps of `slm embed-train` 60; trained sentence encoders "
+    "such as all-MiniLM-L6-v2 score about 82 on STS-B."
+)
+RETRIEVAL_SCALE = (
+    "nDCG@10 x 100: 100 puts every query's own passage first; chance is near 1. For scale: TF-IDF scores 93 on "
+    "wiki-retrieval here, a small pretrained LM 14, the same after `slm embed-train` 22 (benchmarks/results/embed.md)."
+    " Below TF-IDF, ship TF-IDF (or train the encoder longer on in-domain pairs)."
+)
+CODE_SCALE = (
+    "exact match: the share of held-out lines reproduced character for character (edit_similarity gives partial "
+    "credit). A model trained for minutes on a CPU scores close to 0 exact and 0.1 edit similarity "
+    "(benchmarks/results/fim.md); code models of 100M+ parameters trained on billions of tokens reach 0.2-0.4 on "
+    "single-line infilling."
+)
+
+
+def eval_hints(results: dict[str, dict]) -> list[str]:
+    """One sentence per kind of task in `results` (as `evaluate_run` returns them) saying what its numbers mean."""
+    names = set(results)
+    out = []
+    if any(n.startswith("sts") or n == "sick-r" for n in names):
+        out.append(EMBEDDING_SCALE)
+    if any(n.endswith("retrieval") for n in names):
+        out.append(RETRIEVAL_SCALE)
+    if names & {"fim-line", "next-line"}:
+        out.append(CODE_SCALE)
+    if "val" in names:
+        m = results["val"]["metrics"]
+        out.append(f"val: perplexity {m['ppl']:.1f} is e^loss, bits per byte {m['bpb']:.2f} compares across "
+                   "tokenizers; gzip needs 2.5-3 bits per byte of English.")  # fmt: skip
+    chance = [n for n, r in results.items() if r.get("chance")]
+    if chance:
+        out.append(f"{', '.join(chance)}: compare acc with the chance column; a model of a few million parameters "
+                   "trained for minutes is expected to sit within a few points of chance on these (GPT-2 124M, "
+                   "trained on 10B tokens, is 2-19 points above it: the reference columns).")  # fmt: skip
+    return out
