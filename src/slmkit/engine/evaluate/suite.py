@@ -27,9 +27,10 @@ from slmkit.engine.evaluate.loss import (
     check_text_source,
     evaluate_text_loss,
 )
+from slmkit.engine.evaluate.mmlu import CONTINUATIONS, MMLU_TASKS, mmlu_metrics, mmlu_requests
 from slmkit.engine.evaluate.references import REFERENCES
 from slmkit.engine.evaluate.scoring import Scorer, encode_pair
-from slmkit.engine.evaluate.tasks import LOSS_TASK, TASKS, TaskError, check_tasks, load_items
+from slmkit.engine.evaluate.tasks import LOSS_TASK, TASKS, TaskError, check_tasks, data_root, load_items
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import load_model, read_run_info, read_state
 
@@ -97,6 +98,10 @@ def run_task(
         e = embed or EmbedConfig()
         return run_embed_task(model, tokenizer, name, pooling=e.pooling, instruction=e.instruction, limit=limit,
                               progress=progress)  # fmt: skip
+    if name in MMLU_TASKS:
+        if source != "local":
+            raise TaskError(f"task {name} reads local files only; drop --task-source {source}")
+        return run_mmlu(model, tokenizer, name, limit=limit, root=root, progress=progress)
     items = load_items(name, root, limit, source)
     if not items:
         raise TaskError(f"task {name} has no items to score ({source} source); check its files")
@@ -122,6 +127,26 @@ def run_task(
         "loglikelihoods": [[ll for ll, _ in s] for s in scores],
         "is_greedy": [[g for _, g in s] for s in scores],
     }
+
+
+def run_mmlu(model: GPT, tokenizer: Tokenizer, name: str, *, limit: int = 0, root: str | Path | None = None,
+             progress: bool = False) -> dict:  # fmt: skip
+    """MMLU (mmlu.py): each question's four letters scored after its prompt; acc, acc_macro and per-subject acc."""
+    requests = mmlu_requests(name, data_root() if root is None else root, limit)
+    scorer = Scorer(model)
+    t0 = time.perf_counter()
+    correct, lls = [], []
+    bar = progress_bar(len(requests), name, "question", enabled=progress)
+    for _, context, gold in requests:
+        scores = scorer.score_requests([encode_pair(tokenizer, context, c) for c in CONTINUATIONS])
+        lls.append([ll for ll, _ in scores])
+        correct.append(int(np.argmax(lls[-1])) == gold)
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return {"task": name, "n": len(requests), "metrics": mmlu_metrics([s for s, _, _ in requests], correct),
+            "chance": 0.25, "truncated": scorer.truncated, "limit": limit, "source": "local", "seconds": seconds,
+            "items_per_s": len(requests) / seconds if seconds else None, "loglikelihoods": lls}  # fmt: skip
 
 
 def check_limit(limit: int) -> None:
@@ -216,7 +241,7 @@ def format_table(results: dict[str, dict]) -> str:
             for metric in ("loss", "ppl", "bpb"):
                 lines.append(f"| val | {metric} | {m[metric]:.4f} | | | " + " | ".join("" for _ in refs) + " |")
             continue
-        for metric in [k for k in m if not k.endswith("_stderr")]:
+        for metric in [k for k in m if not k.endswith("_stderr") and isinstance(m[k], (int, float))]:
             chance = "" if metric == "ppl" or res["chance"] is None else f"{res['chance']:.2f}"
             ref = [REFERENCES[r].get(name, {}).get(metric) for r in refs]
             err = m.get(f"{metric}_stderr")

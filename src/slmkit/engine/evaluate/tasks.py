@@ -33,6 +33,7 @@ from pathlib import Path
 from slmkit.base.errors import SlmError
 from slmkit.engine.evaluate.code_tasks import CODE_TASKS
 from slmkit.engine.evaluate.embedding import EMBED_TASKS, embed_task_files
+from slmkit.engine.evaluate.mmlu import MMLU_TASKS, subjects
 
 
 class TaskError(SlmError):
@@ -80,13 +81,13 @@ LOSS_TASK = "val"
 
 
 def known_tasks() -> list[str]:
-    return [LOSS_TASK, *TASKS, *EMBED_TASKS, *CODE_TASKS]
+    return [LOSS_TASK, *TASKS, *MMLU_TASKS, *EMBED_TASKS, *CODE_TASKS]
 
 
 def check_tasks(names: list[str]) -> list[str]:
     """The names, validated; TaskError listing the known tasks for an unknown one."""
     for n in names:
-        if n not in TASKS and n not in EMBED_TASKS and n not in CODE_TASKS and n != LOSS_TASK:
+        if n not in known_tasks():
             raise TaskError(f"unknown task {n!r}; known tasks: {', '.join(known_tasks())}")
     return list(names)
 
@@ -102,6 +103,9 @@ def task_files(name: str, root: str | Path | None = None) -> list[Path]:
         return embed_task_files(name, root)
     if name in CODE_TASKS:  # held-out source files, not task files (code_tasks.py)
         return []
+    if name in MMLU_TASKS:  # one test (and dev) file per subject (mmlu.py)
+        root = Path(root) if root is not None else data_root()
+        return [root / "mmlu" / "test" / f"{s}_test.csv" for s in subjects(root)]
     spec = TASKS[check_tasks([name])[0]] if name in TASKS else None
     if spec is None:
         raise TaskError(f"{name!r} is not a benchmark task; known tasks: {', '.join(TASKS)}")
