@@ -124,6 +124,9 @@ RANGES: dict[str, Range] = {
     "embed.min_score": Range(0, 5),
     "embed.max_len": _nat("0 = model.block_size"),
     "embed.max_pairs": _nat("0 = all"),
+    # distill
+    "distill.temperature": Range(0.05, 100),
+    "distill.alpha": Range(0, 1),
 }
 """Every int and float field of the config tree (a test checks that none is missing)."""
 

@@ -433,6 +433,23 @@ class EmbedConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation: learn from a teacher run's next-token distributions as well as from the text."""
+
+    teacher: str = ""
+    """Run directory of the teacher (same tokenizer as the student); empty: no distillation."""
+    checkpoint: str = "best"
+    """The teacher's checkpoint: best | latest | STEP."""
+    temperature: float = 2.0
+    """Both models' logits are divided by it before the KL term (softer distributions show more of the teacher)."""
+    alpha: float = 0.5
+    """Weight of the cross-entropy on the text; 1 - alpha goes to T^2 * KL(teacher || student)."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("distill", self)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a run."""
 
@@ -445,6 +462,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     preset: str = ""
     """Name of the preset this config started from (informational; used in derived run names)."""
     description: str = ""

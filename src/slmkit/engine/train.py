@@ -32,6 +32,7 @@ from slmkit.data.pairs import load_pair_data
 from slmkit.data.prepare import ensure_prepared
 from slmkit.data.stream_data import StreamData
 from slmkit.engine.contamination import eval_index_for
+from slmkit.engine.distill import DistillObjective, load_teacher
 from slmkit.engine.distributed import agree, check_parallel, init_process_group, on_main, teardown
 from slmkit.engine.embedding import ContrastiveObjective, check_pooling
 from slmkit.engine.resolve import derive_run_name, lr_scaling_hint, resolve_batch, resolve_vocab
@@ -112,6 +113,12 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         check_targets(cfg.model, cfg.lora)
     if resume is None and cfg.train.init_from:
         parent = check_parent(cfg, tokenizer)
+    teacher = None  # (model, checkpoint) of distill.teacher, checked before the run dir exists
+    if cfg.distill.teacher:
+        if cfg.data.format == "pairs":
+            raise ConfigError("distill.teacher teaches next-token prediction; an embedding run (data.format=pairs) "
+                              "cannot use it")  # fmt: skip
+        teacher = load_teacher(cfg.distill, tokenizer, runtime.device)
     if resume is not None:
         if dataset_dir is not None:  # (a stream run resumes with the run's own tokenizer)
             recorded = ckpt_io.run_tokenizer(run_dir).fingerprint  # the dataset's (+ the FIM tokens when it trains FIM)
@@ -139,6 +146,10 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
                                  tokenizer, allow_changed=allow_changed)  # fmt: skip
     if cfg.data.format == "pairs":
         objective = ContrastiveObjective(cfg.embed)
+    if teacher is not None:
+        objective = DistillObjective(cfg.distill, teacher[0], tokenizer.vocab_size)
+        say(f"distilling from {teacher[1]} (T = {cfg.distill.temperature:g}, alpha = {cfg.distill.alpha:g}: "
+            f"{cfg.distill.alpha:g} x cross-entropy + {1 - cfg.distill.alpha:g} x T^2 x KL)")  # fmt: skip
     trainer, marked_running = None, False
     try:
         trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders,

@@ -234,7 +234,8 @@ class Trainer:
 
     def evaluate(self) -> float:
         val = self.make_loader("val", VAL_SEED)
-        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt, self.objective)
+        objective = getattr(self.objective, "val_objective", self.objective)  # distillation validates on plain CE
+        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt, objective)
 
     def save(self, val_loss: float | None = None) -> Path | None:
         model_state = optim_state = None
