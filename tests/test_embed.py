@@ -8,6 +8,7 @@ import torch
 from sft_helpers import base_run, make_corpus
 
 from slmkit.base.tokenizer import EOT
+from slmkit.data.sources import DataError
 from slmkit.engine.embedding import EmbedError, pool
 from slmkit.ship.embed import embed, embed_texts, load_encoder, read_texts
 
@@ -84,7 +85,7 @@ def test_bad_input_is_one_line(encoder, tmp_path, run):
         embed_texts(model, no_eot, ["a"], pooling="eos")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"body": "b"}\n')
-    with pytest.raises(EmbedError, match=r"bad.jsonl:2: no string field 'text'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2 has no string field 'text'"):
         read_texts(bad)
 
 

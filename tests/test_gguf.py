@@ -237,6 +237,7 @@ def test_refusals_name_what_is_possible(tokenizer, tmp_path, run_cli):
     assert "llama-tiny" in err and "shakespeare-char," in err  # presets that export to hf
     run = _run(tmp_path, "gpt2-style", tokenizer)  # the default model fields: GPT-2's
     code, _, err = run_cli("export", run, "--format", "gguf", "--out", tmp_path / "g")
-    assert code == 2 and "model.pos_emb = 'learned'" in err and "This run exports with --format hf or --format sentence-transformers." in err, err
+    assert code == 2 and "model.pos_emb = 'learned'" in err, err
+    assert "This run exports with --format hf or --format sentence-transformers." in err, err
     assert "train with the model fields of one of the presets llama-small, llama-tiny" in err
     assert run_cli("export", run, "--format", "hf", "--out", tmp_path / "h")[0] == 0

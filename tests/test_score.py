@@ -11,6 +11,7 @@ from conftest import TINY
 
 from slmkit.base.config_files import load_config
 from slmkit.base.tokenizer import build_tokenizer
+from slmkit.data.sources import DataError
 from slmkit.engine.evaluate.loss import evaluate_text_loss
 from slmkit.engine.train import train
 from slmkit.runs.checkpoint import load_model
@@ -110,7 +111,7 @@ def test_unit_splitting(tmp_path, loaded):
     j = tmp_path / "x.jsonl"
     j.write_text('{"id": "q1", "body": "hello"}\n\n{"body": "again"}\n', encoding="utf-8")
     assert list(read_documents(j, "body")) == [("q1", "hello"), ("x.jsonl:3", "again")]
-    with pytest.raises(ScoreError, match="no string field 'text'"):
+    with pytest.raises(DataError, match="x.jsonl:1 has no string field 'text'"):
         list(read_documents(j))
     with pytest.raises(ScoreError, match="unknown unit"):
         list(split_units(docs, "para"))

@@ -8,6 +8,7 @@ import pytest
 from sft_helpers import base_run, make_corpus
 
 import slmkit.ship.search as search_mod
+from slmkit.data.sources import DataError
 from slmkit.engine.embedding import embed_texts
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.search import (
@@ -221,5 +222,5 @@ def test_read_documents_counts_what_it_skips(docs):
     assert stats == {"binary_skipped": 0, "non_utf8_files": 1}
     bad = docs.parent / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(SearchError, match=r"bad.jsonl:2: no string field 'text'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2 has no string field 'text'"):
         read_documents(bad)

@@ -13,9 +13,11 @@ import copy
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from slmkit.base.checks import INT_MAX, RANGES, Range, number_problem, text_file_problem
 from slmkit.base.config import field_default, field_help
+from slmkit.base.errors import SlmError
 
 SAMPLING_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature", "top_k": "--top-k",
                   "top_p": "--top-p", "seed": "--seed"}  # fmt: skip
@@ -225,3 +227,16 @@ def add_field(p: argparse.ArgumentParser, flag: str, key: str, **kwargs) -> None
     doc = field_help(key).replace("%", "%%")  # argparse formats help with %
     shown = "; default: %(default)s" if default not in (None, False, "", []) else ""  # else HelpFormatter's rule
     p.add_argument(flag, default=default, help=f"{doc} (the config's {key}{shown})", **kwargs)
+
+
+def read_text_arg(arg: str) -> str:
+    """A text given on the command line, or @FILE for the contents of FILE (slm inspect, tokenize, complete)."""
+    if not arg.startswith("@"):
+        return arg
+    path = Path(arg[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SlmError(f"cannot read {path}: {e.strerror or e} (@FILE names a text file)") from None
+    except UnicodeDecodeError:
+        raise SlmError(f"{path} is not UTF-8 text (@FILE names a text file)") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
 from slmkit.base.errors import SlmError
-from slmkit.cli.base import SAMPLING_FLAGS
+from slmkit.cli.base import SAMPLING_FLAGS, read_text_arg
 from slmkit.engine.evaluate import evaluate_run, format_table
 from slmkit.engine.evaluate.suite import EVALS_DIR
 from slmkit.engine.evaluate.tasks import CODE_TASKS, LOSS_TASK
@@ -19,7 +19,7 @@ from slmkit.model.qweights import QUANT_FILE
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship import anomaly, classify
 from slmkit.ship.chat import chat
-from slmkit.ship.complete import complete, read_text_arg
+from slmkit.ship.complete import complete
 from slmkit.ship.embed import embed, summary
 from slmkit.ship.embed_train import embed_train
 from slmkit.ship.export.artifact import export

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from slmkit.base.config_files import load_config
 from slmkit.base.errors import SlmError
-from slmkit.cli.base import print_json, split_config_arg
+from slmkit.cli.base import print_json, read_text_arg, split_config_arg
 from slmkit.engine.doctor import diagnose, format_findings
 from slmkit.runs.table import format_runs, list_runs
 from slmkit.study.ablate import format_table, plan_study, run_study
@@ -16,7 +16,6 @@ from slmkit.study.inspect import (
     format_comparison,
     format_split,
     inspect_run,
-    read_text_arg,
     tokenize_text,
     write_inspect_page,
 )

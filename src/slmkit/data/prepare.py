@@ -22,9 +22,8 @@ import re
 import shutil
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from slmkit.base.config import DataConfig, TokenizerConfig
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
 from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
+from slmkit.data.parallel import ordered_map
 from slmkit.data.quality.clean import PROCESS_MIN_BYTES as CLEAN_PROCESS_MIN_BYTES
 from slmkit.data.quality.clean import Cleaner, CleanSpec
 from slmkit.data.quality.decontam import EvalNGrams
@@ -112,19 +112,6 @@ def _make_pool(backend: str, workers: int, tok: Tokenizer, tok_dir: Path, dtype:
                                  initargs=(str(tok_dir), dtype.str))  # fmt: skip
         return ex, _worker_encode
     raise DataError(f"unknown prepare backend {backend!r}; use thread or process")
-
-
-def ordered_map(ex: Executor, fn: Callable, items: Iterable[tuple], in_flight: int) -> Iterator[tuple]:
-    """For (arg, extra) items: (extra, fn(arg)) in input order, at most `in_flight` tasks queued (bounded memory)."""
-    pending: deque = deque()
-    for arg, extra in items:
-        pending.append((extra, ex.submit(fn, arg)))
-        if len(pending) >= in_flight:
-            extra, fut = pending.popleft()
-            yield extra, fut.result()
-    while pending:
-        extra, fut = pending.popleft()
-        yield extra, fut.result()
 
 
 # ---------------------------------------------------------------------------------------------------------

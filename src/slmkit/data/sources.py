@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatch
 from pathlib import Path
@@ -368,6 +368,21 @@ def _bad_record(stats: SourceStats, where: str, total: int) -> None:
             f"{stats.bad_lines} of {total} records so far are not JSON objects with a string field (first bad: "
             f"{stats.first_bad_line}, latest: {where}); fix the file or pass the right --text-field"
         )
+
+
+def jsonl_records(path: Path, lines: Iterable[str], text_field: str) -> Iterator[tuple[int, dict, str]]:
+    """(line number, record, text) of every non-empty line of a .jsonl file that a verb reads strictly (slm score,
+    embed, index): the first line that is not a JSON object with a string `text_field` is a DataError naming it."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
+            raise DataError(f"{path}:{n} has no string field {text_field!r}; pass --text-field NAME")
+        yield n, rec, rec[text_field]
 
 
 def _iter_jsonl(path: Path, stats: SourceStats, text_field: str) -> Iterator[Document]:

@@ -32,7 +32,7 @@ import torch
 
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.data.fim import FimSpec, fim_window
-from slmkit.data.prepare import ordered_map
+from slmkit.data.parallel import ordered_map
 from slmkit.data.sources import DataError
 from slmkit.data.stream_reader import (
     HF_TASK_DOCS,

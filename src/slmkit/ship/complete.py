@@ -42,19 +42,6 @@ class Completion:
         return asdict(self)
 
 
-def read_text_arg(arg: str) -> str:
-    """A text given on the command line, or @FILE for the contents of FILE."""
-    if not arg.startswith("@"):
-        return arg
-    path = Path(arg[1:])
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SlmError(f"cannot read {path}: {e.strerror or e} (@FILE names a text file)") from None
-    except UnicodeDecodeError:
-        raise SlmError(f"{path} is not UTF-8 text (@FILE names a text file)") from None
-
-
 class Completer:
     """A loaded model (a run dir or a `slm quantize` artifact) that completes prefixes, with or without a suffix."""
 

@@ -21,6 +21,7 @@ import numpy as np
 from slmkit.base.atomic import atomic_path
 from slmkit.base.config import RunConfig
 from slmkit.base.tokenizer import Tokenizer
+from slmkit.data.sources import jsonl_records
 from slmkit.engine.embedding import POOLINGS, EmbedError, check_pooling, embed_texts
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import load_model
@@ -45,17 +46,13 @@ def read_texts(path: str | Path, text_field: str = "text") -> tuple[list[str], l
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise EmbedError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    texts, numbers, empty = [], [], 0
-    for n, line in enumerate(lines, 1):
-        text = line
-        if path.suffix == ".jsonl" and line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EmbedError(f"{path}:{n}: not JSON ({e.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise EmbedError(f"{path}:{n}: no string field {text_field!r}; pass --text-field")
+    if path.suffix == ".jsonl":
+        records = [(n, text) for n, _, text in jsonl_records(path, lines, text_field)]
+        empty = len(lines) - len(records)
+    else:
+        records, empty = list(enumerate(lines, 1)), 0
+    texts, numbers = [], []
+    for n, text in records:
         if not text.strip():
             empty += 1
             continue

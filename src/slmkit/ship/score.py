@@ -10,7 +10,6 @@ JSONL file, scored in batches (windows of several units share a forward pass) an
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from slmkit.base.checks import text_file_problem
 from slmkit.base.console import progress
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer, TokenizerError
+from slmkit.data.sources import jsonl_records
 from slmkit.engine.evaluate.loss import check_stride, loss_metrics, text_bytes, token_nlls
 from slmkit.model.gpt import GPT
 
@@ -51,16 +51,8 @@ class Unit:
 
 def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoreError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise ScoreError(f"{path}:{n} has no string field {text_field!r}; pass --text-field NAME")
-            yield str(obj.get("id", f"{path.name}:{n}")), obj[text_field]
+        for n, rec, text in jsonl_records(path, f, text_field):
+            yield str(rec.get("id", f"{path.name}:{n}")), text
 
 
 def _files(path: Path) -> list[Path]:

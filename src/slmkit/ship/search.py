@@ -43,6 +43,7 @@ import numpy as np
 from slmkit.base.atomic import atomic_dir, atomic_write_json
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer, TokenizerError
+from slmkit.data.sources import jsonl_records
 from slmkit.engine.embedding import check_pooling, embed_texts
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import load_model, read_state
@@ -100,16 +101,7 @@ def _read_text(path: Path, stats: dict) -> str | None:
 
 
 def _jsonl_docs(path: Path, text: str, text_field: str) -> Iterator[Document]:
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SearchError(f"{path}:{n}: not JSON ({e.msg}); each line must be one JSON object") from None
-        value = rec.get(text_field) if isinstance(rec, dict) else None
-        if not isinstance(value, str):
-            raise SearchError(f"{path}:{n}: no string field {text_field!r}; pass --text-field")
+    for n, _, value in jsonl_records(path, text.splitlines(), text_field):
         yield Document(value, str(path), line=n)
 
 

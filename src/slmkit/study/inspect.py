@@ -83,19 +83,6 @@ def make_token(tokenizer: Tokenizer, token_id: int) -> Token:
     return Token(token_id, raw, visible(raw))
 
 
-def read_text_arg(arg: str) -> str:
-    """A text given on the command line, or @FILE for the contents of FILE."""
-    if not arg.startswith("@"):
-        return arg
-    path = Path(arg[1:])
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise InspectError(f"cannot read {path}: {e.strerror or e} (@FILE names a text file)") from None
-    except UnicodeDecodeError:
-        raise InspectError(f"{path} is not UTF-8 text (@FILE names a text file)") from None
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Tokenize
 

@@ -15,9 +15,8 @@ import json
 import multiprocessing
 import os
 import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from slmkit.base.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.base.checks import CONTAMINATION_MODES, DEDUP_METHODS
 from slmkit.base.config import DataConfig
 from slmkit.base.console import progress as progress_bar
+from slmkit.data.parallel import ordered_map
 from slmkit.data.quality.decontam import Contamination, EvalNGrams
 from slmkit.data.quality.dedup import NUM_PERM, ExactDedup, NearIndex, signatures
 from slmkit.data.quality.filters import Boilerplate, apply_filters, check_filters, stateless_filters
@@ -92,23 +92,6 @@ def _sketch(texts: Sequence[str]) -> list[tuple]:
 def _filter(texts: Sequence[str]) -> list[tuple]:
     """Stage 2, on the deduplicated texts with boilerplate lines removed: the filters' verdicts."""
     return [apply_filters(_STATE["filters"], t) for t in texts]
-
-
-def _ordered(ex: Executor | None, fn, items: Iterable[tuple], in_flight: int) -> Iterator[tuple]:
-    """(extra, fn(texts)) for (texts, extra) items, in input order; at most `in_flight` batches queued."""
-    if ex is None:
-        for texts, extra in items:
-            yield extra, fn(texts)
-        return
-    pending: deque = deque()
-    for texts, extra in items:
-        pending.append((extra, ex.submit(fn, texts)))
-        if len(pending) >= in_flight:
-            extra, fut = pending.popleft()
-            yield extra, fut.result()
-    while pending:
-        extra, fut = pending.popleft()
-        yield extra, fut.result()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,8 +173,8 @@ class Cleaner:
             _init_worker(self.spec, self.index)
         hand_over = False  # the first piece of a document was dropped: the next kept piece starts it
         try:
-            stage1 = _ordered(ex, _sketch, self._batches(docs), 2 * self.workers)
-            for metas, verdicts in _ordered(ex, _filter, self._dedup(stage1), 2 * self.workers):
+            stage1 = ordered_map(ex, _sketch, self._batches(docs), 2 * self.workers)
+            for metas, verdicts in ordered_map(ex, _filter, self._dedup(stage1), 2 * self.workers):
                 verdicts = iter(verdicts)
                 for doc, n, text, hits in metas:
                     if doc.first:

@@ -65,6 +65,7 @@ from slmkit.ship.serve.engine import (
 )
 from slmkit.ship.serve.protocol import (
     APIError,
+    checked_ids,
     flag,
     infill_prompts,
     json_body,
@@ -176,11 +177,7 @@ class Server:
         if isinstance(prompt, str):
             ids = self.encode(prompt, param) or [self.tok.token_id(EOT) or 0]
         else:
-            bad = [t for t in prompt if not 0 <= t < self.tok.vocab_size]
-            if bad:
-                raise APIError(f"{param} has token id {show(bad[0])}, outside this model's vocabulary "
-                               f"(0 to {self.tok.vocab_size - 1})", param, "invalid_prompt")  # fmt: skip
-            ids = list(prompt)
+            ids = checked_ids(prompt, self.tok.vocab_size, param, "invalid_prompt")
         self.check_prompt(ids, param)
         return ids
 

@@ -53,7 +53,7 @@ from slmkit.data.pairs import pad_batch
 from slmkit.engine.embedding import check_pooling, encode
 from slmkit.model.gpt import GPT
 from slmkit.runs.checkpoint import CONFIG_FILE, read_run_config
-from slmkit.ship.serve.protocol import APIError, json_body, show
+from slmkit.ship.serve.protocol import APIError, checked_ids, json_body, show
 
 MAX_INPUTS = 2048
 """Inputs in one request (OpenAI's cap)."""
@@ -241,11 +241,7 @@ class EmbeddingBatcher:
                 raise APIError(f"{param} cannot be encoded by this model's tokenizer: {e}", param,
                                "invalid_input") from None  # fmt: skip
         else:
-            bad = [t for t in given if not 0 <= t < self.tok.vocab_size]
-            if bad:
-                raise APIError(f"{param} has token id {show(bad[0])}, outside this model's vocabulary (0 to "
-                               f"{self.tok.vocab_size - 1})", param, "invalid_input")  # fmt: skip
-            ids = list(given)
+            ids = checked_ids(given, self.tok.vocab_size, param, "invalid_input")
         if len(ids) > self.limit:
             raise APIError(f"{param} has {len(ids)} tokens; this model embeds at most {self.limit} (its context); "
                            "split the text and embed the pieces", param, "context_length_exceeded")  # fmt: skip

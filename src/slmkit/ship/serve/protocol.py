@@ -63,6 +63,15 @@ def show(value) -> str:
     return _repr.repr(value)
 
 
+def checked_ids(given: list[int], vocab_size: int, param: str, code: str) -> list[int]:
+    """Token ids given in a request, each within the vocabulary; else a 400 naming the first one out of range."""
+    bad = [t for t in given if not 0 <= t < vocab_size]
+    if bad:
+        raise APIError(f"{param} has token id {show(bad[0])}, outside this model's vocabulary (0 to "
+                       f"{vocab_size - 1})", param, code)  # fmt: skip
+    return list(given)
+
+
 def _is(value, options) -> bool:
     """value is one of options, type included (0 is not False)."""
     return any(type(value) is type(o) and value == o for o in options)
