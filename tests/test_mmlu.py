@@ -109,3 +109,12 @@ def test_bad_mmlu_files_are_one_line_errors(run, tmp_path, run_cli, monkeypatch)
     (bad / "x_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\nq,a,b,c,d,3\n")
     code, _, err = run_cli("eval", run, "--tasks", "mmlu_5shot", "--no-progress")
     assert code == 2 and "x_dev.csv is missing" in err
+
+
+def test_mmlu_questions_are_checked_for_contamination(mmlu_root):
+    from slmkit.engine.contamination import resolve_tasks, task_texts
+
+    assert resolve_tasks(["mmlu"], mmlu_root)[0] == ["mmlu"]
+    texts = [t for _, t in task_texts("mmlu", mmlu_root)]
+    questions = [q for s in SUBJECTS for q in read_questions(mmlu_root / "mmlu" / "test" / f"{s}_test.csv", s)]
+    assert len(texts) == len(questions) and texts[0] == questions[0].question + "\n" + "\n".join(questions[0].choices)

@@ -20,11 +20,23 @@ from slmkit.base.console import say
 from slmkit.data.quality.clean import CleanSpec, clean
 from slmkit.data.quality.decontam import FORMAT, NGRAM, EvalNGrams
 from slmkit.data.sources import cache_dir
-from slmkit.engine.evaluate.tasks import TASKS, TaskError, load_items, task_files
+from slmkit.engine.evaluate.mmlu import MmluError, mmlu_dir, read_questions, subjects
+from slmkit.engine.evaluate.tasks import TASKS, TaskError, data_root, load_items, task_files
+
+DECONTAM_TASKS = (*TASKS, "mmlu")
+"""Every eval task with text a corpus could contain (mmlu_5shot's questions are mmlu's)."""
 
 
 def task_texts(name: str, root: str | Path | None = None) -> Iterator[tuple[int, str]]:
-    """(item number, text) for every request of every item of task `name`: context + continuation."""
+    """(item number, text) for every request of every item of task `name`: context + continuation (MMLU: each
+    test question followed by its four choices, without the prompt's shared header)."""
+    if name == "mmlu":
+        eval_root = Path(root) if root is not None else data_root()
+        questions = (q for s in subjects(eval_root) for q in read_questions(mmlu_dir(eval_root) / "test" /
+                                                                               f"{s}_test.csv", s))  # fmt: skip
+        for i, q in enumerate(questions):
+            yield i, q.question + "\n" + "\n".join(q.choices)
+        return
     for i, item in enumerate(load_items(name, root)):
         for ctx, cont in item.requests():
             yield i, ctx + cont
@@ -35,16 +47,16 @@ def resolve_tasks(names: Sequence[str] = (), root: str | Path | None = None) -> 
     TaskError listing the valid names for an unknown one."""
     names = [n for n in names if n] or ["all"]
     if "all" in names:
-        names = list(TASKS)
+        names = list(DECONTAM_TASKS)
     for n in names:
-        if n not in TASKS:
-            raise TaskError(f"unknown task {n!r} to decontaminate against; valid: all, {', '.join(TASKS)}")
+        if n not in DECONTAM_TASKS:
+            raise TaskError(f"unknown task {n!r} to decontaminate against; valid: all, {', '.join(DECONTAM_TASKS)}")
     present, notes = [], []
     for n in names:
         try:
             task_files(n, root)
             present.append(n)
-        except TaskError:
+        except (TaskError, MmluError):
             notes.append(f"{n}: task files not found, not checked")
     return present, notes
 
