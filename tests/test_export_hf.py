@@ -22,6 +22,7 @@ def runs(tmp_path_factory):
     return root, {
         "gpt2": make_run(root, data, "gpt2-arch", block_size=64),
         "llama": make_run(root, data, "llama-arch", *LLAMA, block_size=64),
+        "qwen3": make_run(root, data, "qwen3-arch", *LLAMA, "model.qk_norm=true", block_size=64),
     }
 
 
@@ -68,6 +69,13 @@ def test_existing_out_needs_force(runs, run_cli):
     assert code == 2 and "unknown export format 'onnx'" in err and not (root / "elsewhere").exists()
 
 
+@pytest.mark.slow
+def test_qk_norm_architecture_exports_to_qwen3forcausallm(runs):
+    root, r = runs
+    out = export(r["qwen3"], root / "hf-qwen3")
+    assert type(_check_logits(r["qwen3"], out)).__name__ == "Qwen3ForCausalLM"
+
+
 def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
     from slmkit.base.config import ModelConfig
     from slmkit.model.hf_config import HFConversionError, hf_architecture
@@ -75,8 +83,10 @@ def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
     assert hf_architecture(ModelConfig()) == "gpt2"
     with pytest.raises(HFConversionError, match=r"model.mlp = 'relu2' \(GPT2LMHeadModel needs 'gelu'\)"):
         hf_architecture(ModelConfig(mlp="relu2"))
-    with pytest.raises(HFConversionError, match="model.qk_norm"):
-        hf_architecture(ModelConfig(norm="rmsnorm", pos_emb="rope", mlp="swiglu", bias=False, qk_norm=True))
+    modern = dict(norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True)
+    assert hf_architecture(ModelConfig(pos_emb="rope", **modern)) == "qwen3"
+    with pytest.raises(HFConversionError, match=r"model.pos_emb = 'learned' \(Qwen3ForCausalLM needs 'rope'\)"):
+        hf_architecture(ModelConfig(pos_emb="learned", **modern))
     with pytest.raises(HFConversionError, match="model.norm_position"):
         hf_architecture(ModelConfig(norm_position="post"))
 

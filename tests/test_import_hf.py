@@ -1,4 +1,5 @@
-"""`slm import-hf`: tiny random HF GPT-2 and LLaMA checkpoints saved offline become runs with the same logits."""
+"""`slm import-hf`: tiny random HF GPT-2, LLaMA and Qwen3 checkpoints saved offline become runs with the same
+logits; what we cannot represent is refused naming the field."""
 
 from __future__ import annotations
 
@@ -49,7 +50,24 @@ def _llama(tokenizer, path):
     return _save(transformers.LlamaForCausalLM(cfg), tokenizer, path)
 
 
-@pytest.mark.parametrize("build", [_gpt2, _llama])
+def _qwen3(tokenizer, path):
+    cfg = transformers.Qwen3Config(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    )
+    return _save(transformers.Qwen3ForCausalLM(cfg), tokenizer, path)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama, _qwen3])
 def test_imported_run_matches_the_hf_model(build, tokenizer, tmp_path, run_cli):
     theirs = build(tokenizer, tmp_path / "hf")
     code, out, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "imported")
@@ -76,3 +94,15 @@ def test_unsupported_architecture_is_refused(tmp_path, run_cli):
     assert not (tmp_path / "runs" / "b").exists()
     code, _, err = run_cli("import-hf", tmp_path / "nothing", "--out", tmp_path / "runs" / "c")
     assert code == 2 and "config.json" in err
+
+
+@pytest.mark.parametrize("field,value,named", [("use_sliding_window", True, "sliding-window"),
+                                               ("head_dim", 16, "head_dim 16"),
+                                               ("attention_bias", True, "attention_bias=true")])  # fmt: skip
+def test_qwen3_features_we_do_not_implement_are_refused(field, value, named, tokenizer, tmp_path, run_cli):
+    _qwen3(tokenizer, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, field: value}))
+    code, _, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "q")
+    assert code == 2 and named in err and "Qwen3ForCausalLM" in err, err
+    assert not (tmp_path / "runs" / "q").exists()

@@ -1,10 +1,11 @@
-"""Weight mapping between our GPT and Hugging Face GPT2LMHeadModel / LlamaForCausalLM.
+"""Weight mapping between our GPT and Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM.
 
 Each direction is a name table plus the few tensor surgeries HF needs: GPT-2 stores Linear weights transposed
-(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (our RoPE uses HF's rotate-half
-convention, so no permutation). Our embedding and head have `padded_vocab` rows: loading pads HF's rows with
-zeros, exporting keeps the first `cfg.vocab_size` rows. Works on plain state dicts, so transformers is only
-needed to build the HF model itself. `load_hf_model` reads a local HF model directory as our GPT and tokenizer.
+(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (Qwen3 is LLaMA plus the q/k norms; our
+RoPE uses HF's rotate-half convention, so no permutation). Our embedding and head have `padded_vocab` rows: loading
+pads HF's rows with zeros, exporting keeps the first `cfg.vocab_size` rows. Works on plain state dicts, so
+transformers is only needed to build the HF model itself. `load_hf_model` reads a local HF model directory as our
+GPT and tokenizer.
 
 Which HF class represents a config, and the config.json on each side, are `slmkit.model.hf_config` (no torch).
 """
@@ -51,6 +52,8 @@ _LLAMA_LAYER = {
     "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
+_QK_NORM = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
+"""Qwen3's extra per-layer weights: the RMSNorm over each head's query and key (our model.qk_norm)."""
 _LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight",
               "lm_head.weight": "lm_head.weight"}  # fmt: skip
 
@@ -104,8 +107,13 @@ def gpt2_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
 # LLaMA
 
 
+def _llama_layer(cfg: ModelConfig) -> dict[str, str]:
+    return {**_LLAMA_LAYER, **_QK_NORM} if cfg.qk_norm else _LLAMA_LAYER
+
+
 def llama_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
-    """Our state dict from a LlamaForCausalLM state dict (cfg: rmsnorm, pre, rope, swiglu, no bias)."""
+    """Our state dict from a LlamaForCausalLM (or Qwen3ForCausalLM: cfg.qk_norm) state dict (cfg: rmsnorm, pre,
+    rope, swiglu, no bias)."""
     V = padded_vocab_size(cfg.vocab_size)
     sd = {}
     for ours, theirs in _LLAMA_TOP.items():
@@ -114,20 +122,20 @@ def llama_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
     if cfg.tie_embeddings or "lm_head.weight" not in sd:
         sd["lm_head.weight"] = sd["wte.weight"]
     for i in range(cfg.n_layer):
-        for ours, theirs in _LLAMA_LAYER.items():
+        for ours, theirs in _llama_layer(cfg).items():
             sd[f"blocks.{i}.{ours}"] = hf_sd[f"model.layers.{i}.{theirs}"].clone()
     return sd
 
 
 def llama_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
-    """A LlamaForCausalLM state dict (vocabulary cut to cfg.vocab_size) from ours."""
+    """A LlamaForCausalLM / Qwen3ForCausalLM state dict (vocabulary cut to cfg.vocab_size) from ours."""
     out = {theirs: sd[ours].clone() for ours, theirs in _LLAMA_TOP.items()}
     out["model.embed_tokens.weight"] = out["model.embed_tokens.weight"][: cfg.vocab_size]
     out["lm_head.weight"] = (
         out["model.embed_tokens.weight"] if cfg.tie_embeddings else out["lm_head.weight"][: cfg.vocab_size]
     )
     for i in range(cfg.n_layer):
-        for ours, theirs in _LLAMA_LAYER.items():
+        for ours, theirs in _llama_layer(cfg).items():
             out[f"model.layers.{i}.{theirs}"] = sd[f"blocks.{i}.{ours}"].clone()
     return out
 
@@ -159,7 +167,8 @@ def _read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_model(src: str | Path):
-    """(our GPT in eval mode, our tokenizer, architecture) from a local GPT-2 or LLaMA HF checkpoint directory."""
+    """(our GPT in eval mode, our tokenizer, architecture) from a local GPT-2, LLaMA or Qwen3 HF checkpoint
+    directory."""
     src = Path(src)
     if not (src / "config.json").is_file():
         raise SlmError(f"{src} has no config.json; pass a Hugging Face model directory (save_pretrained output)")

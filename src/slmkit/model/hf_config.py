@@ -16,7 +16,10 @@ _HF_CLASSES = {  # HF architecture -> (class name, the ModelConfig field values 
                                  "bias": True, "tie_embeddings": True, "qk_norm": False}),
     "llama": ("LlamaForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
                                    "bias": False, "qk_norm": False}),
+    "qwen3": ("Qwen3ForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
+                                   "bias": False, "qk_norm": True}),  # LLaMA + RMSNorm on each head's q and k
 }  # fmt: skip
+CLASS_NAMES = {arch: cls for arch, (cls, _) in _HF_CLASSES.items()}
 
 
 class HFConversionError(SlmError):
@@ -24,7 +27,8 @@ class HFConversionError(SlmError):
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
-    """'gpt2' or 'llama': the HF class that represents cfg exactly; HFConversionError naming the fields otherwise."""
+    """'gpt2', 'llama' or 'qwen3': the HF class that represents cfg exactly; HFConversionError naming the fields
+    otherwise."""
     misses = {}
     for arch, (_, need) in _HF_CLASSES.items():
         misses[arch] = [k for k, v in need.items() if getattr(cfg, k) != v]
@@ -49,19 +53,26 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
                                  norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=hf.get("n_inner") or 0,
                                  **_HF_CLASSES["gpt2"][1])  # fmt: skip
-    if kind == "llama":
+    if kind in ("llama", "qwen3"):
+        name = CLASS_NAMES[kind]
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-            raise HFConversionError(f"LLaMA checkpoint with rope scaling {rope}; only plain RoPE is supported")
+            raise HFConversionError(f"{name} checkpoint with rope scaling {rope}; only plain RoPE is supported")
         for flag in ("attention_bias", "mlp_bias"):
             if hf.get(flag):
-                raise HFConversionError(f"LLaMA checkpoint with {flag}=true is not supported (our LLaMA has no biases)")
+                raise HFConversionError(f"{name} checkpoint with {flag}=true is not supported (our {kind} has no "
+                                        "biases)")  # fmt: skip
+        if hf.get("use_sliding_window") or any(t != "full_attention" for t in hf.get("layer_types") or []):
+            raise HFConversionError(f"{name} checkpoint with sliding-window attention (use_sliding_window / "
+                                    "layer_types) is not supported: every layer here attends to the whole "
+                                    "context")  # fmt: skip
         if hf.get("hidden_act", "silu") != "silu":
-            raise HFConversionError(f"LLaMA checkpoint with hidden_act={hf['hidden_act']!r}; only silu is supported")
+            raise HFConversionError(f"{name} checkpoint with hidden_act={hf['hidden_act']!r}; only silu is supported")
         n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, n_embd // n_head):
-            raise HFConversionError(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads; not supported")
-        need = dict(_HF_CLASSES["llama"][1])
+            raise HFConversionError(f"{name} checkpoint with head_dim {hf['head_dim']} != hidden_size / "
+                                    f"num_attention_heads ({n_embd} / {n_head}); not supported")  # fmt: skip
+        need = dict(_HF_CLASSES[kind][1])
         return kind, ModelConfig(n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
                                  n_kv_head=hf.get("num_key_value_heads") or n_head,
                                  block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
@@ -70,7 +81,8 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  mlp_hidden=hf["intermediate_size"], tie_embeddings=bool(hf.get("tie_word_embeddings")),
                                  **need)  # fmt: skip
     raise HFConversionError(f"unsupported Hugging Face architecture {kind!r} (architectures "
-                            f"{hf.get('architectures')}); import-hf reads gpt2 and llama checkpoints")  # fmt: skip
+                            f"{hf.get('architectures')}); import-hf reads gpt2, llama and qwen3 "
+                            "checkpoints")  # fmt: skip
 
 
 def gpt2_hf_config(cfg: ModelConfig) -> dict:
@@ -82,7 +94,7 @@ def gpt2_hf_config(cfg: ModelConfig) -> dict:
 
 
 def llama_hf_config(cfg: ModelConfig) -> dict:
-    """Keyword arguments of transformers.LlamaConfig equivalent to cfg."""
+    """Keyword arguments of transformers.LlamaConfig (or Qwen3Config, with mlp_bias dropped) equivalent to cfg."""
     return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.hidden_size,
                 num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.kv_heads,
                 head_dim=cfg.head_dim, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
@@ -97,11 +109,15 @@ def hf_config(cfg: ModelConfig, eot_id: int | None = None, eos_ids: list[int] | 
 
     arch = hf_architecture(cfg)
     kwargs = gpt2_hf_config(cfg) if arch == "gpt2" else llama_hf_config(cfg)
+    if arch == "qwen3":
+        del kwargs["mlp_bias"]
+        kwargs.update(use_sliding_window=False)
     if eot_id is not None:
         kwargs.update(bos_token_id=eot_id, eos_token_id=eot_id)
     if eos_ids:
         kwargs.update(eos_token_id=eos_ids[0] if len(eos_ids) == 1 else list(eos_ids))
-    config_cls = transformers.GPT2Config if arch == "gpt2" else transformers.LlamaConfig
+    config_cls = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig,
+                  "qwen3": transformers.Qwen3Config}[arch]  # fmt: skip
     return config_cls(**kwargs, architectures=[_HF_CLASSES[arch][0]])
 
 
@@ -109,7 +125,7 @@ def portable_hf_config(hf: dict, cfg: ModelConfig) -> dict:
     """The config.json dict the installed transformers wrote (`hf`), completed so that transformers 4.x and 5.x
     both read cfg from it: 5.x nests rope_theta in rope_parameters, 4.x reads only the top-level key."""
     out = dict(hf)
-    if hf_architecture(cfg) == "llama":
+    if hf_architecture(cfg) in ("llama", "qwen3"):
         out["rope_theta"] = float(cfg.rope_theta)
         out.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": float(cfg.rope_theta)})
     return out

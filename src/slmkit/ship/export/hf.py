@@ -24,7 +24,7 @@ from slmkit.base.config import RunConfig, TokenizerConfig
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
 from slmkit.model.hf import load_hf_model, state_dict_to_hf
-from slmkit.model.hf_config import hf_architecture, hf_config, portable_hf_config
+from slmkit.model.hf_config import CLASS_NAMES, hf_architecture, hf_config, portable_hf_config
 from slmkit.model.hf_tokenizer import save_hf_tokenizer
 from slmkit.runs.checkpoint import TOKENIZER_DIR, init_run_dir, save_checkpoint, write_run_info
 
@@ -48,7 +48,7 @@ def export_hf(model, tokenizer: Tokenizer, cfg, out: Path) -> None:
     eot, eos = tokenizer.token_id(EOT), eos_ids(tokenizer)
     config = hf_config(m, eot_id=eot, eos_ids=eos)
     arch = hf_architecture(m)
-    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.LlamaForCausalLM
+    cls = getattr(transformers, CLASS_NAMES[arch])
     hf_model = cls(config)
     missing, unexpected = hf_model.load_state_dict(state_dict_to_hf(model.state_dict(), m), strict=False)
     if unexpected or [k for k in missing if not k.endswith("attn.bias") and k != "lm_head.weight"]:
@@ -78,8 +78,8 @@ def model_card(cfg, tokenizer: Tokenizer, arch: str, n_params: int) -> str:
             f"do the same (keep only the last {n} tokens of the input) to continue past it."
         )
     else:
-        shape = (f"LlamaForCausalLM: RoPE (theta {m.rope_theta:g}), {m.n_layer} layers, {m.n_embd} wide, {m.n_head} "
-                 f"query / {m.kv_heads} key-value heads")  # fmt: skip
+        shape = (f"{CLASS_NAMES[arch]}: RoPE (theta {m.rope_theta:g}), {m.n_layer} layers, {m.n_embd} wide, "
+                 f"{m.n_head} query / {m.kv_heads} key-value heads")  # fmt: skip
         context = (
             f"The model was trained on windows of {n} tokens (max_position_embeddings = {n}, and "
             f"generation_config.json sets max_length = {n}). RoPE has no hard limit, so transformers runs past it, "
