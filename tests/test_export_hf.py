@@ -22,6 +22,7 @@ def runs(tmp_path_factory):
     return root, {
         "gpt2": make_run(root, data, "gpt2-arch", block_size=64),
         "llama": make_run(root, data, "llama-arch", *LLAMA, block_size=64),
+        "qwen2": make_run(root, data, "qwen2-arch", *LLAMA, "model.qkv_bias=true", block_size=64),
         "qwen3": make_run(root, data, "qwen3-arch", *LLAMA, "model.qk_norm=true", block_size=64),
     }
 
@@ -29,7 +30,11 @@ def runs(tmp_path_factory):
 def _check_logits(run, out):
     model, tok, cfg, _ = load_model(run)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    # transformers 5.x forces Qwen2Tokenizer on qwen2 models (the model card says to load PreTrainedTokenizerFast)
+    qwen2 = theirs.config.model_type == "qwen2"
+    tok_class = transformers.PreTrainedTokenizerFast if qwen2 else transformers.AutoTokenizer
+    assert ("PreTrainedTokenizerFast" in (out / "README.md").read_text()) == qwen2
+    hf_tok = tok_class.from_pretrained(out)
     text = "def main(argv):\n    return  [x  for x in argv]  # done"
     ids = tok.encode(text)
     assert hf_tok.encode(text) == ids and hf_tok.decode(ids) == text
@@ -70,10 +75,11 @@ def test_existing_out_needs_force(runs, run_cli):
 
 
 @pytest.mark.slow
-def test_qk_norm_architecture_exports_to_qwen3forcausallm(runs):
+@pytest.mark.parametrize("arch,cls", [("qwen2", "Qwen2ForCausalLM"), ("qwen3", "Qwen3ForCausalLM")])
+def test_qkv_bias_and_qk_norm_blocks_export_to_qwen(runs, arch, cls):
     root, r = runs
-    out = export(r["qwen3"], root / "hf-qwen3")
-    assert type(_check_logits(r["qwen3"], out)).__name__ == "Qwen3ForCausalLM"
+    out = export(r[arch], root / f"hf-{arch}")
+    assert type(_check_logits(r[arch], out)).__name__ == cls
 
 
 def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):

@@ -1,4 +1,4 @@
-"""`slm import-hf`: tiny random HF GPT-2, LLaMA and Qwen3 checkpoints saved offline become runs with the same
+"""`slm import-hf`: tiny random HF GPT-2, LLaMA, Qwen2 and Qwen3 checkpoints saved offline become runs with the same
 logits; what we cannot represent is refused naming the field."""
 
 from __future__ import annotations
@@ -50,6 +50,22 @@ def _llama(tokenizer, path):
     return _save(transformers.LlamaForCausalLM(cfg), tokenizer, path)
 
 
+def _qwen2(tokenizer, path):
+    cfg = transformers.Qwen2Config(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+    )
+    return _save(transformers.Qwen2ForCausalLM(cfg), tokenizer, path)
+
+
 def _qwen3(tokenizer, path):
     cfg = transformers.Qwen3Config(
         vocab_size=tokenizer.vocab_size,
@@ -67,7 +83,7 @@ def _qwen3(tokenizer, path):
     return _save(transformers.Qwen3ForCausalLM(cfg), tokenizer, path)
 
 
-@pytest.mark.parametrize("build", [_gpt2, _llama, _qwen3])
+@pytest.mark.parametrize("build", [_gpt2, _llama, _qwen2, _qwen3])
 def test_imported_run_matches_the_hf_model(build, tokenizer, tmp_path, run_cli):
     theirs = build(tokenizer, tmp_path / "hf")
     code, out, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "imported")

@@ -89,6 +89,8 @@ class ModelConfig:
     """Normalize queries and keys per head before attention (stabilizes training at high LR)."""
     bias: bool = True
     """Biases in linear layers and layernorms (GPT-2 has them, LLaMA does not)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only (Qwen2 / Qwen2.5); model.bias = true has them already."""
     tie_embeddings: bool = True
     """Share the token embedding matrix with the output head."""
     dropout: float = 0.0
@@ -106,6 +108,9 @@ class ModelConfig:
             raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.kv_heads <= 0 or self.n_head % self.kv_heads:
             raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})")
+        if self.bias and self.qkv_bias:
+            raise ConfigError("model.qkv_bias adds biases to q, k and v only; model.bias = true has them already "
+                              "(set model.bias=false for the Qwen2 block)")  # fmt: skip
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head dim; n_embd/n_head = {self.head_dim}")
 

@@ -1,11 +1,11 @@
-"""Weight mapping between our GPT and Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen3ForCausalLM.
+"""Weight mapping between our GPT and Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen2 / Qwen3.
 
 Each direction is a name table plus the few tensor surgeries HF needs: GPT-2 stores Linear weights transposed
-(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (Qwen3 is LLaMA plus the q/k norms; our
-RoPE uses HF's rotate-half convention, so no permutation). Our embedding and head have `padded_vocab` rows: loading
-pads HF's rows with zeros, exporting keeps the first `cfg.vocab_size` rows. Works on plain state dicts, so
-transformers is only needed to build the HF model itself. `load_hf_model` reads a local HF model directory as our
-GPT and tokenizer.
+(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (Qwen2 is LLaMA plus q/k/v biases,
+Qwen3 LLaMA plus the q/k norms; our RoPE uses HF's rotate-half convention, so no permutation). Our embedding and
+head have `padded_vocab` rows: loading pads HF's rows with zeros, exporting keeps the first `cfg.vocab_size` rows.
+Works on plain state dicts, so transformers is only needed to build the HF model itself. `load_hf_model` reads a
+local HF model directory as our GPT and tokenizer.
 
 Which HF class represents a config, and the config.json on each side, are `slmkit.model.hf_config` (no torch).
 """
@@ -52,6 +52,8 @@ _LLAMA_LAYER = {
     "mlp.up.weight": "mlp.up_proj.weight",
     "mlp.down.weight": "mlp.down_proj.weight",
 }
+_QKV_BIAS = {f"attn.{n}.bias": f"self_attn.{n}_proj.bias" for n in "qkv"}
+"""Qwen2's extra per-layer weights: the biases of the q, k and v projections (our model.qkv_bias)."""
 _QK_NORM = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
 """Qwen3's extra per-layer weights: the RMSNorm over each head's query and key (our model.qk_norm)."""
 _LLAMA_TOP = {"wte.weight": "model.embed_tokens.weight", "norm_f.weight": "model.norm.weight",
@@ -108,12 +110,12 @@ def gpt2_state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
 
 
 def _llama_layer(cfg: ModelConfig) -> dict[str, str]:
-    return {**_LLAMA_LAYER, **_QK_NORM} if cfg.qk_norm else _LLAMA_LAYER
+    return {**_LLAMA_LAYER, **(_QK_NORM if cfg.qk_norm else {}), **(_QKV_BIAS if cfg.qkv_bias else {})}
 
 
 def llama_state_dict_from_hf(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
-    """Our state dict from a LlamaForCausalLM (or Qwen3ForCausalLM: cfg.qk_norm) state dict (cfg: rmsnorm, pre,
-    rope, swiglu, no bias)."""
+    """Our state dict from a LlamaForCausalLM (Qwen2: cfg.qkv_bias, Qwen3: cfg.qk_norm) state dict (cfg: rmsnorm,
+    pre, rope, swiglu, no other bias)."""
     V = padded_vocab_size(cfg.vocab_size)
     sd = {}
     for ours, theirs in _LLAMA_TOP.items():
@@ -167,7 +169,7 @@ def _read_hf_weights(src: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_model(src: str | Path):
-    """(our GPT in eval mode, our tokenizer, architecture) from a local GPT-2, LLaMA or Qwen3 HF checkpoint
+    """(our GPT in eval mode, our tokenizer, architecture) from a local GPT-2, LLaMA, Qwen2 or Qwen3 HF checkpoint
     directory."""
     src = Path(src)
     if not (src / "config.json").is_file():

@@ -15,9 +15,11 @@ _HF_CLASSES = {  # HF architecture -> (class name, the ModelConfig field values 
     "gpt2": ("GPT2LMHeadModel", {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned", "mlp": "gelu",
                                  "bias": True, "tie_embeddings": True, "qk_norm": False}),
     "llama": ("LlamaForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
-                                   "bias": False, "qk_norm": False}),
+                                   "bias": False, "qkv_bias": False, "qk_norm": False}),
+    "qwen2": ("Qwen2ForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
+                                   "bias": False, "qkv_bias": True, "qk_norm": False}),  # LLaMA + q/k/v biases
     "qwen3": ("Qwen3ForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
-                                   "bias": False, "qk_norm": True}),  # LLaMA + RMSNorm on each head's q and k
+                                   "bias": False, "qkv_bias": False, "qk_norm": True}),  # LLaMA + q/k RMSNorm
 }  # fmt: skip
 CLASS_NAMES = {arch: cls for arch, (cls, _) in _HF_CLASSES.items()}
 
@@ -27,8 +29,8 @@ class HFConversionError(SlmError):
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
-    """'gpt2', 'llama' or 'qwen3': the HF class that represents cfg exactly; HFConversionError naming the fields
-    otherwise."""
+    """'gpt2', 'llama', 'qwen2' or 'qwen3': the HF class that represents cfg exactly; HFConversionError naming the
+    fields otherwise."""
     misses = {}
     for arch, (_, need) in _HF_CLASSES.items():
         misses[arch] = [k for k, v in need.items() if getattr(cfg, k) != v]
@@ -53,7 +55,7 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
                                  norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=hf.get("n_inner") or 0,
                                  **_HF_CLASSES["gpt2"][1])  # fmt: skip
-    if kind in ("llama", "qwen3"):
+    if kind in ("llama", "qwen2", "qwen3"):
         name = CLASS_NAMES[kind]
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
@@ -81,8 +83,8 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  mlp_hidden=hf["intermediate_size"], tie_embeddings=bool(hf.get("tie_word_embeddings")),
                                  **need)  # fmt: skip
     raise HFConversionError(f"unsupported Hugging Face architecture {kind!r} (architectures "
-                            f"{hf.get('architectures')}); import-hf reads gpt2, llama and qwen3 "
-                            "checkpoints")  # fmt: skip
+                            f"{hf.get('architectures')}); import-hf reads gpt2, llama, qwen2 and "
+                            "qwen3 checkpoints")  # fmt: skip
 
 
 def gpt2_hf_config(cfg: ModelConfig) -> dict:
@@ -109,15 +111,17 @@ def hf_config(cfg: ModelConfig, eot_id: int | None = None, eos_ids: list[int] | 
 
     arch = hf_architecture(cfg)
     kwargs = gpt2_hf_config(cfg) if arch == "gpt2" else llama_hf_config(cfg)
-    if arch == "qwen3":
+    if arch in ("qwen2", "qwen3"):
         del kwargs["mlp_bias"]
         kwargs.update(use_sliding_window=False)
+    if arch == "qwen2":  # its q/k/v always have biases, nothing else has
+        del kwargs["attention_bias"]
     if eot_id is not None:
         kwargs.update(bos_token_id=eot_id, eos_token_id=eot_id)
     if eos_ids:
         kwargs.update(eos_token_id=eos_ids[0] if len(eos_ids) == 1 else list(eos_ids))
     config_cls = {"gpt2": transformers.GPT2Config, "llama": transformers.LlamaConfig,
-                  "qwen3": transformers.Qwen3Config}[arch]  # fmt: skip
+                  "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[arch]  # fmt: skip
     return config_cls(**kwargs, architectures=[_HF_CLASSES[arch][0]])
 
 
@@ -125,7 +129,7 @@ def portable_hf_config(hf: dict, cfg: ModelConfig) -> dict:
     """The config.json dict the installed transformers wrote (`hf`), completed so that transformers 4.x and 5.x
     both read cfg from it: 5.x nests rope_theta in rope_parameters, 4.x reads only the top-level key."""
     out = dict(hf)
-    if hf_architecture(cfg) in ("llama", "qwen3"):
+    if hf_architecture(cfg) != "gpt2":
         out["rope_theta"] = float(cfg.rope_theta)
         out.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": float(cfg.rope_theta)})
     return out

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # tensors arrive as arguments: the checks answer without impo
 GGUF_TYPES = ("f16", "q8_0")
 GGUF_FILE = "model.gguf"
 LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu", "bias": False,
-                "qk_norm": False}  # fmt: skip
+                "qkv_bias": False, "qk_norm": False}  # fmt: skip
 """ModelConfig values GGUF's llama architecture requires."""
 GGUF_TOKENIZERS = ("bpe", "gpt2")
 """Tokenizer kinds with a GGUF vocabulary (byte-level BPE)."""

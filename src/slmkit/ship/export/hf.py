@@ -115,18 +115,25 @@ def model_card(cfg, tokenizer: Tokenizer, arch: str, n_params: int) -> str:
             "turn (roles system, user, assistant). Use `tokenizer.apply_chat_template(messages, "
             f"add_generation_prompt=True)`; generation stops at `{END_OF_TURN}` (an eos id next to `{EOT}`).",
         ]
+    # transformers 5.x loads every qwen2 model's tokenizer as Qwen2Tokenizer, whatever tokenizer_config.json says,
+    # and that class splits text its own way: this directory's tokenizer must be loaded by its generic class
+    tok_class = "PreTrainedTokenizerFast" if arch == "qwen2" else "AutoTokenizer"
     lines += [
         "",
         "## Use",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f"from transformers import AutoModelForCausalLM, {tok_class}",
         "",
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory")',
+        f'tokenizer = {tok_class}.from_pretrained("path/to/this/directory")',
         'model = AutoModelForCausalLM.from_pretrained("path/to/this/directory")',
         "```",
         "",
     ]
+    if arch == "qwen2":
+        lines += ["`AutoTokenizer` would load transformers' own Qwen2 tokenizer class for this model type, which "
+                  "splits text differently from the tokenizer the model was trained with: use "
+                  "`PreTrainedTokenizerFast`.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -135,8 +142,8 @@ def model_card(cfg, tokenizer: Tokenizer, arch: str, n_params: int) -> str:
 
 
 def import_hf(src: str | Path, out: str | Path, force: bool = False) -> Path:
-    """`slm import-hf`: a local GPT-2 or LLaMA HF checkpoint -> a run dir (config, tokenizer, one checkpoint) that
-    sample, eval and fine-tuning accept."""
+    """`slm import-hf`: a local GPT-2, LLaMA, Qwen2 or Qwen3 HF checkpoint -> a run dir (config, tokenizer, one
+    checkpoint) that sample, eval and fine-tuning accept."""
     src, out = Path(src), Path(out)
     check_out_dir(out, force)
     model, tokenizer, arch = load_hf_model(src)
