@@ -1,5 +1,5 @@
-"""`slm import-hf`: tiny random HF GPT-2, LLaMA, Qwen2 and Qwen3 checkpoints saved offline become runs with the same
-logits; what we cannot represent is refused naming the field."""
+"""`slm import-hf`: tiny random HF GPT-2, LLaMA, Qwen2, Qwen3 and Phi-3 checkpoints saved offline become runs with
+the same logits; what we cannot represent is refused naming the field."""
 
 from __future__ import annotations
 
@@ -83,7 +83,25 @@ def _qwen3(tokenizer, path):
     return _save(transformers.Qwen3ForCausalLM(cfg), tokenizer, path)
 
 
-@pytest.mark.parametrize("build", [_gpt2, _llama, _qwen2, _qwen3])
+def _phi3(tokenizer, path):  # fused qkv_proj and gate_up_proj
+    cfg = transformers.Phi3Config(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        original_max_position_embeddings=64,
+        sliding_window=None,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return _save(transformers.Phi3ForCausalLM(cfg), tokenizer, path)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama, _qwen2, _qwen3, _phi3])
 def test_imported_run_matches_the_hf_model(build, tokenizer, tmp_path, run_cli):
     theirs = build(tokenizer, tmp_path / "hf")
     code, out, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "imported")

@@ -1,11 +1,12 @@
 """Weight mapping between our GPT and Hugging Face GPT2LMHeadModel / LlamaForCausalLM / Qwen2 / Qwen3.
 
 Each direction is a name table plus the few tensor surgeries HF needs: GPT-2 stores Linear weights transposed
-(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (Qwen2 is LLaMA plus q/k/v biases,
-Qwen3 LLaMA plus the q/k norms; our RoPE uses HF's rotate-half convention, so no permutation). Our embedding and
-head have `padded_vocab` rows: loading pads HF's rows with zeros, exporting keeps the first `cfg.vocab_size` rows.
-Works on plain state dicts, so transformers is only needed to build the HF model itself. `load_hf_model` reads a
-local HF model directory as our GPT and tokenizer.
+(Conv1D, (in, out)) and fuses q/k/v into `c_attn`; LLaMA maps one to one (our RoPE uses HF's rotate-half
+convention, so no permutation). Qwen2 is LLaMA plus q/k/v biases, Qwen3 LLaMA plus the q/k norms, Phi-3 LLaMA with
+fused qkv and gate-up projections (split on import). Our embedding and head have `padded_vocab` rows: loading pads
+HF's rows with zeros, exporting keeps the first `cfg.vocab_size` rows. Works on plain state dicts, so transformers
+is only needed to build the HF model itself. `load_hf_model` reads a local HF model directory as our GPT and
+tokenizer.
 
 Which HF class represents a config, and the config.json on each side, are `slmkit.model.hf_config` (no torch).
 """
@@ -146,7 +147,23 @@ def state_dict_to_hf(sd: StateDict, cfg: ModelConfig) -> StateDict:
     return (gpt2_state_dict_to_hf if hf_architecture(cfg) == "gpt2" else llama_state_dict_to_hf)(sd, cfg)
 
 
+def unfuse_phi3(hf_sd: StateDict, cfg: ModelConfig) -> StateDict:
+    """A Phi3ForCausalLM state dict with LLaMA's names: its fused qkv_proj split into q/k/v_proj (rows q | k | v)
+    and gate_up_proj into gate_proj and up_proj (rows gate | up)."""
+    out = dict(hf_sd)
+    q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        for name, part in zip(("q", "k", "v"), out.pop(p + "self_attn.qkv_proj.weight").split([q, kv, kv])):
+            out[f"{p}self_attn.{name}_proj.weight"] = part
+        gate, up = out.pop(p + "mlp.gate_up_proj.weight").chunk(2)
+        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gate, up
+    return out
+
+
 def state_dict_from_hf(hf_sd: StateDict, arch: str, cfg: ModelConfig) -> StateDict:
+    if arch == "phi3":
+        hf_sd = unfuse_phi3(hf_sd, cfg)
     return (gpt2_state_dict_from_hf if arch == "gpt2" else llama_state_dict_from_hf)(hf_sd, cfg)
 
 

@@ -55,11 +55,17 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
                                  norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=hf.get("n_inner") or 0,
                                  **_HF_CLASSES["gpt2"][1])  # fmt: skip
-    if kind in ("llama", "qwen2", "qwen3"):
-        name = CLASS_NAMES[kind]
+    if kind in ("llama", "qwen2", "qwen3", "phi3"):
+        name = CLASS_NAMES.get(kind, "Phi3ForCausalLM")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             raise HFConversionError(f"{name} checkpoint with rope scaling {rope}; only plain RoPE is supported")
+        if float(rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+            raise HFConversionError(f"{name} checkpoint with partial_rotary_factor != 1 (RoPE on part of each head) "
+                                    "is not supported")  # fmt: skip
+        if kind == "phi3" and hf.get("sliding_window") is not None:
+            raise HFConversionError(f"{name} checkpoint with sliding_window={hf['sliding_window']} is not supported: "
+                                    "every layer here attends to the whole context")  # fmt: skip
         for flag in ("attention_bias", "mlp_bias"):
             if hf.get(flag):
                 raise HFConversionError(f"{name} checkpoint with {flag}=true is not supported (our {kind} has no "
@@ -74,7 +80,7 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
         if hf.get("head_dim") not in (None, n_embd // n_head):
             raise HFConversionError(f"{name} checkpoint with head_dim {hf['head_dim']} != hidden_size / "
                                     f"num_attention_heads ({n_embd} / {n_head}); not supported")  # fmt: skip
-        need = dict(_HF_CLASSES[kind][1])
+        need = dict(_HF_CLASSES["llama" if kind == "phi3" else kind][1])  # Phi-3 is LLaMA with fused projections
         return kind, ModelConfig(n_layer=hf["num_hidden_layers"], n_head=n_head, n_embd=n_embd,
                                  n_kv_head=hf.get("num_key_value_heads") or n_head,
                                  block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
@@ -83,8 +89,8 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
                                  mlp_hidden=hf["intermediate_size"], tie_embeddings=bool(hf.get("tie_word_embeddings")),
                                  **need)  # fmt: skip
     raise HFConversionError(f"unsupported Hugging Face architecture {kind!r} (architectures "
-                            f"{hf.get('architectures')}); import-hf reads gpt2, llama, qwen2 and "
-                            "qwen3 checkpoints")  # fmt: skip
+                            f"{hf.get('architectures')}); import-hf reads gpt2, llama, qwen2, qwen3 "
+                            "and phi3 checkpoints")  # fmt: skip
 
 
 def gpt2_hf_config(cfg: ModelConfig) -> dict:
