@@ -522,9 +522,14 @@ def register_ship(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the completion with its counts and timing as JSON")
 
     p = add(
-        sub, "import-hf", "ship:cmd_import_hf", "turn a local Hugging Face GPT-2 or LLaMA checkpoint into a run dir"
+        sub,
+        "import-hf",
+        "ship:cmd_import_hf",
+        "turn a local Hugging Face checkpoint (GPT-2, Llama, Qwen2, Qwen3, "
+        "Phi-3) or a llama.cpp .gguf file of one into a run dir",
     )
-    p.add_argument("dir", help="Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
+    p.add_argument("dir", help="Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or a "
+                   ".gguf file (dequantized to fp32; tokenizer and chat template from its metadata)")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory to create, e.g. runs/gpt2")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
 

@@ -17,6 +17,7 @@ says so. In: a local HF directory (`slmkit.model.hf.load_hf_model`) becomes a ru
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from slmkit.base.atomic import atomic_dir, check_out_dir
@@ -27,6 +28,7 @@ from slmkit.model.hf import load_hf_model, state_dict_to_hf
 from slmkit.model.hf_config import CLASS_NAMES, hf_architecture, hf_config, portable_hf_config
 from slmkit.model.hf_tokenizer import save_hf_tokenizer
 from slmkit.runs.checkpoint import TOKENIZER_DIR, init_run_dir, save_checkpoint, write_run_info
+from slmkit.ship.export.gguf_import import gguf_to_hf_dir
 
 MODEL_CARD = "README.md"
 
@@ -142,11 +144,16 @@ def model_card(cfg, tokenizer: Tokenizer, arch: str, n_params: int) -> str:
 
 
 def import_hf(src: str | Path, out: str | Path, force: bool = False) -> Path:
-    """`slm import-hf`: a local GPT-2, LLaMA, Qwen2 or Qwen3 HF checkpoint -> a run dir (config, tokenizer, one
-    checkpoint) that sample, eval and fine-tuning accept."""
+    """`slm import-hf`: a local GPT-2, LLaMA, Qwen2, Qwen3 or Phi-3 HF checkpoint, or a GGUF file of one -> a run
+    dir (config, tokenizer, one checkpoint) that sample, eval and fine-tuning accept."""
     src, out = Path(src), Path(out)
     check_out_dir(out, force)
-    model, tokenizer, arch = load_hf_model(src)
+    if src.suffix == ".gguf":  # a llama.cpp file: dequantized into an HF directory first (gguf_import.py)
+        with tempfile.TemporaryDirectory(prefix="slm-gguf-") as hf_dir:
+            gguf_to_hf_dir(src, Path(hf_dir))
+            model, tokenizer, arch = load_hf_model(hf_dir)
+    else:
+        model, tokenizer, arch = load_hf_model(src)
     with atomic_dir(out) as tmp:
         kind = "gpt2" if tokenizer.kind == "gpt2" else str(out.resolve() / TOKENIZER_DIR)
         cfg = RunConfig(
