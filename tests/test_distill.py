@@ -96,3 +96,23 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_anything_is_written(
     assert not out.exists() or not any(out.iterdir())
     code, _, err = run_cli("train", "tiny", "distill.alpha=1.5")
     assert code == 2 and "distill.alpha" in err
+
+
+def test_children_do_not_inherit_the_teacher_or_the_parents_stream(runs, tmp_path):
+    """A child run (sft, embed-train, classify, continued pretraining) reads its own data with its own objective."""
+    from slmkit.runs import checkpoint as ckpt_io
+    from slmkit.ship.finetune import init_from_config, sft_config
+
+    root, data, teacher = runs
+    model, tok, cfg, _ = load_model(teacher)
+    parent = tmp_path / "streamed-distilled"
+    stream = {"data.stream": True, "data.dir": "", "data.mix": ["python-stdlib=1"], "distill.teacher": str(teacher)}
+    pcfg = cfg.replace(**stream)
+    ckpt_io.init_run_dir(parent, pcfg, tok)
+    ckpt_io.save_checkpoint(parent, 1, model, None, {}, pcfg, tok)
+    sft_file = tmp_path / "sft.jsonl"
+    sft_file.write_text('{"prompt": "a", "completion": "b"}\n')
+    child = sft_config(parent, sft_file)
+    assert (child.data.stream, child.data.mix, child.distill.teacher) == (False, [], "")
+    cont = init_from_config(parent, None, [f"data.dir={data}"])
+    assert (cont.data.stream, cont.data.mix, cont.distill.teacher) == (False, [], "")

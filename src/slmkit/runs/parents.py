@@ -32,6 +32,16 @@ def parent_config(ckpt: Path) -> RunConfig:
     return ckpt_io.read_run_config(ckpt if cfg_file.is_file() else ckpt.parent.parent)
 
 
+CHILD_RESETS = {"data.stream": False, "data.mix": [], "distill.teacher": ""}
+"""Fields of a parent's config that a child run does not inherit: how the parent read its data (a child reads its
+own) and the parent's teacher (a child trains on its own objective). Overrides may set them again."""
+
+
+def child_start(ckpt: Path) -> dict:
+    """The parent's config as the starting dict of a child run's config (see CHILD_RESETS)."""
+    return parent_config(ckpt).replace(**CHILD_RESETS).to_dict()
+
+
 def check_parent(cfg: RunConfig, tokenizer: Tokenizer) -> tuple[Path, Path]:
     """Resolve cfg.train.init_from and check that the model (and for plain text, the tokenizer) match the parent."""
     run, ckpt = resolve_parent(cfg.train.init_from)

@@ -17,7 +17,7 @@ from slmkit.base.console import say
 from slmkit.engine.evaluate.embedding import EmbedTaskError, embed_task_files
 from slmkit.engine.train import train
 from slmkit.runs import checkpoint as ckpt_io
-from slmkit.runs.parents import parent_config
+from slmkit.runs.parents import child_start
 
 EMBED_DEFAULTS = [
     "data.format=pairs",
@@ -68,7 +68,7 @@ def embed_train_config(parent_run: str | Path, data: str | Path, overrides: list
         base.append(f"eval.tasks=[{DEV_TASK}]")
     else:
         say(f"{DEV_TASK} files not found under $SLM_DATA_DIR: no in-loop STS-B dev score (set eval.tasks to add one)")
-    cfg = from_dict(apply_overrides(parent_config(ckpt).to_dict(), base + overrides))
+    cfg = from_dict(apply_overrides(child_start(ckpt), base + overrides))
     if not _given(overrides, "eval.every"):
         cfg = cfg.replace(**{"eval.every": cfg.train.eval_every})
     if not _given(overrides, "train.name"):

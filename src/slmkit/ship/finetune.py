@@ -18,7 +18,7 @@ from slmkit.base.errors import SlmError
 from slmkit.engine.train import train
 from slmkit.model.lora import ADAPTER_FILE, has_lora, merge_lora
 from slmkit.runs import checkpoint as ckpt_io
-from slmkit.runs.parents import parent_config, resolve_parent
+from slmkit.runs.parents import child_start, resolve_parent
 
 # Defaults of an SFT run that differ from pretraining; the user's overrides come after them. Learning rates are
 # about 1/10 of pretraining's, Muon's matrix rate (used when the parent trained with Muon) included.
@@ -61,7 +61,7 @@ def sft_config(
             f"train.init_from={ckpt}", f"train.out_dir={run.parent}"]  # fmt: skip
     if lora_on and not _given(overrides, "optim.lr"):
         base.append(LORA_LR)
-    cfg = from_dict(apply_overrides(parent_config(ckpt).to_dict(), base + overrides))
+    cfg = from_dict(apply_overrides(child_start(ckpt), base + overrides))
     if not _given(overrides, "train.name"):
         suffix = "lora" if cfg.lora.rank else "sft"
         cfg = cfg.replace(**{"train.name": ckpt_io.free_name(Path(cfg.train.out_dir), f"{run.name}-{suffix}")})
@@ -97,7 +97,7 @@ def init_from_config(parent_run: str | Path, config: str | None = None, override
     base = [f"train.init_from={ckpt}", "train.name=", "data.dir="]
     if not _given(overrides, "tokenizer.kind"):
         base.append(f"tokenizer.kind={ckpt / ckpt_io.TOKENIZER_DIR}")
-    start = load_config(config).to_dict() if config else parent_config(ckpt).to_dict()
+    start = load_config(config).to_dict() if config else child_start(ckpt)
     cfg = from_dict(apply_overrides(start, base + overrides))
     if cfg.data.format != "text":
         raise ConfigError("--init-from continues pretraining on text; for chat data use `slm sft RUN --data FILE`")
