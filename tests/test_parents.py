@@ -67,6 +67,19 @@ def test_the_model_must_match_except_vocab_and_dropout(parent):
     with pytest.raises(ConfigError, match="the model must match the parent's") as e:
         check_parent(child(parent, "model.n_layer=3", "model.norm=rmsnorm"), TOK)
     assert "model.n_layer: 2 -> 3" in str(e.value) and "model.norm: 'layernorm' -> 'rmsnorm'" in str(e.value)
+    with pytest.raises(ConfigError, match=r"model.block_size: \d+ -> 16"):  # learned positions: a table of them
+        check_parent(child(parent, "model.block_size=16"), TOK)
+
+
+def test_a_rope_child_may_change_its_context(tmp_path):
+    """RoPE has no table of positions: a child of a RoPE parent may train on shorter (or longer) windows."""
+    rope = ["model.pos_emb=rope"]
+    cfg = config(*rope)
+    run = tmp_path / "rope"
+    ckpt_io.init_run_dir(run, cfg, TOK)
+    ckpt_io.save_checkpoint(run, 1, GPT(cfg.model), None, {}, cfg, TOK)
+    ckpt = check_parent(child(run, *rope, "model.block_size=16"), TOK)[1]
+    load_parent_weights(GPT(child(run, *rope, "model.block_size=16").model), ckpt)  # no weight depends on it
 
 
 def test_text_data_needs_the_parents_tokenizer(parent):

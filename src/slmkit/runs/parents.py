@@ -1,7 +1,9 @@
 """Parent runs: the run a child (SFT, LoRA, continued pretraining, a merge) starts from.
 
 `train.init_from` names a run dir (its best checkpoint) or one checkpoint dir. The child's model must match the
-parent's, except for the fields a child may change (vocabulary size, when chat tokens are added; dropout); its
+parent's, except for the fields a child may change (vocabulary size, when chat tokens are added; dropout; the
+context length of a RoPE model, which has no table of positions: an imported 8k-context model fine-tunes on
+1k windows on a CPU); its
 weights are copied in before step 1, a parent with LoRA adapters merged first.
 """
 
@@ -46,8 +48,9 @@ def check_parent(cfg: RunConfig, tokenizer: Tokenizer) -> tuple[Path, Path]:
     """Resolve cfg.train.init_from and check that the model (and for plain text, the tokenizer) match the parent."""
     run, ckpt = resolve_parent(cfg.train.init_from)
     parent = parent_config(ckpt).model
+    may_differ = _MAY_DIFFER + (("block_size",) if parent.pos_emb == "rope" else ())  # RoPE has no position table
     diff = [f"model.{k}: {getattr(parent, k)!r} -> {getattr(cfg.model, k)!r}" for k in parent.__dataclass_fields__
-            if k not in _MAY_DIFFER and getattr(parent, k) != getattr(cfg.model, k)]  # fmt: skip
+            if k not in may_differ and getattr(parent, k) != getattr(cfg.model, k)]  # fmt: skip
     if diff:
         raise ConfigError(
             f"train.init_from={cfg.train.init_from}: the model must match the parent's ({'; '.join(diff)})"
