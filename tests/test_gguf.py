@@ -1,6 +1,11 @@
 """GGUF export: read back with gguf's reader (names, shapes, values, metadata), a llama.cpp-convention forward
 from the file's tensors against our logits (proves the RoPE permutation), refusals, and llama.cpp when installed."""
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -212,6 +217,34 @@ def test_llama_cpp_runs_the_file_like_we_do(tokenizer, tmp_path):
             break
         greedy_theirs.append(tok)
     assert greedy_theirs == greedy_ours[: len(greedy_theirs)] and len(greedy_theirs) >= 8
+
+
+NODE_LLAMA_CPP = Path(__file__).resolve().parent.parent / "build" / "node" / "node_modules" / "node-llama-cpp"
+
+
+def test_node_llama_cpp_runs_the_file_like_we_do(tokenizer, tmp_path):
+    """llama.cpp itself (node-llama-cpp's prebuilt binary, installed by `make setup`) tokenizes like us and
+    generates our greedy tokens from our f16 and q8_0 files."""
+    if not NODE_LLAMA_CPP.is_dir() or shutil.which("node") is None:
+        pytest.fail(f"node-llama-cpp is not installed in {NODE_LLAMA_CPP.parent}: run `make setup` (it needs npm)")
+    from slmkit.model.generate import generate
+
+    model, cfg = make(tokenizer)
+    text = "def wrap(text, width=70):\n    return"
+    ids = tokenizer.encode(text)
+    ours = list(generate(model, ids, 12, temperature=0, vocab_limit=tokenizer.vocab_size))
+    (tmp_path / "request.json").write_text(json.dumps({"text": text, "ids": ids, "n": 12}))
+    entry = NODE_LLAMA_CPP / "dist" / "index.js"
+    script = Path(__file__).resolve().parent / "node" / "llama_cpp_greedy.mjs"
+    for qtype in ("f16", "q8_0"):
+        path = write_gguf(model, tokenizer, cfg, tmp_path / f"m-{qtype}.gguf", type=qtype)
+        proc = subprocess.run(["node", str(script), str(entry), str(path), str(tmp_path / "request.json")],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert theirs["tokenized"] == ids
+        same = next((i for i, (a, b) in enumerate(zip(theirs["greedy"], ours)) if a != b), len(ours))
+        assert same >= (12 if qtype == "f16" else 6), (qtype, theirs["greedy"], ours)  # q8_0 may drift late
 
 
 def _run(tmp_path, name, tokenizer, *overrides):
