@@ -1,15 +1,15 @@
 """`slm export --format gguf`: a GGUF file that llama.cpp runs, for LLaMA-style models.
 
 What GGUF's `llama` architecture expresses: RMSNorm, pre-norm, RoPE, SwiGLU, no biases, no QK-norm (GQA and a
-tied or untied head are fine); anything else is refused naming the field (`check_gguf`, which `slm export` and
-`slm config presets` also ask). Tensors use llama.cpp's names
+tied or untied head are fine); the same with QK-norm is llama.cpp's `qwen3`. Anything else is refused naming the
+field (`check_gguf`, which `slm export` and `slm config presets` also ask). Tensors use llama.cpp's names
 (`token_embd`, `blk.N.attn_q`, ..., `output_norm`, `output`; a tied head is left out and llama.cpp reuses
 `token_embd`). The embedding and head keep only the tokenizer's `vocab_size` rows (ours are padded).
 
 RoPE layout: our q/k projections follow Hugging Face's rotate-half convention (the two halves of each head are
-rotated together), while llama.cpp's llama rotates adjacent pairs. As llama.cpp's own HF converter does, the rows
-of each q/k head are permuted so that adjacent pairs hold what the halves held: per head, row r of the half h
-(h = 0, 1; r < head_dim/2) moves to row 2r + h.
+rotated together), as llama.cpp's qwen3 does, while its llama rotates adjacent pairs. For llama, as llama.cpp's
+own HF converter does, the rows of each q/k head are permuted so that adjacent pairs hold what the halves held:
+per head, row r of the half h (h = 0, 1; r < head_dim/2) moves to row 2r + h.
 
 Types (`type`): f16 stores every matrix in float16; q8_0 stores matrices whose rows are a multiple of 32 long in
 Q8_0 (blocks of 32 values: one float16 scale = max|x|/127, then 32 int8), the rest in f16. Norm weights are f32.
@@ -41,6 +41,8 @@ GGUF_FILE = "model.gguf"
 LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu", "bias": False,
                 "qkv_bias": False, "qk_norm": False}  # fmt: skip
 """ModelConfig values GGUF's llama architecture requires."""
+GGUF_ARCHS = {"llama": LLAMA_FIELDS, "qwen3": {**LLAMA_FIELDS, "qk_norm": True}}
+"""llama.cpp architecture -> the ModelConfig values it requires (qwen3: LLaMA with RMSNorm on each head's q, k)."""
 GGUF_TOKENIZERS = ("bpe", "gpt2")
 """Tokenizer kinds with a GGUF vocabulary (byte-level BPE)."""
 Q8_BLOCK = 32
@@ -62,9 +64,17 @@ class GGUFExportError(SlmError):
     """A model or tokenizer that GGUF's llama architecture cannot express."""
 
 
+def gguf_arch(cfg) -> str | None:
+    """The llama.cpp architecture that expresses cfg (ModelConfig): llama or qwen3; None when neither does."""
+    return next((a for a, need in GGUF_ARCHS.items() if all(getattr(cfg, k) == v for k, v in need.items())), None)
+
+
 def _llama_misses(cfg) -> str | None:
-    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {v!r})" for k, v in LLAMA_FIELDS.items() if getattr(cfg, k) != v]
-    return f"GGUF export supports LLaMA-style models only: {', '.join(bad)}" if bad else None
+    if gguf_arch(cfg):
+        return None
+    need = GGUF_ARCHS["qwen3" if cfg.qk_norm else "llama"]
+    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {v!r})" for k, v in need.items() if getattr(cfg, k) != v]
+    return f"GGUF export supports LLaMA-style models only (llama, or qwen3 with QK-norm): {', '.join(bad)}"
 
 
 def _tokenizer_miss(kind: str) -> str | None:
@@ -105,16 +115,19 @@ def unpermute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def gguf_tensors(model, cfg) -> dict[str, torch.Tensor]:
-    """llama.cpp name -> fp32 tensor (vocabulary cut, q/k permuted), in llama.cpp's order."""
+    """llama.cpp name -> fp32 tensor (vocabulary cut; llama: q/k permuted), in llama.cpp's order. llama.cpp's qwen3
+    rotates halves as we do (NeoX order), so its q/k stay as they are, followed by their per-head norms."""
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    V = cfg.vocab_size
+    V, llama = cfg.vocab_size, gguf_arch(cfg) == "llama"
+    layer = _LAYER if llama else {**_LAYER, "attn.q_norm.weight": "attn_q_norm.weight",
+                                  "attn.k_norm.weight": "attn_k_norm.weight"}  # fmt: skip
     out = {"token_embd.weight": sd["wte.weight"][:V]}
     for i in range(cfg.n_layer):
-        for ours, theirs in _LAYER.items():
+        for ours, theirs in layer.items():
             w = sd[f"blocks.{i}.{ours}"]
-            if ours == "attn.q.weight":
+            if llama and ours == "attn.q.weight":
                 w = permute_rope(w, cfg.n_head)
-            elif ours == "attn.k.weight":
+            elif llama and ours == "attn.k.weight":
                 w = permute_rope(w, cfg.kv_heads)
             out[f"blk.{i}.{theirs}"] = w
     out["output_norm.weight"] = sd["norm_f.weight"]
@@ -178,7 +191,7 @@ def tokenizer_metadata(tokenizer: Tokenizer) -> dict:
 
 
 def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "f16", name: str = "slmkit") -> Path:
-    """Write `model` (ours; cfg is its RunConfig) as a llama GGUF file at `path`."""
+    """Write `model` (ours; cfg is its RunConfig) as a llama or qwen3 GGUF file at `path`."""
     import gguf
 
     if type not in GGUF_TYPES:
@@ -187,7 +200,7 @@ def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "
     check_llama(m)
     vocab = tokenizer_metadata(tokenizer)
     path = Path(path)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), gguf_arch(m))
     w.add_name(name)
     w.add_context_length(m.block_size)
     w.add_embedding_length(m.n_embd)
