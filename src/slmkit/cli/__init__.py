@@ -41,14 +41,20 @@ def handler(spec: str | Callable) -> Callable:
     return getattr(importlib.import_module(f"slmkit.cli.{module}"), name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`slm`'s command line as the verbs see it: dotted overrides may also follow the options (exit 2 otherwise)."""
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for commands that relaunch themselves
     if extra and getattr(args, "overrides_anywhere", False) and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
     if not hasattr(args, "fn"):
         parser.print_help()
         return 0
