@@ -140,3 +140,36 @@ def test_qwen3_features_we_do_not_implement_are_refused(field, value, named, tok
     code, _, err = run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "q")
     assert code == 2 and named in err and "Qwen3ForCausalLM" in err, err
     assert not (tmp_path / "runs" / "q").exists()
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+
+
+def test_an_imported_chat_template_is_used_by_chat_and_the_server(tokenizer, tmp_path, run_cli):
+    """A model's own chat template (here ChatML with its special tokens) survives import, renders a conversation as
+    transformers' apply_chat_template does, stops replies at its eos, and goes back out with an HF export."""
+    from slmkit.data.chat import reply_stops
+    from slmkit.ship.chat import ChatSession
+    from slmkit.ship.serve.protocol import render_chat
+
+    theirs = _llama(tokenizer, tmp_path / "hf")
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
+    hf_tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
+    hf_tok.chat_template = CHATML
+    theirs.resize_token_embeddings(len(hf_tok))
+    theirs.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "chatml")[0] == 0
+    model, tok, _, _ = load_model(tmp_path / "runs" / "chatml")
+    assert tok.chat_template == CHATML and tok.chat_stops == ("<|im_end|>",)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def f(x): return?"}]
+    text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    want = hf_tok(text, add_special_tokens=False).input_ids
+    session = ChatSession(model, tok, system="Be brief.")
+    session.history = messages[1:]
+    assert session.prompt_ids() == want
+    ids, stops, _ = render_chat(messages, tok)
+    assert ids == want and stops == reply_stops(tok) and tok.token_id("<|im_end|>") in stops
+    assert run_cli("export", tmp_path / "runs" / "chatml", "--format", "hf", "--out", tmp_path / "back")[0] == 0
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back").chat_template == CHATML

@@ -72,6 +72,14 @@ class Tokenizer:
         """Id of a special token, or None when this tokenizer does not have it."""
         return self.special_tokens.get(token)
 
+    chat_template: str | None = None
+    """An imported model's own chat template (Jinja, as in its tokenizer_config.json), used by `slm chat` and the
+    server instead of the `slm` template; saved with the tokenizer, not part of its fingerprint."""
+    chat_stops: tuple[str, ...] = ()
+    """The special tokens that end a reply under `chat_template` (the model's eos, e.g. <|im_end|>)."""
+    chat_bos: str = ""
+    """The model's bos token text, which some templates write (`{{ bos_token }}`)."""
+
     @property
     def has_chat_tokens(self) -> bool:
         return all(t in self.special_tokens for t in CHAT_TOKENS)
@@ -96,6 +104,8 @@ class Tokenizer:
         extra = self._save_files(out)
         meta = {"kind": self.kind, "fingerprint": self.fingerprint, "vocab_size": self.vocab_size,
                 "special_tokens": self.special_tokens, **extra}  # fmt: skip
+        if self.chat_template:
+            meta.update(chat_template=self.chat_template, chat_stops=list(self.chat_stops), chat_bos=self.chat_bos)
         atomic_write_json(out / META_FILE, meta)
         return out
 
@@ -344,6 +354,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                 tok.add_special_tokens(extra)  # type: ignore[attr-defined]
         else:
             raise TokenizerError(f"{meta_path}: unknown tokenizer kind {kind!r}")
+        if meta.get("chat_template"):
+            tok.chat_template, tok.chat_stops = meta["chat_template"], tuple(meta.get("chat_stops", ()))
+            tok.chat_bos = meta.get("chat_bos", "")
     except (KeyError, json.JSONDecodeError, OSError) as e:
         raise TokenizerError(f"{path} holds a damaged tokenizer ({type(e).__name__}: {e}); re-create it") from None
     if tok.fingerprint != meta.get("fingerprint"):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from slmkit.base.tokenizer import ASSISTANT, CHAT_TOKENS, END_OF_TURN, EOT, SYSTEM, USER, Tokenizer, TokenizerError
 from slmkit.data.sources import DataError
@@ -77,6 +79,40 @@ def render(
         ids.append(tid(ASSISTANT))
         mask.append(0)
     return ids, mask
+
+
+_TEMPLATES = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+
+
+def _raise(message: str) -> None:
+    raise DataError(f"the model's chat template refused the conversation: {message}")
+
+
+_TEMPLATES.globals["raise_exception"] = _raise
+
+
+def render_template(messages: list[Message], tokenizer: Tokenizer, *, add_generation_prompt: bool = True) -> list[int]:
+    """Ids of a conversation under the tokenizer's own chat template (an imported model's), rendered as
+    transformers' apply_chat_template does (a sandboxed Jinja environment, trim_blocks and lstrip_blocks), its
+    special tokens encoded as such. Generation only: no loss mask (fine-tuning uses the `slm` template)."""
+    check_messages(messages)
+    text = _TEMPLATES.from_string(tokenizer.chat_template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=tokenizer.chat_bos,
+        eos_token=tokenizer.chat_stops[0] if tokenizer.chat_stops else EOT)  # fmt: skip
+    return tokenizer.encode(text, allow_special=True)
+
+
+def reply_stops(tokenizer: Tokenizer) -> list[int]:
+    """The ids that end an assistant's reply: the model's own (chat_stops) or `<|end|>`, and end-of-text."""
+    names = tokenizer.chat_stops if tokenizer.chat_template else (END_OF_TURN,)
+    return [i for i in (*(tokenizer.token_id(t) for t in names), tokenizer.token_id(EOT)) if i is not None]
+
+
+def prompt_for_reply(messages: list[Message], tokenizer: Tokenizer) -> list[int]:
+    """The conversation's ids ending where the assistant's reply starts, under the model's template."""
+    if tokenizer.chat_template:
+        return render_template(messages, tokenizer, add_generation_prompt=True)
+    return render(messages, tokenizer, add_generation_prompt=True)[0]
 
 
 def check_messages(messages: list[Message]) -> None:

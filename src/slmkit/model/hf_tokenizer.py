@@ -111,7 +111,9 @@ def hf_tokenizer_config(tokenizer: Tokenizer, model_max_length: int) -> dict:
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": False,
     }
-    if tokenizer.has_chat_tokens:
+    if tokenizer.chat_template:  # an imported model's own template travels with it
+        config["chat_template"] = tokenizer.chat_template
+    elif tokenizer.has_chat_tokens:
         config["chat_template"] = CHAT_TEMPLATE
     return config
 
@@ -153,7 +155,26 @@ def tokenizer_from_hf_dir(src: Path) -> Tokenizer:
     try:
         gpt2 = build_tokenizer("gpt2")
         if gpt2.enc._mergeable_ranks == tok.enc._mergeable_ranks and gpt2.special_tokens == tok.special_tokens:
-            return gpt2
+            tok = gpt2
     except SlmError:
         pass
+    tok.chat_template, tok.chat_stops, tok.chat_bos = hf_chat_template(src, tok)
     return tok
+
+
+def hf_chat_template(src: Path, tok: Tokenizer) -> tuple[str | None, tuple[str, ...], str]:
+    """(the model's own chat template, the special tokens that end a reply, the bos text) from an HF directory: the
+    template of tokenizer_config.json (or chat_template.jinja, where transformers 5.x writes it), and its eos token
+    when that is one of the tokenizer's specials. (None, (), "") without a template, or for the `slm` template."""
+    config_path = src / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if not template and (src / "chat_template.jinja").is_file():
+        template = (src / "chat_template.jinja").read_text(encoding="utf-8")
+    if not template or template == CHAT_TEMPLATE:
+        return None, (), ""
+    eos, bos = (t.get("content") if isinstance(t, dict) else t for t in (config.get("eos_token"),
+                                                                         config.get("bos_token")))  # fmt: skip
+    return template, tuple(t for t in (eos,) if t and t in tok.special_tokens), bos or ""

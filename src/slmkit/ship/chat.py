@@ -1,7 +1,8 @@
 """`slm chat RUN`: a multi-turn terminal chat with a fine-tuned run, streaming its replies.
 
-`ChatSession` holds the conversation and renders it with the chat template (`slmkit.data.chat.render`); each reply
-is generated until end-of-turn (or end-of-text, or max_new_tokens). When the conversation no longer fits the context
+`ChatSession` holds the conversation and renders it with the chat template (`slmkit.data.chat.prompt_for_reply`:
+the `slm` template, or an imported model's own); each reply is generated until end-of-turn (the model's own, e.g.
+<|im_end|>, for an imported template), end-of-text or max_new_tokens. When the conversation no longer fits the context
 window with room for the reply, the oldest turns (a user message and its answer) are dropped first; the system
 message always stays. `chat_loop` reads lines from any text stream, so tests drive it with StringIO. A run that
 was not fine-tuned for chat (a base model; `chat_tuned`) gets a one-line note under the banner.
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import TextIO
 
 from slmkit.base.errors import SlmError
-from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
-from slmkit.data.chat import Message, render
+from slmkit.base.tokenizer import Tokenizer
+from slmkit.data.chat import Message, prompt_for_reply, reply_stops
 from slmkit.model.generate import generate
 from slmkit.runs.checkpoint import is_run_dir, load_model, read_run_config, read_run_info
 
@@ -61,7 +62,7 @@ class ChatSession:
 
     def __init__(self, model, tokenizer: Tokenizer, *, system: str = "", max_new_tokens: int = 256,
                  temperature: float = 0.7, top_k: int = 50, top_p: float = 1.0, seed: int | None = None):  # fmt: skip
-        if not tokenizer.has_chat_tokens:
+        if not tokenizer.has_chat_tokens and not tokenizer.chat_template:
             raise SlmError(f"this run's {tokenizer.name} tokenizer has no chat tokens: it was not fine-tuned for chat; "
                            "run `slm sft RUN --data FILE` first and chat with the child run")  # fmt: skip
         self.model, self.tok, self.system = model, tokenizer, system
@@ -84,17 +85,17 @@ class ChatSession:
 
     def prompt_ids(self) -> list[int]:
         """The rendered conversation ending in `<|assistant|>`, after dropping the oldest turns that do not fit."""
-        ids, _ = render(self.messages(), self.tok, add_generation_prompt=True)
+        ids = prompt_for_reply(self.messages(), self.tok)
         while len(ids) > self.prompt_budget and len(self.history) > 1:
             drop = 2 if len(self.history) > 2 else 1  # a user message and its reply
             self.history, self.trimmed = self.history[drop:], self.trimmed + drop
-            ids, _ = render(self.messages(), self.tok, add_generation_prompt=True)
+            ids = prompt_for_reply(self.messages(), self.tok)
         return ids
 
     def reply(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         """Add a user message, generate the answer (streamed to on_text), keep both in the history."""
         self.history.append({"role": "user", "content": text})
-        stops = [i for i in (self.tok.token_id(END_OF_TURN), self.tok.token_id(EOT)) if i is not None]
+        stops = reply_stops(self.tok)
         ids, shown = [], 0
         for t in generate(self.model, self.prompt_ids(), self.max_new_tokens, temperature=self.temperature,
                           top_k=self.top_k, top_p=self.top_p, seed=self.seed, stop_ids=stops,

@@ -11,8 +11,8 @@ import reprlib
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
-from slmkit.data.chat import render
+from slmkit.base.tokenizer import EOT, Tokenizer
+from slmkit.data.chat import prompt_for_reply, reply_stops
 from slmkit.data.fim import FimError, check_fim_model, fim_prompt
 from slmkit.model.generate import SamplingError, check_sampling
 
@@ -198,9 +198,8 @@ def parse_prompts(body: dict) -> list[str | list[int]]:
 
 def render_chat(messages: list[dict], tokenizer: Tokenizer) -> tuple[list[int], list[int], list[str]]:
     """(prompt ids ending where the assistant's reply starts, stop ids, stop strings) of a conversation."""
-    if tokenizer.has_chat_tokens:
-        ids, _ = render(messages, tokenizer, add_generation_prompt=True)
-        return ids, [tokenizer.token_id(END_OF_TURN), tokenizer.token_id(EOT)], []
+    if tokenizer.has_chat_tokens or tokenizer.chat_template:  # the `slm` template, or an imported model's own
+        return prompt_for_reply(messages, tokenizer), reply_stops(tokenizer), []
     names = {"system": "System", "user": "User", "assistant": "Assistant"}
     text = "".join(f"{names[m['role']]}: {m['content']}\n" for m in messages) + "Assistant:"
     eot = tokenizer.token_id(EOT)
