@@ -152,3 +152,8 @@ def test_score_source_rejects_an_empty_folder(loaded, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScoreError, match="no files"):
         score_source(model, tok, tmp_path / "empty")
+    (tmp_path / "empty" / "__init__.py").write_text("")
+    with pytest.raises(ScoreError, match="every file in .* is empty"):
+        score_source(model, tok, tmp_path / "empty")
+    (tmp_path / "empty" / "m.py").write_text("x = 1\n")  # an empty __init__.py beside it is skipped, not an error
+    assert [r["id"] for r in score_source(model, tok, tmp_path / "empty")] == ["m.py"]

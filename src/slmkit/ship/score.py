@@ -56,10 +56,15 @@ def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[str, str]]:
 
 
 def _files(path: Path) -> list[Path]:
+    """The non-empty, non-hidden files under a folder (an empty file, such as a package's __init__.py, is no
+    document); ScoreError when there are none."""
     files = sorted(p for p in path.rglob("*") if p.is_file() and not any(x.startswith(".") for x in
                                                                          p.relative_to(path).parts))  # fmt: skip
     if not files:
         raise ScoreError(f"{path} is a directory with no files in it; pass a text file, a folder of them or .jsonl")
+    files = [f for f in files if f.stat().st_size > 0]
+    if not files:
+        raise ScoreError(f"every file in {path} is empty: nothing to score")
     return files
 
 
