@@ -35,70 +35,33 @@ def _gpt2(tokenizer, path):
     return _save(transformers.GPT2LMHeadModel(cfg), tokenizer, path)
 
 
+LLAMA_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+"""The tiny shape every LLaMA-family test checkpoint shares (GQA: 4 query heads, 2 key-value heads)."""
+
+
+def _llama_like(family: str, tokenizer, path, **kwargs):
+    """A tiny random `family` (Llama, Qwen2, Qwen3, Phi3) checkpoint saved offline with our tokenizer."""
+    config = getattr(transformers, f"{family}Config")(vocab_size=tokenizer.vocab_size, **LLAMA_LIKE, **kwargs)
+    return _save(getattr(transformers, f"{family}ForCausalLM")(config), tokenizer, path)
+
+
 def _llama(tokenizer, path):
-    cfg = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-    )
-    return _save(transformers.LlamaForCausalLM(cfg), tokenizer, path)
+    return _llama_like("Llama", tokenizer, path, tie_word_embeddings=False, rope_theta=10000.0)
 
 
-def _qwen2(tokenizer, path):
-    cfg = transformers.Qwen2Config(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-    )
-    return _save(transformers.Qwen2ForCausalLM(cfg), tokenizer, path)
+def _qwen2(tokenizer, path):  # biases on q, k, v
+    return _llama_like("Qwen2", tokenizer, path, tie_word_embeddings=False, rope_theta=1e6, rms_norm_eps=1e-6)
 
 
-def _qwen3(tokenizer, path):
-    cfg = transformers.Qwen3Config(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-    )
-    return _save(transformers.Qwen3ForCausalLM(cfg), tokenizer, path)
+def _qwen3(tokenizer, path):  # RMSNorm on each head's q and k
+    return _llama_like("Qwen3", tokenizer, path, head_dim=8, tie_word_embeddings=True, rope_theta=1e6,
+                       rms_norm_eps=1e-6)  # fmt: skip
 
 
 def _phi3(tokenizer, path):  # fused qkv_proj and gate_up_proj
-    cfg = transformers.Phi3Config(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        original_max_position_embeddings=64,
-        sliding_window=None,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return _save(transformers.Phi3ForCausalLM(cfg), tokenizer, path)
+    return _llama_like("Phi3", tokenizer, path, original_max_position_embeddings=64, sliding_window=None,
+                       pad_token_id=0, bos_token_id=0, eos_token_id=0)  # fmt: skip
 
 
 @pytest.mark.parametrize("build", [_gpt2, _llama, _qwen2, _qwen3, _phi3])
