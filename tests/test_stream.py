@@ -332,3 +332,18 @@ def test_fim_windows_are_deterministic_and_resume_exactly(corpus):
     again.load_state_dict(json.loads(json.dumps(first.state_dict())))
     got += _batches(again, 19)
     assert all(np.array_equal(a, b) for a, b in zip(ref, got))
+
+
+def test_the_report_shows_tokens_per_mixture_source(corpus, tmp_path, one_thread):
+    """`slm report` of a mixture run: each source's training tokens and share next to its data.mix weight."""
+    from slmkit.study.report import build_report
+
+    mix = f"data.mix=[{corpus['pq']}=0.75,{corpus['jsonl']}=0.25]"
+    run = train(overrides=_run(corpus, tmp_path, corpus["jsonl"], mix, name="mixed"), progress=False)
+    blocks = build_report(run, samples=0)
+    at = blocks.index(("h2", "Data per source"))
+    table = blocks[at + 2]
+    assert table[1] == ["source", "tokens", "share", "data.mix weight"]
+    rows = {r[0]: r for r in table[2]}
+    assert set(rows) == {"pq", "docs"} and rows["pq"][3] == "75.0%" and rows["docs"][3] == "25.0%"
+    assert sum(float(r[2].rstrip("%")) for r in rows.values()) == pytest.approx(100, abs=0.2)

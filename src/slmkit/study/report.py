@@ -21,6 +21,7 @@ from slmkit.base.config_files import load_config, to_toml
 from slmkit.base.errors import SlmError
 from slmkit.base.metrics import RunMetrics
 from slmkit.data.dataset import read_meta
+from slmkit.data.stream_data import parse_mix
 from slmkit.engine.doctor import diagnose, run_facts
 from slmkit.engine.runtime import hardware_summary
 from slmkit.model.generate import sample_text
@@ -135,6 +136,24 @@ def _checkpoint_blocks(run_dir: Path) -> list:
     return [("h2", "Checkpoints"), ("table", ["step", "val loss", "size", "", "folder"], rows)]
 
 
+def _data_blocks(metrics: RunMetrics, cfg) -> list:
+    """Stream mode: the training tokens each source gave (data/tokens/<name>) against its data.mix weight, the
+    epochs and documents read."""
+    names = sorted({k.removeprefix("data/tokens/") for e in metrics.events for k in e if k.startswith("data/tokens/")})
+    if not names:
+        return []
+    tokens = {n: metrics.last(f"data/tokens/{n}") or 0 for n in names}
+    total = sum(tokens.values()) or 1
+    weights = {name: w for name, _, w in parse_mix(cfg.data.mix)}  # the names data/tokens/<name> uses
+    wsum = sum(weights.values()) or 1
+    shares = {n: weights[n] / wsum if n in weights else None for n in names}
+    rows = [(n, f"{tokens[n]:,.0f}", f"{100 * tokens[n] / total:.1f}%",
+             "-" if shares[n] is None else f"{100 * shares[n]:.1f}%") for n in names]  # fmt: skip
+    epoch, docs = metrics.last("data/epoch"), metrics.last("data/docs")
+    note = f"Stream mode: {docs or 0:,.0f} documents read, epoch {epoch or 0:.0f} of the first source."
+    return [("h2", "Data per source"), ("p", note), ("table", ["source", "tokens", "share", "data.mix weight"], rows)]
+
+
 def _hardware_blocks(info: dict) -> list:
     hw = hardware_summary()
     rows = [(k, str(v)) for k, v in hw.items()] + [("slmkit (training)", str(info.get("slmkit", "-")))]
@@ -162,6 +181,7 @@ def build_report(run_dir: str | Path, samples: int = 2) -> list:
     blocks.append(("h2", "Doctor"))
     blocks.append(("ul", [f"**{f.severity}** · {f.rule} at {f.where()}: {f.what}. Why: {f.why}. Try: {f.fix}."
                           for f in findings]) if findings else ("p", "Healthy: no problems found."))  # fmt: skip
+    blocks += _data_blocks(metrics, cfg)
     blocks += _sample_blocks(run_dir, samples) + _checkpoint_blocks(run_dir) + _config_blocks(cfg)
     return blocks + _hardware_blocks(info)
 
