@@ -164,3 +164,19 @@ def test_bad_inputs(positions, tmp_path):
         TokenLoader(positions, "train", 2, 8, mode="shuffle")
     with pytest.raises(DataError, match="no dataset directory"):
         TokenLoader(tmp_path / "missing", "train", 2, 8)
+
+
+def test_many_shards_are_opened_lazily_and_a_few_at_a_time(tmp_path, monkeypatch):
+    """2,000 shards load without 2,000 open files: shards are mapped on first use, at most MAX_OPEN at a time, and
+    the windows are the same slices of the stream as ever."""
+    from slmkit.data.loader import LazyShards
+
+    ds = make_positions_dataset(tmp_path / "many", n_tokens=40_000, shard_tokens=20)  # 2,000 shards
+    monkeypatch.setattr(LazyShards, "MAX_OPEN", 8)
+    loader = TokenLoader(ds, "train", batch_size=4, block_size=50, seed=1)
+    assert len(loader._shards._open) == 0  # nothing mapped before the first batch
+    for _ in range(20):
+        x, y = loader.next_batch()
+        assert len(loader._shards._open) <= 8
+        for row_x, row_y in zip(x.tolist(), y.tolist()):  # token i is i: each row is a consecutive slice
+            assert row_x == list(range(row_x[0], row_x[0] + 50)) and row_y == [t + 1 for t in row_x]

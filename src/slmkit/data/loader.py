@@ -36,6 +36,7 @@ by rank 0 restores all ranks.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,30 @@ from slmkit.data.sources import DataError
 CHUNK_WINDOWS = 8  # with several ranks (random mode), each rank owns interleaved chunks of this many windows
 MODES = ("random", "sequential")
 SHARDS = ("windows", "batches")
+
+
+class LazyShards:
+    """A split's shards, memory-mapped on first use and at most MAX_OPEN at a time (least recently used closed
+    first): a dataset of many thousands of shards loads without an open file per shard."""
+
+    MAX_OPEN = 64
+
+    def __init__(self, shards: list[tuple[Path, int]], dtype: np.dtype):
+        self.shards, self.dtype = shards, dtype
+        self._open: OrderedDict[int, np.memmap] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> np.memmap:
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i]
+        path, n = self.shards[i]
+        self._open[i] = mm = np.memmap(path, dtype=self.dtype, mode="r", shape=(n,))
+        if len(self._open) > self.MAX_OPEN:
+            self._open.popitem(last=False)  # dropped: numpy unmaps it once no array refers to it
+        return mm
 
 
 class TokenLoader:
@@ -82,7 +107,7 @@ class TokenLoader:
         meta = read_meta(self.dir)
         dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         shards = [(p, n) for p, n in split_shards(self.dir, split, meta) if n > 0]
-        self._shards = [np.memmap(p, dtype=dtype, mode="r", shape=(n,)) for p, n in shards]
+        self._shards = LazyShards(shards, dtype)
         self._ends = np.cumsum([n for _, n in shards], dtype=np.int64)  # end offset of each shard
         self._single = self._shards[0] if len(self._shards) == 1 else None
         if self.num_tokens < block_size + 1:
@@ -172,7 +197,7 @@ class TokenLoader:
         if self._single is not None:  # one shard: a single gather
             rows = self._single[starts[:, None] + np.arange(self.block_size + 1)]  # (B, T+1)
         else:
-            rows = np.empty((len(starts), self.block_size + 1), dtype=self._shards[0].dtype)  # (B, T+1)
+            rows = np.empty((len(starts), self.block_size + 1), dtype=self._shards.dtype)  # (B, T+1)
             shard = np.searchsorted(self._ends, starts, side="right")
             offsets = starts - np.concatenate(([0], self._ends))[shard]
             for b, (i, lo, s) in enumerate(zip(shard.tolist(), offsets.tolist(), starts.tolist())):
