@@ -19,40 +19,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.base import config_sections
 from slmkit.base.checks import (
     CONTAMINATION_MODES,
     DEDUP_METHODS,
     QUALITY_FILTERS,
-    RANGES,
-    number_problem,
     show,
     suggest,
 )
-from slmkit.base.errors import SlmError
+from slmkit.base.config_sections import (
+    ConfigError,
+    DistillConfig,
+    EmbedConfig,
+    EvalConfig,
+    LogConfig,
+    LoraConfig,
+    _check_choice,
+    _check_ranges,
+    _fields,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(SlmError, ValueError):
-    """A user mistake in a config file or override; the message says what to change."""
-
-
-def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
-
-
-def _check_ranges(section: str, obj: Any) -> None:
-    """Every int/float field of a section within its range of `checks.RANGES` (NaN and infinity refused)."""
-    for f in _fields(type(obj)):
-        rng = RANGES.get(f"{section}.{f.name}")
-        if rng is not None and f.type in (int, float):
-            problem = number_problem(f"{section}.{f.name}", getattr(obj, f.name), rng, f.type)
-            if problem:
-                raise ConfigError(problem)
 
 
 @dataclass
@@ -354,107 +344,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
-    """Evaluation during and after training."""
-
-    tasks: list[str] = field(default_factory=list)
-    """Benchmark tasks to run every eval.every steps (e.g. hellaswag, arc_easy)."""
-    every: int = 0
-    """Run eval.tasks every this many steps; 0 only at the end (when tasks are given)."""
-    limit: int = 0
-    """Items per task; 0 means all."""
-
-    def __post_init__(self) -> None:
-        _check_ranges("eval", self)
-
-
-@dataclass
-class LogConfig:
-    """Where metrics go. metrics.jsonl and the console are always written."""
-
-    backends: list[str] = field(default_factory=list)
-    """Extra metric backends: tensorboard, wandb, trackio."""
-    project: str = "slmkit"
-    """Project name for wandb and trackio."""
-
-    def __post_init__(self) -> None:
-        for b in self.backends:
-            _check_choice("log", "backends", b, ("tensorboard", "wandb", "trackio"))
-
-
-@dataclass
-class LoraConfig:
-    """Low-rank adapters (LoRA): train small matrices A, B beside frozen projections, W x + (alpha/rank) B A x."""
-
-    rank: int = 0
-    """Rank of the adapters; 0 turns LoRA off (every parameter trains)."""
-    alpha: float = 16.0
-    """Scale numerator: the adapter output is multiplied by alpha / rank."""
-    dropout: float = 0.0
-    """Dropout on the adapter's input."""
-    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "mlp"])
-    """Projections that get adapters: q, k, v, o (attention), up, gate, down, or mlp (all three)."""
-
-    def __post_init__(self) -> None:
-        _check_ranges("lora", self)
-        if self.rank and not self.targets:
-            raise ConfigError("lora.targets is empty; name projections such as q,v or q,k,v,o,mlp")
-
-
-@dataclass
-class EmbedConfig:
-    """Sentence embeddings: how a text becomes one vector (slm embed, the embedding eval tasks) and the contrastive
-    objective of an embedding run (data.format = pairs, `slm embed-train`)."""
-
-    pooling: str = "mean"
-    """How token states become one vector: mean (over the text's tokens) | last (the last token's state) | eos (an
-    end-of-text token is appended and its state taken)."""
-    instruction: str = ""
-    """Prefix put before queries: the anchors of training pairs and the queries of retrieval tasks (e.g. "query: ")."""
-    pairs: str = "auto"
-    """How data.source holds training pairs: auto (from the file) | pairs (.jsonl anchor/positive[/negatives] or .tsv
-    anchor<TAB>positive[<TAB>negative...]) | sts-b (STS Benchmark: pairs scored >= embed.min_score) | sick (SICK
-    train: entailment pairs, contradictions as hard negatives) | simcse (unlabeled text, each sentence its own
-    positive under dropout)."""
-    temperature: float = 0.05
-    """InfoNCE temperature: similarities are cosine / temperature (the start value when learn_temperature)."""
-    learn_temperature: bool = False
-    """Learn the temperature (as a log-scale parameter, CLIP-style) instead of keeping it fixed."""
-    symmetric: bool = True
-    """InfoNCE in both directions: anchors against positives (+ hard negatives) and positives against anchors."""
-    negatives: int = 1
-    """Hard negatives used per pair (when the data has them); 0 uses in-batch negatives only."""
-    min_score: float = 4.0
-    """embed.pairs = sts-b: the gold similarity (0-5) at or above which a pair is a positive."""
-    max_len: int = 0
-    """Tokens per training text (longer ones are cut); 0 means model.block_size."""
-    max_pairs: int = 0
-    """Read at most this many pairs (simcse: sentences) from data.source; 0 reads all."""
-
-    def __post_init__(self) -> None:
-        _check_ranges("embed", self)
-        _check_choice("embed", "pooling", self.pooling, ("mean", "last", "eos"))
-        _check_choice("embed", "pairs", self.pairs, ("auto", "pairs", "sts-b", "sick", "simcse"))
-
-
-@dataclass
-class DistillConfig:
-    """Knowledge distillation: learn from a teacher run's next-token distributions as well as from the text."""
-
-    teacher: str = ""
-    """Run directory of the teacher (same tokenizer as the student); empty: no distillation."""
-    checkpoint: str = "best"
-    """The teacher's checkpoint: best | latest | STEP."""
-    temperature: float = 2.0
-    """Both models' logits are divided by it before the KL term (softer distributions show more of the teacher)."""
-    alpha: float = 0.5
-    """Weight of the cross-entropy on the text; 1 - alpha goes to T^2 * KL(teacher || student)."""
-
-    def __post_init__(self) -> None:
-        _check_ranges("distill", self)
-
-
-@dataclass
 class RunConfig:
     """Everything that defines a run."""
 
@@ -493,12 +382,14 @@ class RunConfig:
 def _docs_by_class() -> dict[str, dict[str, str]]:
     """Class name -> {field name -> the docstring written right under it}, for every class of this module (one
     parse of this file: `inspect.getsource` per class is several times slower, and `slm --help` reads them)."""
-    try:
-        tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
-    except OSError:  # pragma: no cover - source not available (frozen app)
-        return {}
+    classes = []
+    for source in (Path(__file__), Path(config_sections.__file__)):  # the tree and its leaf sections
+        try:
+            classes += [n for n in ast.parse(source.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)]
+        except OSError:  # pragma: no cover - source not available (frozen app)
+            continue
     out = {}
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+    for cls in classes:
         docs = out.setdefault(cls.name, {})
         for node, nxt in zip(cls.body, cls.body[1:]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -511,22 +402,6 @@ def _docs_by_class() -> dict[str, dict[str, str]]:
 def field_docs(cls: type) -> dict[str, str]:
     """Map field name -> the docstring written right under it in the class body."""
     return _docs_by_class().get(cls.__name__, {})
-
-
-class _Field(typing.NamedTuple):
-    name: str
-    type: Any
-    type_cls: type | None  # the dataclass type for a section, else None
-
-
-@functools.cache
-def _fields(cls: type) -> list[_Field]:
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        out.append(_Field(f.name, t, t if dataclasses.is_dataclass(t) else None))
-    return out
 
 
 def _section_of(key: str) -> tuple[type, str]:

@@ -1,0 +1,151 @@
+"""The shared checks of the config tree (`ConfigError`, field ranges and choices) and its leaf sections: eval,
+log, lora, embed and distill, each a dataclass that owns its fields and their checks. `slmkit.base.config`
+assembles them with the model, data, optim and train sections into `RunConfig`; import them from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from slmkit.base.checks import RANGES, number_problem
+from slmkit.base.errors import SlmError
+
+
+class ConfigError(SlmError, ValueError):
+    """A user mistake in a config file or override; the message says what to change."""
+
+
+def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_ranges(section: str, obj: Any) -> None:
+    """Every int/float field of a section within its range of `checks.RANGES` (NaN and infinity refused)."""
+    for f in _fields(type(obj)):
+        rng = RANGES.get(f"{section}.{f.name}")
+        if rng is not None and f.type in (int, float):
+            problem = number_problem(f"{section}.{f.name}", getattr(obj, f.name), rng, f.type)
+            if problem:
+                raise ConfigError(problem)
+
+
+class _Field(typing.NamedTuple):
+    name: str
+    type: Any
+    type_cls: type | None  # the dataclass type for a section, else None
+
+
+@functools.cache
+def _fields(cls: type) -> list[_Field]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        out.append(_Field(f.name, t, t if dataclasses.is_dataclass(t) else None))
+    return out
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation during and after training."""
+
+    tasks: list[str] = field(default_factory=list)
+    """Benchmark tasks to run every eval.every steps (e.g. hellaswag, arc_easy)."""
+    every: int = 0
+    """Run eval.tasks every this many steps; 0 only at the end (when tasks are given)."""
+    limit: int = 0
+    """Items per task; 0 means all."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("eval", self)
+
+
+@dataclass
+class LogConfig:
+    """Where metrics go. metrics.jsonl and the console are always written."""
+
+    backends: list[str] = field(default_factory=list)
+    """Extra metric backends: tensorboard, wandb, trackio."""
+    project: str = "slmkit"
+    """Project name for wandb and trackio."""
+
+    def __post_init__(self) -> None:
+        for b in self.backends:
+            _check_choice("log", "backends", b, ("tensorboard", "wandb", "trackio"))
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (LoRA): train small matrices A, B beside frozen projections, W x + (alpha/rank) B A x."""
+
+    rank: int = 0
+    """Rank of the adapters; 0 turns LoRA off (every parameter trains)."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input."""
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "mlp"])
+    """Projections that get adapters: q, k, v, o (attention), up, gate, down, or mlp (all three)."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("lora", self)
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty; name projections such as q,v or q,k,v,o,mlp")
+
+
+@dataclass
+class EmbedConfig:
+    """Sentence embeddings: how a text becomes one vector (slm embed, the embedding eval tasks) and the contrastive
+    objective of an embedding run (data.format = pairs, `slm embed-train`)."""
+
+    pooling: str = "mean"
+    """How token states become one vector: mean (over the text's tokens) | last (the last token's state) | eos (an
+    end-of-text token is appended and its state taken)."""
+    instruction: str = ""
+    """Prefix put before queries: the anchors of training pairs and the queries of retrieval tasks (e.g. "query: ")."""
+    pairs: str = "auto"
+    """How data.source holds training pairs: auto (from the file) | pairs (.jsonl anchor/positive[/negatives] or .tsv
+    anchor<TAB>positive[<TAB>negative...]) | sts-b (STS Benchmark: pairs scored >= embed.min_score) | sick (SICK
+    train: entailment pairs, contradictions as hard negatives) | simcse (unlabeled text, each sentence its own
+    positive under dropout)."""
+    temperature: float = 0.05
+    """InfoNCE temperature: similarities are cosine / temperature (the start value when learn_temperature)."""
+    learn_temperature: bool = False
+    """Learn the temperature (as a log-scale parameter, CLIP-style) instead of keeping it fixed."""
+    symmetric: bool = True
+    """InfoNCE in both directions: anchors against positives (+ hard negatives) and positives against anchors."""
+    negatives: int = 1
+    """Hard negatives used per pair (when the data has them); 0 uses in-batch negatives only."""
+    min_score: float = 4.0
+    """embed.pairs = sts-b: the gold similarity (0-5) at or above which a pair is a positive."""
+    max_len: int = 0
+    """Tokens per training text (longer ones are cut); 0 means model.block_size."""
+    max_pairs: int = 0
+    """Read at most this many pairs (simcse: sentences) from data.source; 0 reads all."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("embed", self)
+        _check_choice("embed", "pooling", self.pooling, ("mean", "last", "eos"))
+        _check_choice("embed", "pairs", self.pairs, ("auto", "pairs", "sts-b", "sick", "simcse"))
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation: learn from a teacher run's next-token distributions as well as from the text."""
+
+    teacher: str = ""
+    """Run directory of the teacher (same tokenizer as the student); empty: no distillation."""
+    checkpoint: str = "best"
+    """The teacher's checkpoint: best | latest | STEP."""
+    temperature: float = 2.0
+    """Both models' logits are divided by it before the KL term (softer distributions show more of the teacher)."""
+    alpha: float = 0.5
+    """Weight of the cross-entropy on the text; 1 - alpha goes to T^2 * KL(teacher || student)."""
+
+    def __post_init__(self) -> None:
+        _check_ranges("distill", self)
