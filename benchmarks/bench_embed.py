@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from slmkit.base.metrics import series
-from slmkit.data.pairs import read_pairs, read_sts_benchmark, split_sentences
+from slmkit.data.pairs import read_pairs, read_sts_benchmark
 from slmkit.engine.evaluate.embedding import (
-    RETRIEVAL_DOC_CHARS,
+    first_sentence_pairs,
     retrieval_items,
     run_embed_task,
     score_encoder,
@@ -103,23 +103,9 @@ def throughput(run: Path, pooling: str, n: int = 1024, batch_size: int = 64) -> 
 
 
 def wiki_pairs(n: int) -> list[dict]:
-    """First sentence -> next RETRIEVAL_DOC_CHARS characters of articles of wiki-00 (a pretraining file)."""
-    import pyarrow.parquet as pq  # optional: only for these pairs
-
-    out = []
-    table = pq.read_table(data_dir() / "wikipedia/wiki-00.parquet", columns=["text"])
-    for text in table.column("text").to_pylist():
-        sentences = split_sentences(" ".join((text or "").split()))
-        if len(sentences) < 2 or len(sentences[0].split()) < 5:
-            continue
-        rest = " ".join(sentences[1:])
-        if len(rest) < 200:
-            continue
-        cut = rest[:RETRIEVAL_DOC_CHARS]
-        out.append({"anchor": sentences[0], "positive": cut[: cut.rfind(" ")] if len(rest) > len(cut) else cut})
-        if len(out) >= n:
-            break
-    return out
+    """First sentence -> the next RETRIEVAL_DOC_CHARS characters, of articles of wiki-00 (a pretraining file)."""
+    anchors, positives = first_sentence_pairs(data_dir() / "wikipedia/wiki-00.parquet", n)
+    return [{"anchor": a, "positive": p} for a, p in zip(anchors, positives)]
 
 
 def write_pairs(path: Path, n_wiki: int) -> dict:

@@ -103,15 +103,14 @@ def sts_items(name: str, root: str | Path | None = None, limit: int = 0) -> list
     return items[:limit] if limit else items
 
 
-def retrieval_items(root: str | Path | None = None, limit: int = 0) -> tuple[list[str], list[str]]:
-    """(queries, documents) of wiki-retrieval, query i's relevant document being document i: the first articles
-    of wiki-03.parquet (in file order) whose first sentence has >= 5 words and whose rest is >= 200 characters."""
+def first_sentence_pairs(path: str | Path, n: int) -> tuple[list[str], list[str]]:
+    """(first sentences, the text after each) of the first `n` articles of a Wikipedia parquet file whose first
+    sentence has >= 5 words and whose rest is >= 200 characters; the rest is cut to RETRIEVAL_DOC_CHARS at a word
+    boundary. wiki-retrieval's items, and the retrieval pairs benchmarks/bench_embed.py trains on."""
     try:
         import pyarrow.parquet as pq  # local: optional dependency (the data extra), needed by this task only
     except ImportError:
         raise EmbedTaskError("task wiki-retrieval reads parquet: pip install pyarrow") from None
-    (path,) = embed_task_files("wiki-retrieval", root)
-    n = limit or RETRIEVAL_QUERIES
     queries, docs = [], []
     for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=512):
         for text in batch.column(0).to_pylist():
@@ -127,6 +126,13 @@ def retrieval_items(root: str | Path | None = None, limit: int = 0) -> tuple[lis
             if len(queries) >= n:
                 return queries, docs
     return queries, docs
+
+
+def retrieval_items(root: str | Path | None = None, limit: int = 0) -> tuple[list[str], list[str]]:
+    """(queries, documents) of wiki-retrieval, query i's relevant document being document i: the first articles
+    of wiki-03.parquet (in file order) that `first_sentence_pairs` accepts."""
+    (path,) = embed_task_files("wiki-retrieval", root)
+    return first_sentence_pairs(path, limit or RETRIEVAL_QUERIES)
 
 
 # ---------------------------------------------------------------------------------------------------------
