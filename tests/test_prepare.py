@@ -151,13 +151,14 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(small_corpus, tm
     monkeypatch.setattr(SplitWriter, "write", lambda self, *a, **k: (boom(self), original(self, *a, **k)))
     with pytest.raises(KeyboardInterrupt):
         prepare(str(small_corpus), tokenizer="gpt2", out=out, shard_tokens=3000, progress=False)
-    assert not out.exists() and not list(tmp_path.glob(".ds.*"))
+    assert not out.exists() and [p.name for p in tmp_path.glob(".ds.*")] == [".ds.prepare.partial"]  # to continue
     monkeypatch.undo()
-    # a killed process leaves its hidden partial folder behind; the next run removes it and completes
+    # an older slmkit left a randomly named partial folder behind; the next run removes it and completes
     stale = tmp_path / ".ds.abc123.partial"
     (stale / "train").mkdir(parents=True)
     prepare(str(small_corpus), tokenizer="gpt2", out=out, progress=False)
-    assert not stale.exists() and read_meta(out)["tokens"] > 0
+    assert not stale.exists() and read_meta(out)["tokens"] > 0 and not list(tmp_path.glob(".ds.*"))
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer", "train", "val"]
 
 
 def test_incomplete_dataset_dir(gpt2_ds, run_cli):
@@ -253,3 +254,60 @@ def test_tokenizer_from_a_directory(gpt2_ds, small_corpus, tmp_path):
     out = prepare(str(small_corpus), tokenizer=str(gpt2_ds), out=tmp_path / "again", val_fraction=0.3, progress=False)
     assert read_meta(out)["tokenizer"] == read_meta(gpt2_ds)["tokenizer"]
     assert (_tokens(out, "train") == _tokens(gpt2_ds, "train")).all()
+
+
+def test_pop_tail_gives_back_tokens_across_shards_and_their_document_starts(tmp_path):
+    w = SplitWriter(tmp_path, "train", np.dtype(np.uint16), shard_tokens=4)
+    w.write([np.arange(1, 6, dtype=np.uint16), np.arange(10, 13, dtype=np.uint16)], [True, True], eot=0)
+    # tokens: 0 1 2 3 | 4 5 0 10 | 11 12; documents start at 0 and 6
+    tail, starts = w.pop_tail(5)
+    assert tail.tolist() == [5, 0, 10, 11, 12] and starts == [1]
+    info = w.close()
+    assert info["tokens"] == 5 and info["documents"] == 1 and [s["tokens"] for s in info["shards"]] == [4, 1]
+    assert not (tmp_path / "train" / "000002.bin").exists()
+    assert np.fromfile(tmp_path / "train" / "000001.bin", dtype="<u2").tolist() == [4]
+    assert np.fromfile(tmp_path / "train" / "doc_starts.u64", dtype="<u8").tolist() == [0]
+
+
+def test_max_tokens_caps_the_dataset(small_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_mod, "BATCH_CHARS", 5000)  # several batches: reading stops soon after the cap
+    kw = dict(tokenizer="char", val_fraction=0.3, shard_tokens=3000, progress=False)
+    full = prepare(str(small_corpus), out=tmp_path / "full", **kw)
+    capped = prepare(str(small_corpus), out=tmp_path / "capped", max_tokens=20_000, **kw)
+    meta = read_meta(capped)
+    assert meta["tokens"] == 20_000 and meta["settings"]["max_tokens"] == 20_000 and meta["capped"] is True
+    for split in ("train", "val"):  # the same documents in the same order, the last one cut
+        toks = _tokens(capped, split)
+        assert len(toks) and (toks == _tokens(full, split)[: len(toks)]).all()
+        assert meta["splits"][split]["documents"] == len(doc_starts(capped, split))
+    assert meta["sources"][0]["documents"] < read_meta(full)["sources"][0]["documents"]  # what was read, not all
+    more = prepare(str(small_corpus), out=tmp_path / "more", max_tokens=10**9, **kw)  # a cap never reached
+    assert read_meta(more)["capped"] is False
+    assert all((_tokens(more, s) == _tokens(full, s)).all() for s in ("train", "val"))
+
+
+def test_max_tokens_still_gives_val_some_tokens(small_corpus, tmp_path):
+    """The cap comes before any document went to val (a tiny fraction; one text file split by position): the last
+    val_fraction of the tokens go to val, starting with end-of-text, and the total stays the cap."""
+    one = tmp_path / "one.txt"
+    one.write_text("".join(p.read_text() for p in sorted(small_corpus.iterdir())))
+    for source, fraction in ((small_corpus, 1e-6), (one, 0.1)):
+        out = prepare(str(source), tokenizer="char", out=tmp_path / f"c{fraction}", val_fraction=fraction,
+                      max_tokens=5000, progress=False)  # fmt: skip
+        meta, tok = read_meta(out), load_dataset_tokenizer(out)
+        val = _tokens(out, "val")
+        assert meta["tokens"] == 5000 and len(val) == max(2, round(fraction * 5000)) and meta["capped"]
+        assert val[0] == tok.eot_id and doc_starts(out, "val").tolist()[0] == 0 and meta["splits"]["val"]["bytes"] > 0
+        assert len(_tokens(out, "train")) + len(val) == 5000
+
+
+def test_max_tokens_must_be_positive(small_corpus, tmp_path, run_cli, capsys):
+    for bad in (0, -5, True, 2.5):
+        with pytest.raises(DataError, match="max_tokens must be a whole number of at least 1"):
+            prepare(str(small_corpus), tokenizer="char", out=tmp_path / "x", max_tokens=bad, progress=False)
+    with pytest.raises(SystemExit) as e:  # argparse refuses it, in one line
+        run_cli("prepare", small_corpus, "--out", tmp_path / "x", "--max-tokens", "0")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: slm prepare: argument --max-tokens: must be >= 1")
+    assert err.count("\n") == 1 and not (tmp_path / "x").exists()
+

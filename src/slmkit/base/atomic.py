@@ -141,18 +141,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700 whatever the umask
         yield tmp
-        fsync_tree(tmp)  # every file and folder is on disk before the name says the directory is complete
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        move_into_place(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """fsync the directory `tmp` and everything in it, then rename it to `path` (a sibling), replacing an existing
+    `path` only at that last instant (it is parked as `.NAME.old-PID` meanwhile, see `clean_stale`)."""
+    fsync_tree(tmp)  # every file and folder is on disk before the name says the directory is complete
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def check_out_dir(out: Path, force: bool) -> None:

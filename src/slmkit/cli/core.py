@@ -56,7 +56,8 @@ def cmd_prepare(args) -> None:
     mode = "remove" if args.decontaminate else "off" if args.no_contamination_check else "warn"
     prepare(args.source, tokenizer=args.tokenizer, out=args.out, val_fraction=args.val_fraction, seed=args.seed,
             text_field=args.text_field, include=args.include, exclude=args.exclude, workers=args.workers,
-            shard_tokens=args.shard_tokens, force=args.force, clean=CleanSpec(contamination=mode),
+            shard_tokens=args.shard_tokens, max_tokens=args.max_tokens, force=args.force,
+            clean=CleanSpec(contamination=mode),
             eval_index=eval_index_provider(mode))  # fmt: skip
 
 

@@ -56,10 +56,12 @@ def register_core(sub) -> None:
                    help="tokenizer kinds to compare")  # fmt: skip
     p.add_argument("--max-bytes", type=count(0, note="0: all"), default=2_000_000, help="sample size in bytes (0: all)")
 
-    p = add(sub, "prepare", "core:cmd_prepare", "tokenize a corpus into a dataset directory (train/val shards)")
+    p = add(sub, "prepare", "core:cmd_prepare", "tokenize a corpus into a dataset directory (train/val shards)",
+            "tokenize a corpus into a dataset directory (train/val shards). A killed prepare, run again with the "
+            "same arguments, continues from its last complete shard.")  # fmt: skip
     p.add_argument("source", type=corpus, help="built-in name (python-stdlib, tinyshakespeare, tinystories, "
-                   "wikitext-2), file, "
-                   "directory, glob, .jsonl, .parquet or hf:<dataset>[:<config>]")  # fmt: skip
+                   "wikitext-2), file, directory, glob, .jsonl, .parquet or hf:<dataset>[:<config>[:<split>]] (the "
+                   "train split unless named, e.g. hf:wikitext:wikitext-2-raw-v1:validation)")  # fmt: skip
     add_field(p, "--tokenizer", "tokenizer.kind")
     p.add_argument("--out", required=True, help="dataset directory to write")
     add_field(p, "--val-fraction", "data.val_fraction")
@@ -70,6 +72,9 @@ def register_core(sub) -> None:
     p.add_argument("--workers", type=count(0, note="0: one per CPU"), default=0, help="tokenizer workers (0: one per "
                    "CPU)")  # fmt: skip
     p.add_argument("--shard-tokens", type=count(1), default=100_000_000, help="tokens per shard file")
+    p.add_argument("--max-tokens", type=count(1), default=None, help="stop once the dataset holds this many "
+                   "tokens, train and val together (the last document is cut; recorded in meta.json) (default: "
+                   "all)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="rebuild even if the directory is already prepared")
     p.add_argument("--decontaminate", action="store_true", help="drop documents that share a 13-gram with an eval "
                    "task (by default they are kept and each task's count is printed: data.contamination)")  # fmt: skip

@@ -9,8 +9,9 @@ Split: a seeded draw per document (`val_fraction` of them go to val; the first d
 when no other went to val, the last one does). A source that is one plain text file is split by position instead
 (nanoGPT's way): its first 1 - val_fraction, cut at a line end, is train and the rest val.
 
-The directory is built under a hidden temporary name (`slmkit.base.atomic.atomic_dir`) and renamed into place with
-`meta.json` written last, so an interrupted prepare never leaves a directory that looks complete.
+The directory is built under a hidden name (`.NAME.prepare.partial`) and renamed into place with `meta.json` written
+last, so an interrupted prepare never leaves a directory that looks complete; run again with the same settings, a
+killed prepare continues from its last complete shard (`slmkit.data.prepare_resume`). `max_tokens` caps the dataset.
 """
 
 from __future__ import annotations
@@ -24,21 +25,25 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from slmkit import __version__
-from slmkit.base.atomic import atomic_dir, atomic_write_json
+from slmkit.base.atomic import atomic_write_json, fsync_tree
 from slmkit.base.config import DataConfig, TokenizerConfig
 from slmkit.base.console import progress as progress_bar
+from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer, load_tokenizer, parse_kind
-from slmkit.data.dataset import DOC_STARTS_FILE, META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
+from slmkit.data.dataset import META_FILE, SPLITS, TOKENIZER_DIR, find_tokenizer, read_meta
 from slmkit.data.parallel import ordered_map
+from slmkit.data.prepare_resume import ResumeMismatch, WorkFolder, job_key, skip_written, work_path
 from slmkit.data.quality.clean import PROCESS_MIN_BYTES as CLEAN_PROCESS_MIN_BYTES
 from slmkit.data.quality.clean import Cleaner, CleanSpec
 from slmkit.data.quality.decontam import EvalNGrams
+from slmkit.data.shard_writer import SplitWriter, cap_batch, fill_val
 from slmkit.data.sources import (
     DataError,
     Document,
@@ -162,65 +167,6 @@ def batch_pieces(pieces: Iterable[tuple[Document, str]], batch_chars: int = BATC
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Writing shards.
-
-
-class SplitWriter:
-    """Appends token arrays to fixed-size shards `<dir>/000000.bin, ...` and document starts to doc_starts.u64."""
-
-    def __init__(self, root: Path, split: str, dtype: np.dtype, shard_tokens: int):
-        self.root, self.split, self.dtype, self.shard_tokens = root, split, dtype, shard_tokens
-        (root / split).mkdir(parents=True, exist_ok=True)
-        self.tokens = self.documents = self.bytes = 0
-        self.shards: list[dict] = []
-        self._file = None
-        self._starts = open(root / split / DOC_STARTS_FILE, "wb")
-
-    def write(self, arrays: Sequence[np.ndarray], firsts: Sequence[bool], eot: int) -> None:
-        """Append the pieces; a piece that starts a document is preceded by end-of-text."""
-        starts, parts, pos = [], [], self.tokens
-        eot_arr = np.array([eot], dtype=self.dtype)
-        for arr, first in zip(arrays, firsts):
-            if first:
-                starts.append(pos)
-                parts.append(eot_arr)
-                pos += 1
-            parts.append(arr)
-            pos += len(arr)
-        np.asarray(starts, dtype="<u8").tofile(self._starts)
-        self.documents += len(starts)
-        if parts:
-            self._append(np.concatenate(parts))
-
-    def _append(self, tokens: np.ndarray) -> None:
-        while len(tokens):
-            if self._file is None or self.shards[-1]["tokens"] >= self.shard_tokens:
-                self._roll()
-            room = self.shard_tokens - self.shards[-1]["tokens"]
-            chunk, tokens = tokens[:room], tokens[room:]
-            chunk.astype(self.dtype.newbyteorder("<"), copy=False).tofile(self._file)
-            self.shards[-1]["tokens"] += len(chunk)
-            self.tokens += len(chunk)
-
-    def _roll(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        name = f"{self.split}/{len(self.shards):06d}.bin"
-        self._file = open(self.root / name, "wb")
-        self.shards.append({"file": name, "tokens": 0})
-
-    def close(self) -> dict:
-        for f in (self._file, self._starts):
-            if f is not None:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
-        return {"tokens": self.tokens, "documents": self.documents, "bytes": self.bytes, "shards": self.shards}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The verb.
 
 
@@ -287,10 +233,32 @@ def _already_prepared(out: Path, settings: dict, spec: str, force: bool) -> bool
 
 
 def _clean_partials(out: Path) -> None:
-    """Remove hidden `.NAME.*.partial` folders left by an interrupted prepare of `out`."""
+    """Remove hidden `.NAME.*.partial` folders left by a prepare of `out` of an older slmkit (random names, not
+    resumable); the resumable work folder (`prepare_resume`) stays."""
     if out.parent.is_dir():
         for p in out.parent.glob(f".{out.name}.*.partial"):
-            shutil.rmtree(p, ignore_errors=True)
+            if p != work_path(out):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@dataclass
+class _Job:
+    """What one prepare reads and how (the arguments of `prepare` once checked)."""
+
+    source: str
+    spec: str
+    settings: dict
+    doc_kw: dict
+    val_fraction: float
+    seed: int
+    workers: int
+    shard_tokens: int
+    backend: str
+    max_bytes: int
+    max_tokens: int | None
+    clean: CleanSpec
+    eval_index: Callable[[], EvalNGrams | None] | None
+    progress: bool
 
 
 def prepare(
@@ -308,6 +276,7 @@ def prepare(
     force: bool = False,
     progress: bool = True,
     max_bytes: int = 0,
+    max_tokens: int | None = None,
     backend: str = "auto",
     clean: CleanSpec | None = None,
     eval_index: Callable[[], EvalNGrams | None] | None = None,
@@ -315,25 +284,31 @@ def prepare(
     """Tokenize `source` into the dataset directory `out` (see the module docstring); returns `out`.
 
     When `out` already holds a complete dataset made from the same source, tokenizer and settings it is returned
-    at once, unless `force`. `workers` 0 means one per CPU; `max_bytes` > 0 stops after that much text.
-    `backend`: "thread" (tiktoken and numpy release the GIL), "process" (worker processes; fastest on large
-    corpora in benchmarks/bench_prepare.py) or "auto" (processes from PROCESS_MIN_BYTES of text, else threads).
-    `clean` filters and deduplicates the documents on the way (`data.quality.clean`); `eval_index`, called only
-    when the dataset is really built, gives the eval 13-grams to check against (clean.contamination: warn names
-    each overlapping task and its count; remove drops those documents). meta.json records the cleaning report. A
-    char or bpe tokenizer is learned from the text as read, before cleaning.
+    at once, unless `force`; a killed prepare of the same is continued (`prepare_resume`). `workers` 0 means one per
+    CPU; `max_bytes` > 0 stops after that much text; `max_tokens` caps the dataset at that many tokens, train and
+    val together (end-of-text included; the last document is cut; when nothing went to val by then, the last
+    val_fraction of the tokens do). `backend`: "thread" (tiktoken and numpy release the GIL), "process" (worker
+    processes; fastest on large corpora in benchmarks/bench_prepare.py) or "auto" (processes from PROCESS_MIN_BYTES
+    of text, else threads). `clean` filters and deduplicates the documents on the way (`data.quality.clean`);
+    `eval_index`, called only when the dataset is really built, gives the eval 13-grams to check against
+    (clean.contamination: warn names each overlapping task and its count; remove drops those documents). meta.json
+    records the cleaning report. A char or bpe tokenizer is learned from the text as read, before cleaning.
     """
     out = Path(out)
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise DataError(f"max_tokens must be a whole number of at least 1 (None: no cap), got {max_tokens!r}")
     spec = _tokenizer_spec(tokenizer)
     include, exclude = list(include), list(exclude)
     resolve_files(source, include, exclude)  # DataError for a missing path, before anything is written
     settings = {"source": source, "tokenizer": spec, "val_fraction": val_fraction, "seed": seed,
                 "text_field": text_field, "include": include, "exclude": exclude, "shard_tokens": shard_tokens,
                 "max_bytes": max_bytes}  # fmt: skip
+    if max_tokens:  # (absent when unset, so that datasets prepared before the option stay valid)
+        settings["max_tokens"] = max_tokens
     clean = clean or CleanSpec()
     if clean.changes_text:  # a warning-only check leaves the data as it is, and older datasets' settings valid
         settings["clean"] = clean.to_meta()
@@ -343,40 +318,84 @@ def prepare(
         return out
     _clean_partials(out)
     doc_kw = {"text_field": text_field, "include": include, "exclude": exclude}
-    split_at = 1.0 - val_fraction if single_text_file(source) else None
-    t0 = time.perf_counter()
-    sample = lambda n: iter_texts(source, max_bytes=min(n or max_bytes, max_bytes or n), **doc_kw)
-    tok = _build_tokenizer(spec, sample, progress)
-    stats = SourceStats(source)
-    docs = _limited(iter_documents(source, stats=stats, split_at=split_at, **doc_kw), max_bytes)
-    cleaner = _cleaner(clean, eval_index, max_bytes or source_bytes(source, include, exclude))
-    docs = cleaner.run(docs) if cleaner is not None else docs
-    with atomic_dir(out) as tmp:
-        tok_dir = tok.save(tmp / TOKENIZER_DIR)
-        dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
-        total = max_bytes or source_bytes(source, include, exclude)
-        workers = workers or _cpu_count()
-        if backend == "auto":
-            backend = "process" if workers > 1 and (total == 0 or total >= PROCESS_MIN_BYTES) else "thread"
-        bar = progress_bar(total or None, f"prepare {source}", "B", enabled=progress, unit_scale=True)
-        splits = _write_splits(tmp, tok, tok_dir, dtype, docs, val_fraction, seed, workers, shard_tokens, backend,
-                               bar)  # fmt: skip
-        if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
-            seen = f"{stats.files} files, {stats.binary_files_skipped} binary skipped, {stats.bad_lines} bad records"
-            raise DataError(f"empty corpus: {source} holds no text ({seen})")
-        elapsed = time.perf_counter() - t0
-        meta = _meta(tok, dtype, splits, stats, settings, elapsed, split_at)
-        if cleaner is not None:
-            meta["cleaning"] = cleaner.report()
-        atomic_write_json(tmp / META_FILE, meta)
+    job = _Job(source, spec, settings, doc_kw, val_fraction, seed, workers or _cpu_count(), shard_tokens, backend,
+               max_bytes, max_tokens, clean, eval_index, progress)  # fmt: skip
+    key = job_key(settings, source, include, exclude)
+    with WorkFolder(out, progress) as work:
+        if work.waited and not force and _already_prepared(out, settings, spec, False):
+            work.discard()  # the other process made it
+            return out
+        try:
+            record = work.load(key)
+            try:
+                meta, cleaner, tok = _build(job, work, key, record)
+            except ResumeMismatch as e:
+                if progress:
+                    print(f"prepare: cannot continue the interrupted prepare ({e}); starting over", file=sys.stderr)
+                work.reset()
+                meta, cleaner, tok = _build(job, work, key, None)
+            work.finish()
+        except SlmError:  # bad input: nothing stays behind (a crash or Ctrl-C keeps the folder to continue from)
+            work.discard()
+            raise
     if progress:
-        tr, va = splits["train"], splits["val"]
+        tr, va = meta["splits"]["train"], meta["splits"]["val"]
         print(f"prepare: {out}: train {tr['tokens']:,} tokens ({tr['documents']:,} docs), val {va['tokens']:,} "
-              f"tokens ({va['documents']:,} docs), {tok.name} fingerprint {tok.fingerprint}, {elapsed:.1f}s",
+              f"tokens ({va['documents']:,} docs), {tok.name} fingerprint {tok.fingerprint}, {meta['elapsed_s']}s"
+              + (f" (stopped at --max-tokens {max_tokens:,})" if meta.get("capped") else ""),
               file=sys.stderr)  # fmt: skip
     if cleaner is not None and cleaner.contamination is not None:
         _warn_overlap(cleaner, out)
     return out
+
+
+def _job_tokenizer(job: _Job, root: Path, record: dict | None) -> Tokenizer:
+    """The tokenizer: built (or learnt) afresh, or, continuing, the one a killed prepare learnt and saved."""
+    sample = lambda n: iter_texts(job.source, max_bytes=min(n or job.max_bytes, job.max_bytes or n), **job.doc_kw)
+    learnt = not (Path(job.spec).is_dir() or job.spec == "gpt2")
+    if record is None or not learnt:
+        tok = _build_tokenizer(job.spec, sample, job.progress)
+        if record is not None and load_tokenizer(root / TOKENIZER_DIR).fingerprint != tok.fingerprint:
+            raise ResumeMismatch(f"the tokenizer {job.spec} changed")
+        return tok
+    return load_tokenizer(root / TOKENIZER_DIR)
+
+
+def _build(job: _Job, work: WorkFolder, key: dict, record: dict | None) -> tuple[dict, Cleaner | None, Tokenizer]:
+    """Write the dataset into the work folder (continuing `record`), meta.json last; (meta, cleaner, tokenizer)."""
+    t0 = time.perf_counter()
+    root, source = work.path, job.source
+    tok = _job_tokenizer(job, root, record)
+    split_at = 1.0 - job.val_fraction if single_text_file(source) else None
+    stats = SourceStats(source)
+    docs = _limited(iter_documents(source, stats=stats, split_at=split_at, **job.doc_kw), job.max_bytes)
+    total = job.max_bytes or source_bytes(source, job.doc_kw["include"], job.doc_kw["exclude"])
+    cleaner = _cleaner(job.clean, job.eval_index, total)
+    docs = cleaner.run(docs) if cleaner is not None else docs
+    tok_dir = root / TOKENIZER_DIR
+    if record is None:
+        tok.save(tok_dir)
+        fsync_tree(tok_dir)
+    dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
+    if record is not None and record["itemsize"] != dtype.itemsize:
+        raise ResumeMismatch("the token size differs")
+    backend = job.backend
+    if backend == "auto":
+        backend = "process" if job.workers > 1 and (total == 0 or total >= PROCESS_MIN_BYTES) else "thread"
+    bar = progress_bar(total or None, f"prepare {source}", "B", enabled=job.progress, unit_scale=True)
+    before = record["elapsed_s"] if record is not None else 0.0
+    save = lambda state: work.save(key, {**state, "elapsed_s": before + time.perf_counter() - t0})
+    splits, capped, read = _write_splits(root, tok, tok_dir, dtype, docs, job, backend, bar, record, save, stats)
+    if splits["train"]["tokens"] + splits["val"]["tokens"] == 0:
+        seen = f"{stats.files} files, {stats.binary_files_skipped} binary skipped, {stats.bad_lines} bad records"
+        raise DataError(f"empty corpus: {source} holds no text ({seen})")
+    meta = _meta(tok, dtype, splits, read, job.settings, before + time.perf_counter() - t0, split_at)
+    if job.max_tokens:
+        meta["capped"] = capped
+    if cleaner is not None:
+        meta["cleaning"] = cleaner.report()
+    atomic_write_json(root / META_FILE, meta)
+    return meta, cleaner, tok
 
 
 def _cleaner(spec: CleanSpec, eval_index, total_bytes: int) -> Cleaner | None:
@@ -412,29 +431,53 @@ def _limited(docs: Iterator[Document], max_bytes: int) -> Iterator[Document]:
             return
 
 
-def _write_splits(tmp, tok, tok_dir, dtype, docs, val_fraction, seed, workers, shard_tokens, backend, bar) -> dict:
-    writers = {s: SplitWriter(tmp, s, dtype, shard_tokens) for s in SPLITS}
-    ex, task = _make_pool(backend, workers, tok, tok_dir, dtype)
-    t0, n_tokens = time.perf_counter(), 0
+def _write_splits(root, tok, tok_dir, dtype, docs, job: _Job, backend, bar, record, save, stats) -> tuple:
+    """Encode and write every batch after those a killed prepare wrote (`record`), calling `save` with the progress
+    after each batch that filled a shard; (splits, whether max_tokens stopped it, the source's record)."""
+    recorded = record["splits"] if record is not None else {}
+    writers = {s: SplitWriter(root, s, dtype, job.shard_tokens, recorded.get(s)) for s in SPLITS}
+    batches = batch_pieces(assign_splits(docs, job.val_fraction, job.seed), BATCH_CHARS)
+    ex, capped, read = None, False, None
+    t0, n_batches, chars = time.perf_counter(), 0, 0
     try:
-        batches = batch_pieces(assign_splits(docs, val_fraction, seed))
-        for metas, (arrays, n_bytes) in ordered_map(ex, task, batches, 2 * workers):
+        if record is not None:
+            n_batches, chars = skip_written(batches, record, bar)
+        ex, task = _make_pool(backend, job.workers, tok, tok_dir, dtype)
+        items = ((texts, (metas, sum(map(len, texts)), stats.to_meta() if job.max_tokens else None))
+                 for texts, metas in batches)  # fmt: skip
+        full, start = sum(w.full_shards() for w in writers.values()), sum(w.tokens for w in writers.values())
+        for (metas, n_chars, snapshot), (arrays, n_bytes) in ordered_map(ex, task, items, 2 * job.workers):
+            if job.max_tokens:
+                room = job.max_tokens - sum(w.tokens for w in writers.values())
+                arrays, metas, n_bytes, capped = cap_batch(arrays, metas, n_bytes, room, tok.decode)
             for split in SPLITS:
                 idx = [i for i, (s, _) in enumerate(metas) if s == split]
                 if idx:
                     writers[split].write([arrays[i] for i in idx], [metas[i][1] for i in idx], tok.eot_id)
                     writers[split].bytes += sum(n_bytes[i] for i in idx)
-            n_tokens += sum(len(a) for a in arrays)
+            n_batches, chars = n_batches + 1, chars + n_chars
+            n_tokens = sum(w.tokens for w in writers.values())
             bar.update(sum(n_bytes))
-            bar.set_postfix_str(f"{n_tokens / max(1e-9, time.perf_counter() - t0):,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(f"{(n_tokens - start) / max(1e-9, time.perf_counter() - t0):,.0f} tok/s", refresh=False)
+            if capped:
+                read = snapshot  # what was read to make the last batch: not what workers read ahead
+                break
+            if sum(w.full_shards() for w in writers.values()) > full:  # a shard is complete: record the progress
+                full = sum(w.full_shards() for w in writers.values())
+                splits = {s: w.sync() for s, w in writers.items()}
+                save({"batches": n_batches, "chars": chars, "itemsize": dtype.itemsize, "splits": splits})
+        if capped:
+            fill_val(writers["train"], writers["val"], job.val_fraction, tok.eot_id, tok.decode)
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        batches.close()
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
         bar.close()
         splits = {s: w.close() for s, w in writers.items()}
-    return splits
+    return splits, capped, read if capped else stats.to_meta()
 
 
-def _meta(tok: Tokenizer, dtype, splits: dict, stats: SourceStats, settings: dict, elapsed: float, split_at) -> dict:
+def _meta(tok: Tokenizer, dtype, splits: dict, source: dict, settings: dict, elapsed: float, split_at) -> dict:
     n_tokens = sum(s["tokens"] for s in splits.values())
     return {
         "format_version": FORMAT_VERSION,
@@ -455,7 +498,7 @@ def _meta(tok: Tokenizer, dtype, splits: dict, stats: SourceStats, settings: dic
         "splits": splits,
         "tokens": n_tokens,
         "documents": sum(s["documents"] for s in splits.values()),
-        "sources": [stats.to_meta()],
+        "sources": [source],
         "settings": settings,
         "elapsed_s": round(elapsed, 3),
         "tokens_per_s": round(n_tokens / max(elapsed, 1e-9)),
