@@ -311,3 +311,37 @@ def test_max_tokens_must_be_positive(small_corpus, tmp_path, run_cli, capsys):
     assert e.value.code == 2 and err.startswith("error: slm prepare: argument --max-tokens: must be >= 1")
     assert err.count("\n") == 1 and not (tmp_path / "x").exists()
 
+
+@pytest.fixture
+def local_hf_dataset(tmp_path):
+    """A dataset folder `datasets.load_dataset` reads offline, with train, validation and test splits."""
+    root = tmp_path / "hfset"
+    root.mkdir()
+    for split, n in (("train", 6), ("validation", 4), ("test", 3)):
+        lines = [json.dumps({"text": f"{split} document number {i}\n" * 20}) for i in range(n)]
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_hf_source_reads_the_split_it_names(local_hf_dataset, tmp_path, run_cli):
+    """hf:<dataset>[:<config>[:<split>]]: the train split unless named; a split that is not there is one line."""
+    for split, n in (("", 6), ("validation", 4), ("test", 3)):
+        source = f"hf:{local_hf_dataset}" + (f"::{split}" if split else "")
+        out = prepare(source, tokenizer="char", out=tmp_path / f"ds-{split}", val_fraction=0.3, progress=False)
+        tok = load_dataset_tokenizer(out)
+        docs = _docs_of(out, "train", tok) + _docs_of(out, "val", tok)
+        assert len(docs) == n and {d.split(" ")[0] for d in docs} == {split or "train"}
+        assert read_meta(out)["sources"][0]["kind"] == "hf" and read_meta(out)["sources"][0]["documents"] == n
+    _assert_cli_error(run_cli, [f"hf:{local_hf_dataset}::nope", "--tokenizer", "char"], "Bad split: nope", tmp_path)
+
+
+def test_hf_source_failing_mid_stream_is_one_line(monkeypatch, tmp_path, run_cli):
+    import datasets
+
+    def records():
+        yield {"text": "a first document\n" * 50}
+        raise ConnectionError("Connection reset by peer\nretry later")
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: records())
+    why = "reading hf:org/set failed after 1 records (ConnectionError: Connection reset by peer); run again"
+    _assert_cli_error(run_cli, ["hf:org/set", "--tokenizer", "char"], why, tmp_path)

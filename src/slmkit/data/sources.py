@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import glob as globlib
 import hashlib
+import itertools
 import json
 import os
 import urllib.request
@@ -436,16 +437,31 @@ def _iter_hf(source: str, stats: SourceStats, text_field: str) -> Iterator[Docum
     name, config, split = (source[3:].split(":") + ["", ""])[:3]  # hf:<dataset>[:<config>[:<split>]]
     try:
         ds = datasets.load_dataset(name, config or None, split=split or "train", streaming=True)
-    except Exception as e:  # network, unknown dataset, ...
-        raise DataError(f"could not open {source} ({type(e).__name__}: {e})") from None
-    for i, rec in enumerate(ds):
-        text = rec.get(text_field)
+    except Exception as e:  # network, unknown dataset or split, ...
+        raise DataError(
+            f"could not open {source} ({_reason(e)}); the form is hf:<dataset>[:<config>[:<split>]]"
+        ) from None
+    records = iter(ds)
+    for i in itertools.count():
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception as e:  # the connection dropped, a damaged file, ...
+            raise DataError(f"reading {source} failed after {i:,} records ({_reason(e)}); run again to retry") from None
+        text = rec.get(text_field) if isinstance(rec, dict) else None
         if not isinstance(text, str):
             _bad_record(stats, f"{source}:record {i}", i + 1)
         elif text:
             stats.documents += 1
             stats.bytes += len(text.encode("utf-8"))
             yield Document(text, source)
+
+
+def _reason(e: Exception) -> str:
+    """An exception from a library as a short phrase on one line."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _iter_file(path: Path, stats: SourceStats, text_field: str, wikitext: bool = False) -> Iterator[Document]:
