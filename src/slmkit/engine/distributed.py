@@ -20,7 +20,10 @@ LOCAL_RANK; `slmkit.engine.runtime.resolve_runtime` reads them once and `train()
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import pickle
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -37,7 +40,9 @@ from slmkit.runs import checkpoint as ckpt_io
 
 T = TypeVar("T")
 PARALLEL = ("ddp", "fsdp")
-TIMEOUT_S = 1800.0  # rendezvous and collectives: long enough for rank 0 to prepare data or write a large checkpoint
+TIMEOUT_S = 1800.0  # rendezvous and collectives: long enough for rank 0 to write a large checkpoint (data is
+# prepared on rank 0 while the others poll: `on_main`, no collective and so no timeout)
+_ON_MAIN_CALLS = itertools.count()
 
 
 class DistributedError(SlmError):
@@ -79,20 +84,39 @@ def teardown() -> None:
 
 
 def on_main(runtime: Runtime, fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 only and hand its result, or the SlmError it raised, to every rank (e.g. make a run dir)."""
+    """Run `fn` on rank 0 only and hand its result, or the SlmError it raised, to every rank (make a run dir,
+    prepare a dataset). The other ranks wait by polling the process group's key-value store, not in a collective, so
+    no timeout fires however long `fn` takes (preparing a large corpus); if rank 0 fails otherwise, they stop too."""
     if not runtime.distributed:
         return fn()
-    box: list = [None]
+    store = dist.distributed_c10d._get_default_store()  # the rendezvous store every rank already talks to
+    key = f"slmkit/on_main/{next(_ON_MAIN_CALLS)}"  # every rank makes the same calls in the same order
     if runtime.is_main:
         try:
-            box[0] = ("ok", fn())
+            box = ("ok", fn())
         except SlmError as e:
-            box[0] = ("error", e)
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
+            box = ("error", e)
+        except BaseException as e:
+            store.set(key, pickle.dumps(("crash", f"{type(e).__name__}: {e}".splitlines()[0][:300])))
+            raise
+        store.set(key, pickle.dumps(box))
+    else:
+        wait_for_key(store, key)
+        box = pickle.loads(store.get(key))
+    kind, value = box
+    if kind == "crash":
+        raise DistributedError(f"rank 0 stopped ({value}); its output says why")
     if kind == "error":
         raise value
     return value
+
+
+def wait_for_key(store, key: str, sleep: Callable[[float], None] = time.sleep, most_s: float = 1.0) -> None:
+    """Return once `key` is in `store`, asking every `most_s` at most (sooner at first): no deadline."""
+    delay = 0.01
+    while not store.check([key]):
+        sleep(delay)
+        delay = min(2 * delay, most_s)
 
 
 def agree(runtime: Runtime, flag: bool) -> bool:
