@@ -1,7 +1,7 @@
 """A prepared dataset directory: reading its meta, its tokenizer and its shards (`prepare` writes it, and
 prepares it on first use: `slmkit.data.prepare.ensure_prepared`).
 
-Layout (written by `slmkit.data.prepare.prepare`, built under a hidden temporary name and renamed into place):
+Layout (written by `slmkit.data.prepare.prepare`, built under a hidden name and renamed into place):
 
     meta.json             written last: its presence means the directory is complete
     tokenizer/            the tokenizer (Tokenizer.save), fingerprint recorded in meta.json
