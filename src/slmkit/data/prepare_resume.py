@@ -56,8 +56,9 @@ def job_key(settings: dict, source: str, include: Sequence[str], exclude: Sequen
     for p in files:
         st = p.stat()
         h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return {"version": PROGRESS_VERSION, "slmkit": __version__, "settings": settings,
-            "source_files": f"{kind}:{len(files)}:{h.hexdigest()}"}  # fmt: skip
+    key = {"version": PROGRESS_VERSION, "slmkit": __version__, "settings": settings,
+           "source_files": f"{kind}:{len(files)}:{h.hexdigest()}"}  # fmt: skip
+    return json.loads(json.dumps(key))  # as it reads back from progress.json (tuples become lists)
 
 
 def _what_changed(old: dict, new: dict) -> str:
@@ -115,6 +116,7 @@ class WorkFolder:
         record = None
         with contextlib.suppress(OSError, ValueError):
             record = json.loads((self.path / PROGRESS_FILE).read_text(encoding="utf-8"))
+        record = record if isinstance(record, dict) else None
         if record is not None and record.get("key") != key:
             self._say(f"{self.path} holds an interrupted prepare with {_what_changed(record.get('key') or {}, key)}; "
                       "starting over")  # fmt: skip
@@ -122,7 +124,7 @@ class WorkFolder:
         if record is not None:
             try:
                 self._cut_back(record)
-            except ResumeMismatch as e:
+            except (ResumeMismatch, KeyError, TypeError, ValueError, OSError) as e:  # damaged folder or record
                 self._say(f"cannot continue the interrupted prepare in {self.path} ({e}); starting over")
                 record = None
         if record is None:
