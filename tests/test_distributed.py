@@ -22,9 +22,17 @@ from slmkit.engine.train import train
 from slmkit.runs import checkpoint as ckpt_io
 
 B, T = 4, 32
-RUN = tiny_overrides(f"model.block_size={T}", f"train.batch_size={B}", f"train.tokens_per_step={2 * B * T}",
-                     "train.eval_every=10", "train.log_every=10", "train.max_steps=20", "train.keep_last=5",
-                     "train.threads=1")  # fmt: skip
+RUN = tiny_overrides(
+    f"model.block_size={T}",
+    f"train.batch_size={B}",
+    f"train.tokens_per_step={2 * B * T}",
+    "train.eval_every=10",
+    "train.log_every=10",
+    "train.max_steps=20",
+    "train.keep_last=5",
+    "train.threads=1",
+    "train.dtype=fp32",
+)  # fmt: skip  (exactness is checked in fp32)
 # tokens_per_step = 2 x B x T: one process accumulates 2 micro-batches of B; two processes take one each
 TOL = 1e-5
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from slmkit.base.config import ConfigError, TrainConfig
+from slmkit.engine import runtime
 from slmkit.engine.runtime import Runtime, hardware_summary, resolve_runtime
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -36,15 +37,35 @@ def no_gpu(monkeypatch):
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
 
 
-def test_cpu_auto_dtype_is_fp32():
-    rt = resolve_runtime(TrainConfig(device="cpu"))
+def test_cpu_runtime_defaults():
+    rt = resolve_runtime(TrainConfig(device="cpu", dtype="fp32"))
     assert rt.device == torch.device("cpu") and rt.dtype == "fp32" and not rt.compile
     assert (rt.rank, rt.world_size, rt.local_rank) == (0, 1, 0) and rt.is_main and not rt.distributed
 
 
 def test_auto_device_without_a_gpu_is_the_cpu(no_gpu):
     rt = resolve_runtime(TrainConfig())
-    assert rt.device.type == "cpu" and rt.dtype == "fp32"
+    assert rt.device.type == "cpu" and rt.dtype in ("fp32", "bf16") and rt.dtype_reason in rt.describe()
+
+
+def test_cpu_auto_dtype_follows_native_bf16_and_the_measured_speed(monkeypatch):
+    """auto: bf16 only with a native-bf16 flag and bf16 matmuls >= CPU_BF16_MIN_SPEEDUP x fp32; the reason is logged."""
+    peaks = {"fp32": 100e9, "bf16": 300e9}
+    monkeypatch.setattr(runtime, "peak_flops", lambda device, dtype: peaks[dtype])
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    rt = resolve_runtime(TrainConfig(device="cpu"))
+    assert rt.dtype == "bf16" and "avx512_bf16" in rt.dtype_reason and "300 vs fp32 100" in rt.describe()
+    peaks["bf16"] = 120e9  # emulated or slow bf16: conversions would eat the gain
+    rt = resolve_runtime(TrainConfig(device="cpu"))
+    assert rt.dtype == "fp32" and "under 1.3x" in rt.dtype_reason
+    monkeypatch.setattr(runtime, "cpu_bf16_flags", lambda: [])
+    rt = resolve_runtime(TrainConfig(device="cpu"))
+    assert rt.dtype == "fp32" and "no native bf16" in rt.dtype_reason
+    assert resolve_runtime(TrainConfig(device="cpu", dtype="fp32")).dtype_reason == ""  # asked for: nothing to explain
+
+
+def test_cpu_bf16_flags_reads_cpuinfo():
+    assert set(runtime.cpu_bf16_flags()) <= set(runtime.CPU_BF16_FLAGS)
 
 
 def test_bf16_when_asked():

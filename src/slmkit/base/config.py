@@ -304,8 +304,9 @@ class TrainConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 (autocast; on a CPU with AVX-512-bf16 about 1.3-1.6x fp32's
-    tokens/s for small models, same loss)."""
+    """auto | fp32 | bf16 (autocast). auto picks bf16 on a GPU with bf16, and on a CPU with native bf16 (avx512_bf16
+    or amx_bf16) whose bf16 matmuls measured >= 1.3x fp32 here (about 1.3-1.6x fp32's tokens/s for small models,
+    same loss); fp32 elsewhere. The run's first line says which and why."""
     compile: bool = False
     """torch.compile the model (20-35 s of compilation first; pays off on long runs)."""
     parallel: str = "ddp"

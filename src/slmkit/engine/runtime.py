@@ -30,6 +30,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    dtype_reason: str = ""  # why train.dtype = auto chose `dtype` (logged by describe)
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +54,8 @@ class Runtime:
             parts.append(torch.cuda.get_device_name(self.device))
         if self.distributed:
             parts.append(f"rank={self.rank}/{self.world_size} ({'nccl' if self.device.type == 'cuda' else 'gloo'})")
-        return "runtime: " + " ".join(parts) + f" | torch {torch.__version__}"
+        why = f" ({self.dtype_reason})" if self.dtype_reason else ""
+        return "runtime: " + " ".join(parts) + f" | torch {torch.__version__}" + why
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -86,9 +88,7 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     device = _pick_device(cfg.device, local_rank)
-    dtype = cfg.dtype
-    if dtype == "auto":
-        dtype = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    dtype, reason = cfg.dtype, ""
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"process {local_rank} on this node wants {device} but only {torch.cuda.device_count()} "
                           "GPU(s) are visible; start at most one process per GPU (--nproc-per-node)")  # fmt: skip
@@ -103,7 +103,47 @@ def resolve_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device=device, dtype=dtype, compile=cfg.compile, rank=rank, world_size=world, local_rank=local_rank)
+    if dtype == "auto":  # after the threads are set: the CPU's measured peaks depend on them
+        dtype, reason = auto_dtype(device)
+    return Runtime(device=device, dtype=dtype, compile=cfg.compile, rank=rank, world_size=world, local_rank=local_rank,
+                   dtype_reason=reason)  # fmt: skip
+
+
+# bf16 autocast on a CPU pays when the CPU multiplies bf16 natively: measured here (AVX-512-bf16, 2 threads) bf16
+# matmuls run at ~2.2x fp32's FLOP/s and training small models at 1.3-1.6x fp32's tokens/s with the same loss
+# (benchmarks/results/train.md). Without native bf16, torch emulates it and it is slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CPU_BF16_MIN_SPEEDUP = 1.3  # bf16 matmul FLOP/s over fp32 below which auto keeps fp32 (conversions eat the rest)
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU flags (Linux /proc/cpuinfo) that mean native bf16 arithmetic; [] where there are none or no cpuinfo."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in CPU_BF16_FLAGS if f in flags]
+    return []
+
+
+def auto_dtype(device: torch.device) -> tuple[str, str]:
+    """train.dtype = auto: (dtype, why). bf16 autocast on a CUDA GPU that supports it; on a CPU when it has native
+    bf16 (a cpuinfo flag) and bf16 matmuls measured at least CPU_BF16_MIN_SPEEDUP x fp32 here (the per-machine peak
+    cache, so measured once); fp32 elsewhere."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "dtype auto -> bf16: the GPU supports bf16"
+        return "fp32", "dtype auto -> fp32: this GPU has no bf16"
+    if device.type != "cpu":
+        return "fp32", f"dtype auto -> fp32 on {device.type}"
+    flags = cpu_bf16_flags()
+    if not flags:
+        return "fp32", "dtype auto -> fp32: the CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag)"
+    fp32, bf16 = peak_flops("cpu", "fp32"), peak_flops("cpu", "bf16")
+    speed = f"bf16 matmul {bf16 / 1e9:,.0f} vs fp32 {fp32 / 1e9:,.0f} GFLOP/s"
+    if bf16 < CPU_BF16_MIN_SPEEDUP * fp32:
+        return "fp32", f"dtype auto -> fp32: {speed}, under {CPU_BF16_MIN_SPEEDUP}x"
+    return "bf16", f"dtype auto -> bf16 autocast: the CPU has {'+'.join(flags)}, {speed}"
 
 
 # ---------------------------------------------------------------------------------------------------------
