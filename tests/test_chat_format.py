@@ -177,3 +177,48 @@ def test_long_examples_are_cut_and_empty_ones_dropped(bpe):
     x, y = to_example(ids, mask, max_len=20)
     assert len(x) == 20 and len(y) == 20
     assert to_example(ids, mask, max_len=3) is None  # no assistant token left
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+
+
+def _chatml(bpe):
+    import copy
+
+    tok = copy.deepcopy(bpe)
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.chat_template, tok.chat_stops = CHATML, ("<|im_end|>",)
+    return tok
+
+
+def test_the_models_own_template_masks_what_the_model_writes(bpe):
+    """data.chat_template=model: the ids are the template's rendering; the mask covers each reply's content and its
+    <|im_end|> (what follows the generation prompt), nothing of the system or user turns."""
+    from slmkit.data.chat import render_template, render_template_masked
+
+    tok = _chatml(bpe)
+    ids, mask = render_template_masked(CONV, tok)
+    assert ids == render_template(CONV, tok, add_generation_prompt=False) and len(mask) == len(ids)
+    replies = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert replies == "A small model.<|im_end|>\nok\n  done.<|im_end|>\n", replies
+    prompt = render_template(CONV[:2], tok, add_generation_prompt=True)
+    assert ids[: len(prompt)] == prompt and not any(mask[: len(prompt)])  # training sees what inference renders
+
+
+def test_chat_template_choice_follows_the_tokenizer(bpe, tmp_path):
+    """auto: the model's own template when it has one, else slm; slm on such a model drops its template (chat then
+    renders what it was tuned on); model without a template is refused in one line."""
+    from slmkit.base.config import DataConfig
+    from slmkit.data.chat import chat_template_for, load_chat_data
+
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"messages": CONV}) + "\n" for _ in range(4)))
+    cfg = DataConfig(source=str(path), format="messages", val_fraction=0.25)
+    assert chat_template_for("auto", _chatml(bpe)) == "model" and chat_template_for("auto", bpe) == "slm"
+    data = load_chat_data(cfg, _chatml(bpe))
+    assert data.template == "model" and data.tokenizer.chat_template == CHATML and "own chat" in data.describe(64)
+    forced = load_chat_data(DataConfig(**{**cfg.__dict__, "chat_template": "slm"}), _chatml(bpe))
+    assert forced.template == "slm" and forced.tokenizer.chat_template is None and forced.tokenizer.has_chat_tokens
+    with pytest.raises(DataError, match="data.chat_template=model needs a parent with its own chat template"):
+        chat_template_for("model", bpe)

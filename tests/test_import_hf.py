@@ -136,3 +136,34 @@ def test_an_imported_chat_template_is_used_by_chat_and_the_server(tokenizer, tmp
     assert ids == want and stops == reply_stops(tok) and tok.token_id("<|im_end|>") in stops
     assert run_cli("export", tmp_path / "runs" / "chatml", "--format", "hf", "--out", tmp_path / "back")[0] == 0
     assert transformers.AutoTokenizer.from_pretrained(tmp_path / "back").chat_template == CHATML
+
+
+def test_sft_of_an_imported_chat_model_uses_its_own_template(tokenizer, tmp_path, run_cli):
+    """data.chat_template=auto on a model with its own template: the child keeps the template and the vocabulary (no
+    slm chat tokens added), its replies are rendered as the model's; slm instead drops the template from the child."""
+    from slmkit.data.chat import prompt_for_reply
+    from slmkit.runs import checkpoint as ckpt_io
+    from slmkit.ship.finetune import sft
+
+    theirs = _llama(tokenizer, tmp_path / "hf")
+    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
+    hf_tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
+    hf_tok.chat_template = CHATML
+    theirs.resize_token_embeddings(len(hf_tok))
+    theirs.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "chatml")[0] == 0
+    data = tmp_path / "sft.jsonl"
+    conv = [{"role": "user", "content": "double x"}, {"role": "assistant", "content": "return x * 2"}]
+    data.write_text("".join(json.dumps({"messages": conv}) + "\n" for _ in range(8)))
+    small = ["train.max_steps=2", "train.eval_every=2", "train.eval_batches=1", "train.batch_size=2"]
+    own = sft(tmp_path / "runs" / "chatml", data, [*small, "train.name=own"], progress=False)
+    _, tok, _, _ = ckpt_io.load_model(own)
+    assert tok.chat_template == CHATML and tok.vocab_size == len(hf_tok)
+    assert ckpt_io.read_run_config(own).data.chat_template == "auto"
+    assert tok.decode(prompt_for_reply(conv[:1], tok)).endswith("<|im_start|>assistant\n")
+    slm_run = sft(tmp_path / "runs" / "chatml", data, [*small, "train.name=slm", "data.chat_template=slm"],
+                  progress=False)  # fmt: skip
+    _, tok, _, _ = ckpt_io.load_model(slm_run)
+    assert tok.chat_template is None and tok.has_chat_tokens
+    assert tok.decode(prompt_for_reply(conv[:1], tok)).endswith("<|assistant|>")

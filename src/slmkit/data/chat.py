@@ -91,15 +91,51 @@ def _raise(message: str) -> None:
 _TEMPLATES.globals["raise_exception"] = _raise
 
 
+def _template_text(messages: list[Message], tokenizer: Tokenizer, add_generation_prompt: bool) -> str:
+    return _TEMPLATES.from_string(tokenizer.chat_template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=tokenizer.chat_bos,
+        eos_token=tokenizer.chat_stops[0] if tokenizer.chat_stops else EOT)  # fmt: skip
+
+
 def render_template(messages: list[Message], tokenizer: Tokenizer, *, add_generation_prompt: bool = True) -> list[int]:
     """Ids of a conversation under the tokenizer's own chat template (an imported model's), rendered as
     transformers' apply_chat_template does (a sandboxed Jinja environment, trim_blocks and lstrip_blocks), its
-    special tokens encoded as such. Generation only: no loss mask (fine-tuning uses the `slm` template)."""
+    special tokens encoded as such."""
     check_messages(messages)
-    text = _TEMPLATES.from_string(tokenizer.chat_template).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, bos_token=tokenizer.chat_bos,
-        eos_token=tokenizer.chat_stops[0] if tokenizer.chat_stops else EOT)  # fmt: skip
-    return tokenizer.encode(text, allow_special=True)
+    return tokenizer.encode(_template_text(messages, tokenizer, add_generation_prompt), allow_special=True)
+
+
+def render_template_masked(messages: list[Message], tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation under the tokenizer's own chat template, for fine-tuning: mask 1 on what the
+    template writes after each assistant turn's generation prompt (its content and end of turn), the part the model
+    writes at inference. DataError when the template does not render a conversation's start as a prefix of the
+    whole (some drop earlier turns' reasoning): train with data.chat_template=slm then."""
+    check_messages(messages)
+    pieces: list[tuple[str, int]] = []  # (text, 1 for a reply)
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _template_text(messages[:i], tokenizer, True)
+        full = _template_text(messages[: i + 1], tokenizer, False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise DataError(f"the model's chat template does not render turn {i} as a continuation of the turns "
+                            "before it, so the reply's tokens cannot be found; use data.chat_template=slm")  # fmt: skip
+        pieces += [(prompt[len(done) :], 0), (full[len(prompt) :], 1)]
+        done = full
+    whole = _template_text(messages, tokenizer, False)
+    if not whole.startswith(done):
+        raise DataError("the model's chat template renders the whole conversation differently from its turns; use "
+                        "data.chat_template=slm")  # fmt: skip
+    pieces.append((whole[len(done) :], 0))
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, reply in pieces:
+        if text:
+            piece = tokenizer.encode(text, allow_special=True)
+            ids += piece
+            mask += [reply] * len(piece)
+    return ids, mask
 
 
 def reply_stops(tokenizer: Tokenizer) -> list[int]:
@@ -364,10 +400,16 @@ class ChatData:
     train: list[list[Message]]
     val: list[list[Message]]
     source: str
+    template: str = "slm"  # "slm" or "model" (the tokenizer's own chat template)
+
+    def render(self, conversation: list[Message]) -> tuple[list[int], list[int]]:
+        if self.template == "model":
+            return render_template_masked(conversation, self.tokenizer)
+        return render(conversation, self.tokenizer)
 
     def examples(self, split: str, block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         convs = self.train if split == "train" else self.val
-        out = [to_example(*render(c, self.tokenizer), max_len=block_size) for c in convs]
+        out = [to_example(*self.render(c), max_len=block_size) for c in convs]
         return [e for e in out if e is not None]
 
     def loaders(self, batch_size: int, block_size: int, packing: bool, rank: int = 0, world_size: int = 1):
@@ -390,17 +432,33 @@ class ChatData:
     def describe(self, block_size: int) -> str:
         n_train = self.examples("train", block_size)
         cut = sum(len(x) >= block_size for x, _ in n_train)
+        template = "the model's own chat template" if self.template == "model" else "the slm chat template"
         return (f"SFT data {self.source}: {len(self.train)} train / {len(self.val)} held-out conversations, "
-                f"{sum(len(x) for x, _ in n_train):,} train tokens, {cut} cut to block_size={block_size}")  # fmt: skip
+                f"{sum(len(x) for x, _ in n_train):,} train tokens, {cut} cut to block_size={block_size}, "
+                f"rendered with {template}")  # fmt: skip
+
+
+def chat_template_for(choice: str, tokenizer: Tokenizer) -> str:
+    """data.chat_template resolved against the tokenizer: "model" (its own template) or "slm"."""
+    if choice == "model" and not tokenizer.chat_template:
+        raise DataError("data.chat_template=model needs a parent with its own chat template (an imported model's); "
+                        "this tokenizer has none: use data.chat_template=slm or auto")  # fmt: skip
+    return "model" if choice == "model" or (choice == "auto" and tokenizer.chat_template) else "slm"
 
 
 def load_chat_data(data_cfg, tokenizer: Tokenizer) -> ChatData:
     """Read, check and split the SFT file of a data config (data.source, data.format, val_fraction, seed).
-    Every conversation is rendered once here, so a character the tokenizer cannot encode fails before any run."""
-    ensure_chat_tokens(tokenizer, data_cfg.add_chat_tokens)
+    Every conversation is rendered once here, so a character the tokenizer cannot encode fails before any run.
+    Tuning with the slm template on a model that had its own drops that template from the (run's) tokenizer, so
+    chat and the server use the template the model was tuned with."""
+    template = chat_template_for(data_cfg.chat_template, tokenizer)
+    if template == "slm":
+        ensure_chat_tokens(tokenizer, data_cfg.add_chat_tokens)
+        tokenizer.chat_template, tokenizer.chat_stops, tokenizer.chat_bos = None, (), ""
     convs = load_conversations(data_cfg.source, data_cfg.format)
+    data = ChatData(tokenizer, [], [], str(data_cfg.source), template)
     for c in convs:
-        render(c, tokenizer)
+        data.render(c)
     order = np.random.default_rng(data_cfg.seed).permutation(len(convs))
     n_val = int(round(len(convs) * data_cfg.val_fraction))
     if data_cfg.val_fraction > 0:
@@ -410,4 +468,4 @@ def load_chat_data(data_cfg, tokenizer: Tokenizer) -> ChatData:
                         f"data.val_fraction={data_cfg.val_fraction}; lower it or add examples")  # fmt: skip
     val = [convs[i] for i in sorted(order[:n_val])]
     train = [convs[i] for i in sorted(order[n_val:])]
-    return ChatData(tokenizer, train, val or train, str(data_cfg.source))
+    return ChatData(tokenizer, train, val or train, str(data_cfg.source), template)
