@@ -120,7 +120,7 @@ def test_causal(arch):
 
 
 OPTIONS = list(itertools.product(["layernorm", "rmsnorm"], ["pre", "post"], ["learned", "rope"],
-                                 ["gelu", "swiglu", "relu2"]))  # fmt: skip
+                                 ["gelu", "gelu_exact", "swiglu", "relu2"]))  # fmt: skip
 
 
 @pytest.mark.parametrize("norm,position,pos_emb,mlp", OPTIONS)
@@ -203,3 +203,28 @@ def test_bf16_training_on_cpu_runs_short_attention_in_fp32(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(x)
     assert seen == [torch.bfloat16] * 2
+
+
+def test_training_forward_fuses_qkv_into_one_matmul_with_the_same_result():
+    """With gradients on, q/k/v run as one matmul on the concatenated weights: same logits and gradients as the three
+    projections (the no-grad path); a LoRA adapter on q keeps its own forward (its update is not dropped)."""
+    from slmkit.base.config import LoraConfig
+    from slmkit.model.lora import apply_lora
+
+    torch.manual_seed(0)
+    cfg = tiny(bias=True)
+    model = GPT(cfg).eval()
+    x = _ids(cfg)
+    with torch.no_grad():
+        separate = model(x)[0]
+    fused = model(x)[0]
+    assert torch.allclose(fused, separate, atol=1e-5)
+    fused.square().mean().backward()
+    assert all(model.blocks[0].attn.__getattr__(n).weight.grad is not None for n in "qkv")
+    lora = apply_lora(GPT(cfg).eval(), LoraConfig(rank=2, targets=["q"]))
+    attn = lora.blocks[0].attn
+    assert not attn._plain_qkv()
+    with torch.no_grad():
+        attn.q.lora_b.normal_()
+        ref = lora(x)[0]
+    assert torch.allclose(lora(x)[0], ref, atol=1e-5)

@@ -19,9 +19,9 @@ def _assert_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     assert diff <= TOL, f"max abs diff {diff:.3e} > {TOL}"
 
 
-def _gpt2_cfg() -> ModelConfig:
+def _gpt2_cfg(mlp: str = "gelu") -> ModelConfig:
     return ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=192, norm="layernorm",
-                       norm_position="pre", pos_emb="learned", mlp="gelu", bias=True, tie_embeddings=True)  # fmt: skip
+                       norm_position="pre", pos_emb="learned", mlp=mlp, bias=True, tie_embeddings=True)  # fmt: skip
 
 
 def _llama_cfg(tie: bool, vocab_size: int = 256) -> ModelConfig:
@@ -41,9 +41,12 @@ def _ids(cfg: ModelConfig) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
 
 
-def test_gpt2_logits_match_hf():
+@pytest.mark.parametrize("mlp", ["gelu", "gelu_exact"])
+def test_gpt2_logits_match_hf(mlp: str):
+    """gelu is GPT-2's tanh form (activation_function gelu_new), gelu_exact the erf form (gelu); both round-trip."""
     torch.manual_seed(0)
-    cfg = _gpt2_cfg()
+    cfg = _gpt2_cfg(mlp)
+    assert hf_config.model_config_from_hf(hf_config.gpt2_hf_config(cfg) | {"model_type": "gpt2"})[1].mlp == mlp
     theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config.gpt2_hf_config(cfg))).eval()
     _randomize(theirs)
     ours = GPT(cfg).eval()

@@ -325,12 +325,20 @@ class Attention(nn.Module):
         self.record: list[torch.Tensor] | None = None  # set by record_attention: explicit path, weights kept
         self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
 
+    def _plain_qkv(self) -> bool:
+        """q, k and v are plain Linears (no LoRA adapter, no quantized module): their weights can be concatenated."""
+        return type(self.q) is nn.Linear and type(self.k) is nn.Linear and type(self.v) is nn.Linear
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None, start: int) -> torch.Tensor:  # fmt: skip
         B, T, _ = x.shape
         ragged = isinstance(cache, RaggedKVCache)
         if self.qkv is not None:  # one fused matmul
             q, k, v = project(self.qkv, x, ragged).split(self.sizes, dim=-1)
+        elif torch.is_grad_enabled() and not ragged and self._plain_qkv():  # training: 1 matmul + 2 back, not 3 + 6
+            bias = None if self.q.bias is None else torch.cat([self.q.bias, self.k.bias, self.v.bias])
+            w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # 1.1-1.6x faster at small widths (CPU)
+            q, k, v = F.linear(x, w, bias).split(self.sizes, dim=-1)
         else:
             q, k, v = project(self.q, x, ragged), project(self.k, x, ragged), project(self.v, x, ragged)  # (B, T, *)
         q = q.view(B, T, self.n_head, self.head_dim)  # (B, T, n_head, hd)
@@ -368,7 +376,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Feed-forward: gelu (tanh approximation, as GPT-2), swiglu (LLaMA) or relu2 (squared ReLU).
+    """Feed-forward: gelu (tanh approximation, as GPT-2), gelu_exact (erf), swiglu (LLaMA) or relu2 (squared ReLU).
 
     `gate_up`, when set (int8 quantization does, for swiglu), computes gate and up together as (..., gate|up).
     """
@@ -393,8 +401,8 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         elif self.kind == "relu2":
             h = F.relu(project(self.up, x, apart)).square()
-        else:
-            h = F.gelu(project(self.up, x, apart), approximate="tanh")
+        else:  # torch's CPU kernel of the tanh form is ~4x slower than erf's: gelu_exact for speed, gelu for GPT-2
+            h = F.gelu(project(self.up, x, apart), approximate="tanh" if self.kind == "gelu" else "none")
         return dropout(project(self.down, h, apart), self.dropout, self.training)  # h: (B, T, hidden)
 
 

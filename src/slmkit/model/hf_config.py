@@ -11,8 +11,9 @@ from __future__ import annotations
 from slmkit.base.config import ModelConfig
 from slmkit.base.errors import SlmError
 
-_HF_CLASSES = {  # HF architecture -> (class name, the ModelConfig field values it requires)
-    "gpt2": ("GPT2LMHeadModel", {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned", "mlp": "gelu",
+_HF_CLASSES = {  # HF architecture -> (class name, the ModelConfig field values it requires: a value or a tuple of them)
+    "gpt2": ("GPT2LMHeadModel", {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned",
+                                 "mlp": ("gelu", "gelu_exact"),
                                  "bias": True, "tie_embeddings": True, "qk_norm": False}),
     "llama": ("LlamaForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
                                    "bias": False, "qkv_bias": False, "qk_norm": False}),
@@ -33,7 +34,7 @@ def hf_architecture(cfg: ModelConfig) -> str:
     fields otherwise."""
     misses = {}
     for arch, (_, need) in _HF_CLASSES.items():
-        misses[arch] = [k for k, v in need.items() if getattr(cfg, k) != v]
+        misses[arch] = [k for k, v in need.items() if getattr(cfg, k) not in (v if isinstance(v, tuple) else (v,))]
         if arch == "gpt2" and cfg.kv_heads != cfg.n_head:
             misses[arch].append("n_kv_head")
         if not misses[arch]:
@@ -49,12 +50,14 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
     kind = hf.get("model_type")
     if kind == "gpt2":
         act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise HFConversionError(f"GPT-2 checkpoint with activation_function={act!r}; only gelu_new is supported")
+        mlp = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}.get(act)
+        if mlp is None:
+            raise HFConversionError(f"GPT-2 checkpoint with activation_function={act!r}; only gelu_new, "
+                                    "gelu_pytorch_tanh and gelu are supported")  # fmt: skip
         return kind, ModelConfig(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
                                  block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
                                  norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=hf.get("n_inner") or 0,
-                                 **_HF_CLASSES["gpt2"][1])  # fmt: skip
+                                 **{**_HF_CLASSES["gpt2"][1], "mlp": mlp})  # fmt: skip
     if kind in ("llama", "qwen2", "qwen3", "phi3"):
         name = CLASS_NAMES.get(kind, "Phi3ForCausalLM")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -96,7 +99,8 @@ def model_config_from_hf(hf: dict) -> tuple[str, ModelConfig]:
 def gpt2_hf_config(cfg: ModelConfig) -> dict:
     """Keyword arguments of transformers.GPT2Config equivalent to cfg."""
     return dict(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                n_head=cfg.n_head, n_inner=cfg.hidden_size, activation_function="gelu_new",
+                n_head=cfg.n_head, n_inner=cfg.hidden_size,
+                activation_function="gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
                 layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
                 attn_pdrop=cfg.dropout, initializer_range=cfg.init_std, tie_word_embeddings=True)  # fmt: skip
 
