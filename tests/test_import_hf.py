@@ -167,3 +167,19 @@ def test_sft_of_an_imported_chat_model_uses_its_own_template(tokenizer, tmp_path
     _, tok, _, _ = ckpt_io.load_model(slm_run)
     assert tok.chat_template is None and tok.has_chat_tokens
     assert tok.decode(prompt_for_reply(conv[:1], tok)).endswith("<|assistant|>")
+
+
+def test_compare_an_imported_run_with_its_hf_original(tokenizer, tmp_path, run_cli):
+    """`slm compare` takes an imported run beside the HF directory it came from: the same weights write the same
+    text and give every generation the same perplexity."""
+    from slmkit.study.compare import compare
+
+    _gpt2(tokenizer, tmp_path / "hf")
+    assert run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "imported")[0] == 0
+    res = compare([tmp_path / "runs" / "imported", tmp_path / "hf"], ["def f(x):"], tmp_path / "cmp", seeds=(1,),
+                  max_new_tokens=8)  # fmt: skip
+    imported, original = res["rows"]
+    assert imported["text"] == original["text"]
+    for row in res["rows"]:
+        assert row["ppl"]["imported"] == pytest.approx(row["ppl"]["hf"], rel=1e-4)
+    assert "| ppl imported | ppl hf |" in (tmp_path / "cmp" / "compare.md").read_text()
