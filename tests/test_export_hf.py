@@ -87,7 +87,7 @@ def test_configs_without_an_hf_class_are_refused_naming_the_field(runs):
     from slmkit.model.hf_config import HFConversionError, hf_architecture
 
     assert hf_architecture(ModelConfig()) == "gpt2"
-    with pytest.raises(HFConversionError, match=r"model.mlp = 'relu2' \(GPT2LMHeadModel needs 'gelu'\)"):
+    with pytest.raises(HFConversionError, match=r"model.mlp = 'relu2' \(GPT2LMHeadModel needs 'gelu' or 'gelu_exact"):
         hf_architecture(ModelConfig(mlp="relu2"))
     modern = dict(norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True)
     assert hf_architecture(ModelConfig(pos_emb="rope", **modern)) == "qwen3"

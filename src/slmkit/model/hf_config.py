@@ -41,7 +41,12 @@ def hf_architecture(cfg: ModelConfig) -> str:
             return arch
     arch = min(misses, key=lambda a: len(misses[a]))
     cls, need = _HF_CLASSES[arch]
-    fields = ", ".join(f"model.{k} = {getattr(cfg, k)!r} ({cls} needs {need.get(k, 'n_head')!r})" for k in misses[arch])
+
+    def needs(k: str) -> str:
+        v = need.get(k, "n_head")
+        return " or ".join(map(repr, v)) if isinstance(v, tuple) else repr(v)
+
+    fields = ", ".join(f"model.{k} = {getattr(cfg, k)!r} ({cls} needs {needs(k)})" for k in misses[arch])
     raise HFConversionError(f"no Hugging Face class represents this model: {fields}; the closest is {cls}")
 
 
