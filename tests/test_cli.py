@@ -133,8 +133,8 @@ def test_config_show_with_overrides_only(run_cli):
 
 
 def test_config_show_first_override_is_not_a_config_name(run_cli):
-    code, out, err = run_cli("config", "show", "optim.lr=3e-4")
-    assert code == 0 and "0.0003" in out, err
+    code, out, err = run_cli("config", "show", "optim.lr=6e-3")
+    assert code == 0 and "0.006" in out, err
 
 
 def test_any_handler_raising_slm_error(run_cli, monkeypatch):

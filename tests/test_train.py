@@ -87,10 +87,10 @@ def test_a_run_is_never_overwritten(dataset, tmp_path):
 def test_derived_names_get_suffixes(dataset, tmp_path):
     cfg, ov = tiny(dataset, tmp_path, "train.max_steps=1")
     cfg = cfg.replace(preset="shakespeare-char")
-    cfg = cfg.replace(**{"optim.lr": 3e-4})
-    a = train(cfg, overrides=["optim.lr=3e-4"], progress=False)
-    b = train(cfg, overrides=["optim.lr=3e-4"], progress=False)
-    assert a.name.startswith("shakespeare-char.") and "lr=3e-4" in a.name and b.name == a.name + "-2"
+    cfg = cfg.replace(**{"optim.lr": 5e-3})
+    a = train(cfg, overrides=["optim.lr=5e-3"], progress=False)
+    b = train(cfg, overrides=["optim.lr=5e-3"], progress=False)
+    assert a.name.startswith("shakespeare-char.") and "lr=5e-3" in a.name and b.name == a.name + "-2"
 
 
 def test_run_name_from_preset_and_overrides():

@@ -310,7 +310,8 @@ class TrainConfig:
     dtype: str = "auto"
     """auto | fp32 | bf16 (autocast). auto picks bf16 on a GPU with bf16, and on a CPU with native bf16 (avx512_bf16
     or amx_bf16) whose bf16 matmuls measured >= 1.3x fp32 here (about 1.3-1.6x fp32's tokens/s for small models,
-    same loss); fp32 elsewhere. The run's first line says which and why."""
+    the same loss on short runs; on thousands of steps with a large vocabulary bf16 logits cost loss, see
+    docs/speedrun.md); fp32 elsewhere. The run's first line says which and why."""
     compile: bool = False
     """torch.compile the model (20-35 s of compilation first; pays off on long runs)."""
     parallel: str = "ddp"
