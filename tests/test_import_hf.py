@@ -109,13 +109,9 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
 
 
-def test_an_imported_chat_template_is_used_by_chat_and_the_server(tokenizer, tmp_path, run_cli):
-    """A model's own chat template (here ChatML with its special tokens) survives import, renders a conversation as
-    transformers' apply_chat_template does, stops replies at its eos, and goes back out with an HF export."""
-    from slmkit.data.chat import reply_stops
-    from slmkit.ship.chat import ChatSession
-    from slmkit.ship.serve.protocol import render_chat
-
+def _import_chatml_llama(tokenizer, tmp_path, run_cli):
+    """A tiny Llama with ChatML's special tokens and template saved as an HF dir, imported as runs/chatml; its HF
+    tokenizer."""
     theirs = _llama(tokenizer, tmp_path / "hf")
     hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
     hf_tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
@@ -124,6 +120,17 @@ def test_an_imported_chat_template_is_used_by_chat_and_the_server(tokenizer, tmp
     theirs.save_pretrained(tmp_path / "hf")
     hf_tok.save_pretrained(tmp_path / "hf")
     assert run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "chatml")[0] == 0
+    return hf_tok
+
+
+def test_an_imported_chat_template_is_used_by_chat_and_the_server(tokenizer, tmp_path, run_cli):
+    """A model's own chat template (here ChatML with its special tokens) survives import, renders a conversation as
+    transformers' apply_chat_template does, stops replies at its eos, and goes back out with an HF export."""
+    from slmkit.data.chat import reply_stops
+    from slmkit.ship.chat import ChatSession
+    from slmkit.ship.serve.protocol import render_chat
+
+    hf_tok = _import_chatml_llama(tokenizer, tmp_path, run_cli)
     model, tok, _, _ = load_model(tmp_path / "runs" / "chatml")
     assert tok.chat_template == CHATML and tok.chat_stops == ("<|im_end|>",)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def f(x): return?"}]
@@ -145,14 +152,7 @@ def test_sft_of_an_imported_chat_model_uses_its_own_template(tokenizer, tmp_path
     from slmkit.runs import checkpoint as ckpt_io
     from slmkit.ship.finetune import sft
 
-    theirs = _llama(tokenizer, tmp_path / "hf")
-    hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "hf")
-    hf_tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"})
-    hf_tok.chat_template = CHATML
-    theirs.resize_token_embeddings(len(hf_tok))
-    theirs.save_pretrained(tmp_path / "hf")
-    hf_tok.save_pretrained(tmp_path / "hf")
-    assert run_cli("import-hf", tmp_path / "hf", "--out", tmp_path / "runs" / "chatml")[0] == 0
+    hf_tok = _import_chatml_llama(tokenizer, tmp_path, run_cli)
     data = tmp_path / "sft.jsonl"
     conv = [{"role": "user", "content": "double x"}, {"role": "assistant", "content": "return x * 2"}]
     data.write_text("".join(json.dumps({"messages": conv}) + "\n" for _ in range(8)))
