@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from slmkit.base.metrics import read_metrics
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PREVIOUS_DEFAULT = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=128",
                     "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=50", "train.max_steps=500",
@@ -49,14 +51,10 @@ def slm(*args: str) -> tuple[float, str]:
     return time.perf_counter() - t0, p.stdout + p.stderr
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def default_run(out: Path, name: str, overrides: list[str]) -> dict:
     run = out / name
     seconds, log = slm("train", *overrides, f"train.out_dir={out}", "--name", name, "--no-progress")
-    m = metrics(run)
+    m = read_metrics(run)
     _, sample = slm("sample", str(run), "--prompt", PROMPT, "--max-new-tokens", "80", "--temperature", "0")
     dtype = (re.findall(r"runtime: .*? dtype=(\w+)", log) or ["?"])[0]
     return {"name": name, "seconds": round(seconds, 1), "val": [e["val/loss"] for e in m if "val/loss" in e][-1],
@@ -69,8 +67,9 @@ def shakespeare_slm(out: Path, name: str, steps: int, *extra: str) -> float:
     metrics lines of consecutive steps: data, step, logging, everything nanoGPT's `time` covers too), evals excluded."""
     slm("train", "shakespeare-char", f"train.max_steps={steps}", f"train.out_dir={out}", "--name", name,
         "--no-progress", *extra)  # fmt: skip
-    times = {e["step"]: e["time"] for e in metrics(out / name) if "perf/step_ms" in e}  # logged at each step's end
-    evals = {e["step"] for e in metrics(out / name) if "val/loss" in e}  # the step after an eval would include it
+    events = read_metrics(out / name)
+    times = {e["step"]: e["time"] for e in events if "perf/step_ms" in e}  # logged at each step's end
+    evals = {e["step"] for e in events if "val/loss" in e}  # the step after an eval would include it
     return statistics.median(1000 * (t - times[s - 1]) for s, t in times.items()
                              if s > 20 and s - 1 in times and s - 1 not in evals)  # fmt: skip
 
@@ -130,8 +129,9 @@ def main() -> None:
         for label, extra in (("eager", ()), ("compiled, cold cache", ("train.compile=true",)),
                              ("compiled, warm cache", ("train.compile=true",))):  # fmt: skip
             t0 = time.perf_counter()
-            ms = shakespeare_slm(out, label.replace(" ", "").replace(",", "-"), 2000, *extra)
-            val = [e["val/loss"] for e in metrics(out / label.replace(" ", "").replace(",", "-")) if "val/loss" in e]
+            name = label.replace(" ", "").replace(",", "-")
+            ms = shakespeare_slm(out, name, 2000, *extra)
+            val = [e["val/loss"] for e in read_metrics(out / name) if "val/loss" in e]
             rows.append({"run": label, "wall_s": round(time.perf_counter() - t0, 1), "step_ms": round(ms, 2),
                          "val": val[-1]})  # fmt: skip
         res["compile"] = rows
@@ -144,7 +144,7 @@ def main() -> None:
         lines += ["## Quality bars (2000 steps, default settings)", "", "| preset | val loss | bar |", "|---|---|---|"]
         for preset, bar in bars.items():
             slm("train", preset, f"train.out_dir={out}", "--name", f"q-{preset}", "--no-progress")
-            val = [e["val/loss"] for e in metrics(out / f"q-{preset}") if "val/loss" in e][-1]
+            val = [e["val/loss"] for e in read_metrics(out / f"q-{preset}") if "val/loss" in e][-1]
             res["quality"][preset] = val
             lines.append(f"| {preset} | {val:.4f} | <= {bar} ({'met' if val <= bar else 'MISSED'}) |")
         lines.append("")

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from slmkit.base.metrics import read_metrics
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("SLM_DATA_DIR", "../shared/data")) / "wikipedia"
 SOURCE = str(DATA / "wiki-0[0-2].parquet")
@@ -96,7 +98,7 @@ def run_recipe(work: Path, data: Path, name: str, seed: int, horizon_s: float) -
     shutil.rmtree(work / "runs" / probe, ignore_errors=True)
     slm("train", "default", *base, "train.max_steps=25", "train.eval_every=0", "train.eval_batches=1",
         "--no-progress", "--name", probe, log=work / f"{probe}.log")  # fmt: skip
-    ms = [e["perf/step_ms"] for e in _metrics(work / "runs" / probe) if "perf/step_ms" in e][5:]
+    ms = [e["perf/step_ms"] for e in read_metrics(work / "runs" / probe) if "perf/step_ms" in e][5:]
     step_s = statistics.median(ms) / 1000
     steps = max(50, int(horizon_s / step_s * 0.97))  # evals take ~3% of the time
     run = f"{name}-s{seed}"
@@ -104,14 +106,10 @@ def run_recipe(work: Path, data: Path, name: str, seed: int, horizon_s: float) -
     every = max(1, steps // EVALS_PER_RUN)
     args = [*base, f"train.max_steps={steps}", f"train.eval_every={every}", f"train.eval_batches={EVAL_BATCHES}"]
     start = slm("train", "default", *args, "--no-progress", "--name", run, log=work / f"{run}.log")
-    points = [(e["time"] - start, e["val/loss"]) for e in _metrics(work / "runs" / run) if "val/loss" in e]
+    points = [(e["time"] - start, e["val/loss"]) for e in read_metrics(work / "runs" / run) if "val/loss" in e]
     return {"recipe": name, "what": what, "seed": seed, "steps": steps, "probe_step_ms": round(1000 * step_s, 1),
             "tok_per_s": round(16 * 256 / step_s), "points": points, "final_val": points[-1][1],
             "wall_s": round(points[-1][0], 1)}  # fmt: skip
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def time_to(points: list, target: float) -> float | None:
