@@ -10,7 +10,8 @@ from slmkit.base.config import ModelConfig
 from slmkit.base.tokenizer import CHAT_TOKENS, END_OF_TURN, EOT, CharTokenizer, build_tokenizer, train_bpe
 from slmkit.data.chat import ChatLoader, load_conversations, pack_rows, parse_text, render, render_text, to_example
 from slmkit.data.sources import DataError
-from slmkit.model.gpt import GPT, IGNORE_INDEX
+from slmkit.model.gpt import GPT
+from slmkit.model.linear_ce import IGNORE_INDEX
 
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there, who are you?"},
         {"role": "assistant", "content": "A small model."}, {"role": "user", "content": "Say <|end|> literally"},

@@ -11,7 +11,7 @@ import torch
 from sft_helpers import base_run, make_corpus
 
 from slmkit.data.chat import render, to_example
-from slmkit.model.gpt import IGNORE_INDEX
+from slmkit.model.linear_ce import IGNORE_INDEX
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.ship import classify
 from slmkit.ship.classify_data import ClassifyError, classification_metrics, expected_calibration_error, wilson

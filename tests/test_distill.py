@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from slmkit.base.config import DistillConfig
 from slmkit.base.metrics import read_metrics
 from slmkit.engine.distill import DistillObjective, distill_loss
-from slmkit.model.gpt import IGNORE_INDEX
+from slmkit.model.linear_ce import IGNORE_INDEX
 from slmkit.runs.checkpoint import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,8 @@ import torch
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.config_files import load_config
-from slmkit.model.gpt import GPT, IGNORE_INDEX, padded_vocab_size
+from slmkit.model.gpt import GPT, padded_vocab_size
+from slmkit.model.linear_ce import IGNORE_INDEX
 
 
 def tiny(**kw) -> ModelConfig:

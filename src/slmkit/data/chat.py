@@ -36,7 +36,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from slmkit.base.tokenizer import ASSISTANT, CHAT_TOKENS, END_OF_TURN, EOT, SYSTEM, USER, Tokenizer, TokenizerError
 from slmkit.data.sources import DataError
-from slmkit.model.gpt import IGNORE_INDEX
+from slmkit.model.linear_ce import IGNORE_INDEX
 
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",

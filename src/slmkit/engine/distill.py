@@ -22,7 +22,7 @@ from torch import nn
 from slmkit.base.config import DistillConfig
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
-from slmkit.model.gpt import IGNORE_INDEX, masked_cross_entropy
+from slmkit.model.linear_ce import IGNORE_INDEX, masked_cross_entropy
 from slmkit.runs import checkpoint as ckpt_io
 
 

@@ -57,8 +57,8 @@ class TrainingDiverged(SlmError):
 
 
 def lm_loss(model, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """The default objective: next-token cross-entropy of a loader's (x, y) batch."""
-    _, loss = model(*batch)
+    """The default objective: next-token cross-entropy of a loader's (x, y) batch (head and loss fused by chunks)."""
+    _, loss = model(*batch, loss_only=True)
     return loss
 
 

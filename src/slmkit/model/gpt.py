@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slmkit.base.config import ModelConfig
+from slmkit.model.linear_ce import linear_cross_entropy, masked_cross_entropy
 
 VOCAB_MULTIPLE = 64
 """Embedding and head rows are padded to a multiple of this (faster matmuls); padded ids are never sampled."""
@@ -42,7 +43,6 @@ SDPA_FP32_MAX_T = 256
 """Training under bf16 autocast on CPU runs attention in fp32 up to this sequence length: there the CPU flash-attention
 backward is slower in bf16 than in fp32 (2.1x at T=64, 1.7x at T=128, 1.1x at T=256; bf16 wins from T=512 on).
 Measured on AVX-512-bf16 without AMX by `benchmarks/bench_train.py --sdpa` (results/sdpa.md)."""
-IGNORE_INDEX = -100
 """Targets with this value contribute nothing to the loss (prompt tokens in SFT, padding)."""
 
 
@@ -498,7 +498,8 @@ class GPT(nn.Module):
         kv_cache: KVCache | RaggedKVCache | None = None,
         start_pos: int | None = None,
         last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, padded_vocab) and the loss, or None without targets.
 
         idx: (B, T) int64 token ids. targets: (B, T) int64, IGNORE_INDEX (-100) where no loss is wanted; the loss
@@ -506,10 +507,13 @@ class GPT(nn.Module):
         kv_cache: read and extended in place (positions start_pos..start_pos+T); start_pos defaults to
         kv_cache.length (0 without a cache). last_only: compute logits for the last position only (B, 1, V).
         A `RaggedKVCache` instead: idx feeds rows 0..B-1 of it, each continuing at its own length (start_pos unused).
+        loss_only (with targets): (None, loss), the head and loss fused by row chunks (`linear_ce`: no whole logits).
         """
         x = self.hidden(idx, kv_cache=kv_cache, start_pos=start_pos)  # (B, T, C)
         if last_only and targets is None:
             x = x[:, -1:]  # (B, 1, C)
+        if loss_only and targets is not None and type(self.lm_head) is nn.Linear and kv_cache is None:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
         logits = project(self.lm_head, x, isinstance(kv_cache, RaggedKVCache))  # (B, T, padded_vocab)
         if targets is None:
             return logits, None
@@ -577,12 +581,3 @@ class GPT(nn.Module):
         cfg = self.config
         n = self.num_params(non_embedding=True) + (self.lm_head.weight.numel() if cfg.tie_embeddings else 0)
         return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * cfg.block_size
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean fp32 cross-entropy over targets != IGNORE_INDEX; exactly 0 (with zero gradient) when none count."""
-    logits = logits.float().view(-1, logits.size(-1))  # (B*T, V)
-    targets = targets.reshape(-1)  # (B*T,)
-    total = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    return total / count
