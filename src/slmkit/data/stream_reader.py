@@ -32,6 +32,7 @@ from slmkit.data.prepare import fast_encoder
 from slmkit.data.sources import JSONL_MAX_BAD, JSONL_MAX_BAD_FRACTION, DataError, resolve_files
 
 TASK_ROWS = 256  # parquet rows per task: small tasks make the first step come quickly
+PARQUET_BATCH_ROWS = 64  # rows decoded at a time within a task
 RANGE_BYTES = 4 << 20  # plain .jsonl files are planned as byte ranges of this size
 PIECE_BYTES = 16 << 10  # text files: one document per piece of about this size (cut at a line end)
 HF_TASK_DOCS = 256  # hf: documents read in this process per tokenizing task
@@ -145,9 +146,17 @@ def unit_tasks(unit: Unit, first: int, step: int, phase: int) -> list[tuple]:
 def _read_parquet(unit: Unit, text_field: str, lo: int, hi: int) -> Iterator[tuple[int, object]]:
     import pyarrow.parquet as pq  # optional and slow to import (see _parquet_units)
 
-    table = pq.ParquetFile(unit.path).read_row_group(unit.group, columns=[text_field])
-    col = table.column(0).slice(lo, hi - lo).to_pylist()
-    yield from enumerate(col, lo)
+    # rows lo..hi only, a small batch at a time: the whole row group (tens of MB of text) is never held at once
+    at = 0
+    for batch in pq.ParquetFile(unit.path).iter_batches(PARQUET_BATCH_ROWS, row_groups=[unit.group],
+                                                        columns=[text_field], use_threads=False):  # fmt: skip
+        n = batch.num_rows
+        if at + n > lo:
+            col = batch.column(0).slice(max(0, lo - at), hi - max(lo, at)).to_pylist()
+            yield from enumerate(col, max(lo, at))
+        at += n
+        if at >= hi:
+            return
 
 
 def _lines(f, where) -> Iterator[tuple[int, object, str]]:
@@ -310,6 +319,8 @@ _WORKER: Reader | None = None
 
 def init_worker(reader: Reader) -> None:
     global _WORKER
+    # Arrow's default allocator (mimalloc) keeps what a read freed; the system one returns it (~50 MB a worker)
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     _WORKER = reader.bind()
 
 
