@@ -7,7 +7,7 @@ import torch
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.tokenizer import CharTokenizer
-from slmkit.model.generate import generate, sample_next, sample_text
+from slmkit.model.generate import generate, sample_next, sample_text, speed_line
 from slmkit.model.gpt import GPT
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -103,6 +103,18 @@ def test_sample_text_streams_and_stops():
     cut = sample_text(model, tok, "To be", 60, temperature=1.0, seed=1, stop=[stop], on_text=(streamed := []).append)
     assert cut == full[: full.index(stop)] and "".join(streamed) == cut
     assert isinstance(sample_text(model, tok, "", 5, seed=0), str)  # empty prompt starts from end-of-text
+
+
+def test_sample_text_reports_its_speed():
+    tok = CharTokenizer.from_texts([TEXT])
+    model = _model(vocab_size=tok.vocab_size)
+    stats: dict = {}
+    sample_text(model, tok, "To be", 12, temperature=1.0, seed=1, stats=stats)
+    assert stats["prompt_tokens"] == 5 and 0 < stats["new_tokens"] <= 12
+    assert stats["prefill_s"] > 0 and stats["decode_s"] >= 0
+    line = speed_line(stats)
+    assert line.startswith("# 5 prompt tokens") and "tok/s" in line
+    assert "n/a" in speed_line({"prompt_tokens": 1, "new_tokens": 1, "prefill_s": 0.1, "decode_s": 0.0})
 
 
 def test_sample_text_holds_back_incomplete_utf8():

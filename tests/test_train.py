@@ -175,6 +175,7 @@ def test_sample_cli_streams_from_the_run(dataset, tmp_path, run_cli):
     args = ("sample", run, "--prompt", "def ", "--max-new-tokens", "20", "--seed", "3", "--checkpoint", "latest")
     code, out, err = run_cli(*args)
     assert code == 0 and out.startswith("def ") and len(out) > len("def \n") and "step-000005" in err
+    assert "prompt tokens" in err and "tok/s" in err  # the speed line, on stderr so the text stays clean
     assert run_cli(*args)[1] == out  # a seed reproduces its sample
     code, _, err = run_cli("sample", tmp_path / "nope")
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1

@@ -16,7 +16,7 @@ from slmkit.data.sources import iter_texts
 from slmkit.engine.contamination import clean_corpus, eval_index_provider
 from slmkit.engine.launch import launch_train, strip_nproc
 from slmkit.engine.train import train
-from slmkit.model.generate import check_sampling, sample_text
+from slmkit.model.generate import check_sampling, sample_text, speed_line
 from slmkit.runs.checkpoint import load_model, read_run_info
 from slmkit.ship.finetune import init_from_config
 
@@ -129,9 +129,11 @@ def cmd_sample(args) -> None:
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
         print(args.prompt, end="", flush=True)  # the continuation reads on from the prompt
+        stats: dict = {}
         sample_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p, seed=seed, stop=args.stop,
+                    top_k=args.top_k, top_p=args.top_p, seed=seed, stop=args.stop, stats=stats,
                     on_text=lambda piece: print(piece, end="", flush=True))  # fmt: skip
         print()
+        print(speed_line(stats), file=sys.stderr)
         if i + 1 < args.num_samples:
             print("---")

@@ -118,7 +118,8 @@ def register_ship(sub) -> None:
     p.add_argument(
         "--tasks",
         default="val,hellaswag",
-        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, piqa, winogrande, lambada; embedding tasks "
+        help="comma-separated: val, hellaswag, arc_easy, arc_challenge, piqa, winogrande, lambada, mmlu (0-shot), "
+        "mmlu_5shot; embedding tasks "
         "sts-b, sts-b-dev, sick-r, sts12 .. sts16, wiki-retrieval (pooled as the run's embed.pooling); code tasks "
         "fim-line, next-line (held-out .py files: --data DIR, else python-stdlib's val split)",
     )
@@ -363,13 +364,15 @@ EVAL_HELP = """evaluate a run; results go to RUN/evals/<task>.json and a table w
 
 tasks: val (loss, perplexity, bits per byte on the run's val split, or --data), hellaswag, arc_easy, arc_challenge,
 piqa, winogrande (acc, acc_norm as lm-eval defines them, with standard errors), lambada (last-word accuracy and
-perplexity). Task files are read from $SLM_DATA_DIR/eval/<task>/, or with --task-source hf from the Hugging Face
+perplexity), mmlu and mmlu_5shot (57 subjects in lm-eval's prompt, per-subject and macro accuracy; --limit is items
+per subject). Task files are read from $SLM_DATA_DIR/eval/<task>/, or with --task-source hf from the Hugging Face
 datasets Rowan/hellaswag, allenai/ai2_arc, baber/piqa, allenai/winogrande, EleutherAI/lambada_openai.
 
 examples:
   slm eval runs/x --tasks val,hellaswag --limit 500
   slm eval runs/x --tasks val --data notes.txt --stride 128
   slm eval runs/x --tasks hellaswag,arc_easy --task-source hf
+  slm eval runs/x --tasks mmlu,mmlu_5shot --limit 20
 """
 
 EMBED_TRAIN_HELP = """contrastive fine-tuning (InfoNCE over in-batch and hard negatives) of a run into a

@@ -12,6 +12,7 @@ condition on slightly different windows, and only up to block_size are they iden
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -220,12 +221,13 @@ class TextStream:
 def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 256, *,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 stop: Sequence[str] = (), on_text: Callable[[str], None] | None = None,
-                use_cache: bool = True) -> str:  # fmt: skip
+                use_cache: bool = True, stats: dict | None = None) -> str:  # fmt: skip
     """Continue `prompt` and return the new text (without the prompt, cut before any stop string).
 
     on_text receives printable text as soon as it is complete (streaming). Generation ends at max_new_tokens,
     a stop string, or the tokenizer's end-of-text token. An empty prompt starts from end-of-text. Special-token
-    strings in the prompt (e.g. chat markers) are encoded as their special ids.
+    strings in the prompt (e.g. chat markers) are encoded as their special ids. `stats`, when given, receives
+    prompt_tokens, new_tokens, prefill_s (prompt to first new token) and decode_s (the tokens after it).
     """
     eot = tokenizer.token_id(EOT)
     ids = tokenizer.encode(prompt, allow_special=True) if prompt else []
@@ -234,10 +236,26 @@ def sample_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: i
             raise ValueError("an empty prompt needs a tokenizer with an end-of-text token")
         ids = [eot]
     stream = TextStream(tokenizer, stop, on_text)
-    for nxt in generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop_ids=() if eot is None else (eot,), vocab_limit=tokenizer.vocab_size,
-                        use_cache=use_cache):  # fmt: skip
-        if stream.add(nxt):
-            return stream.text
-    stream.flush()
-    return stream.text
+    times = [time.perf_counter()]
+    try:
+        for nxt in generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, stop_ids=() if eot is None else (eot,), vocab_limit=tokenizer.vocab_size,
+                            use_cache=use_cache):  # fmt: skip
+            times.append(time.perf_counter())
+            if stream.add(nxt):
+                return stream.text
+        stream.flush()
+        return stream.text
+    finally:
+        if stats is not None:
+            first = times[min(1, len(times) - 1)]
+            stats.update(prompt_tokens=len(ids), new_tokens=len(times) - 1, prefill_s=first - times[0],
+                         decode_s=times[-1] - first)  # fmt: skip
+
+
+def speed_line(stats: dict) -> str:
+    """One line of `sample_text` stats, as llama.cpp reports them: prompt and generation speed in tokens/s."""
+    p, n, pre, dec = stats["prompt_tokens"], stats["new_tokens"], stats["prefill_s"], stats["decode_s"]
+    decode = f"{(n - 1) / dec:,.1f} tok/s" if n > 1 and dec > 0 else "n/a"
+    return (f"# {p} prompt tokens, {n} new: first token after {1000 * pre:,.0f} ms, then {decode} "
+            f"({n - 1} tokens in {dec:.2f} s)")  # fmt: skip
