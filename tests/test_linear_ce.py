@@ -52,9 +52,22 @@ def test_every_target_ignored_gives_zero_loss_and_zero_gradient(monkeypatch):
 def test_small_logits_take_the_plain_path_and_a_big_vocab_is_chunked(monkeypatch):
     calls = []
     real = lce._LinearCrossEntropy.apply
-    monkeypatch.setattr(lce._LinearCrossEntropy, "apply", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(lce._LinearCrossEntropy, "apply", lambda *a: calls.append(a[-2]) or real(*a))
     h, t = torch.randn(64, 8), torch.randint(0, 50, (64,))
     linear_cross_entropy(h, torch.randn(50, 8), t)
     assert calls == []  # 64 rows of 50 logits: one chunk, autograd's own path
     linear_cross_entropy(torch.randn(4096, 8), torch.randn(50304, 8), torch.randint(0, 50304, (4096,)))
     assert calls == [lce.CHUNK_BYTES // (4 * 50304)]  # GPT-2's padded vocabulary: 83 rows a chunk
+
+
+def test_no_grad_computes_no_gradients(monkeypatch):
+    """Evaluation (no_grad) pays for the loss only: no gradient matmuls although the weight requires grad."""
+    monkeypatch.setattr(lce, "CHUNK_BYTES", 4 * 128 * 64)
+    h, w, t = torch.randn(300, 16), torch.nn.Parameter(torch.randn(128, 16)), torch.randint(0, 128, (300,))
+    seen = []
+    real = lce._LinearCrossEntropy.forward
+    monkeypatch.setattr(lce._LinearCrossEntropy, "forward",
+                        staticmethod(lambda ctx, *a: seen.append(a[-1]) or real(ctx, *a)))  # fmt: skip
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, t)
+    assert seen == [False] and loss.item() == pytest.approx(lce.masked_cross_entropy(h @ w.T, t).item(), rel=1e-6)

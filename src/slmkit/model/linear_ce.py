@@ -36,9 +36,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int, grads: bool) -> torch.Tensor:
         dtype = _compute_dtype(h)
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad says True for a parameter even under no_grad: `grads` is the caller's grad mode
+        want_h, want_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         wc = w.to(dtype)  # (V, C)
         grad_h = torch.empty_like(h) if want_h else None  # (N, C)
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_w else None
@@ -71,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = grad_out / count
         dh = grad_h * scale.to(grad_h.dtype) if grad_h is not None else None
         dw = (grad_w * scale).to(ctx.w_dtype) if grad_w is not None else None
-        return dh, dw, None, None
+        return dh, dw, None, None, None
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -82,4 +83,4 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     chunk = max(64, CHUNK_BYTES // (4 * weight.size(0)))
     if h.size(0) <= chunk:  # the logits fit in one chunk: autograd's own path is as fast
         return masked_cross_entropy(F.linear(h, weight), targets)
-    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk)
+    return _LinearCrossEntropy.apply(h, weight, targets.reshape(-1), chunk, torch.is_grad_enabled())
