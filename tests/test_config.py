@@ -37,6 +37,16 @@ def test_overrides_are_typed():
     assert cfg.preset == "shakespeare-char"
 
 
+def test_an_lr_override_scales_min_lr_unless_min_lr_is_given():
+    base = load_config()  # the default preset: lr 4e-3, min_lr 4e-4
+    lower = load_config(None, ["optim.lr=3e-4"])  # below the preset's min_lr: was an error
+    assert lower.optim.min_lr == pytest.approx(3e-4 * base.optim.min_lr / base.optim.lr)
+    assert load_config(None, ["optim.min_lr=0", "optim.lr=3e-4"]).optim.min_lr == 0.0
+    assert load_config(None, ["optim.lr=3e-4", "optim.min_lr=1e-5"]).optim.min_lr == 1e-5
+    with pytest.raises(ConfigError, match="optim.min_lr"):  # contradictory values given together still fail
+        load_config(None, ["optim.lr=3e-4", "optim.min_lr=1e-3"])
+
+
 @pytest.mark.parametrize(
     "override, expect",
     [

@@ -116,3 +116,11 @@ def test_continued_pretraining_with_init_from(setup, run_cli, monkeypatch, tmp_p
     b, _, _, _ = ckpt_io.load_model(child)
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.allclose(p, q, atol=1e-6), name  # started from the parent's weights
+
+
+def test_an_sft_lr_below_the_default_min_lr_scales_the_schedule(setup):
+    _, base, data = setup
+    assert sft_config(base, data, ["optim.lr=1e-5"]).optim.min_lr == pytest.approx(1e-6)  # SFT's min_lr = lr / 10
+    assert sft_config(base, data, ["optim.lr=1e-5", "optim.min_lr=0"]).optim.min_lr == 0.0
+    lora = sft_config(base, data, ["lora.rank=4"])
+    assert (lora.optim.lr, lora.optim.min_lr) == (1e-3, 3e-5)  # the LoRA defaults are unchanged

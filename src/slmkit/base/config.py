@@ -254,7 +254,8 @@ class OptimConfig:
     lr: float = 1e-3
     """Peak learning rate (of AdamW, and of the AdamW groups under muon)."""
     min_lr: float = 1e-4
-    """Learning rate at the end of the decay."""
+    """Learning rate at the end of the decay. An override of optim.lr without one of optim.min_lr scales min_lr
+    with it (the config's min_lr/lr ratio is kept)."""
     weight_decay: float = 0.1
     """Decoupled weight decay (nanoGPT's rule): applied to every parameter with >= 2 dims (weight matrices,
     embeddings, the head; the Muon matrices under muon), never to norms or biases."""
@@ -556,6 +557,7 @@ def from_dict(data: dict) -> RunConfig:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `section.field=value` strings to a nested dict (values are coerced later, in from_dict)."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    before = dict(data.get("optim", {}))
     keys = set(all_keys())
     for item in overrides:
         if "=" not in item:
@@ -569,7 +571,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             data.setdefault(sec, {})[name] = value
         else:
             data[key] = value
+    given = {item.split("=", 1)[0].strip().removeprefix("--") for item in overrides}
+    if "optim.lr" in given and "optim.min_lr" not in given:
+        _scale_min_lr(data, before)
     return data
+
+
+def _scale_min_lr(data: dict, before: dict) -> None:
+    """optim.lr was overridden and optim.min_lr not: keep the schedule's shape (min_lr/lr) at the new lr."""
+    try:
+        lr = float(data["optim"]["lr"])
+    except ValueError:
+        return  # from_dict names the bad value
+    old_lr, old_min = float(before.get("lr", OptimConfig.lr)), float(before.get("min_lr", OptimConfig.min_lr))
+    if old_lr > 0:
+        data["optim"]["min_lr"] = float(f"{old_min * lr / old_lr:.6g}")
 
 
 def diff_configs(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:
