@@ -82,7 +82,7 @@ def lora_sft(run: Path, data: Path, minutes: float, steps: int) -> dict:
     if proc.returncode not in (0, 130, 143) and not stopped:
         raise SystemExit(f"slm sft failed:\n{log[-3000:]}")
     child = run.parent / name
-    events = read_metrics(child / "metrics.jsonl")
+    events = read_metrics(child)
     vals = [(e["step"], e["val/loss"]) for e in events if "val/loss" in e]
     steps_done = max((e["step"] for e in events if "train/loss" in e), default=0)
     return {"wall_s": time.time() - t0, "stopped_at_deadline": stopped, "steps": steps_done,
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=500, help="items per task (0: all)")
     ap.add_argument("--mmlu-limit", type=int, default=10, help="MMLU items per subject (57 subjects)")
     ap.add_argument("--sft-minutes", type=float, default=30)
-    ap.add_argument("--sft-steps", type=int, default=400)
+    ap.add_argument("--sft-steps", type=int, default=200)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp dir, deleted)")
     args = ap.parse_args()
     if not args.gguf or not Path(args.gguf).is_file():
