@@ -149,7 +149,7 @@ def auto_dtype(device: torch.device) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------------
 # Peak FLOP/s: the MFU denominator. One short matmul timed while the machine is busy reads low and makes MFU read
 # above 100%, so the peak is the best of several timed repeats, kept per machine in the user cache dir (keyed by
-# device, dtype, threads and torch) and raised whenever a later measurement is higher.
+# device, dtype, threads and torch) and raised when training runs faster than it (then measured again).
 
 PEAK_CACHE_FILE = "peak_flops.json"
 _PEAKS: dict[str, float] = {}  # key -> best FLOP/s known to this process
@@ -227,16 +227,18 @@ def _remember_peak(key: str, flops: float) -> None:
 
 
 def peak_flops(device_type: str, dtype: str) -> float:
-    """This machine's dense matmul FLOP/s (the MFU denominator): measured once per process, and never below the
-    best measured before on this machine (the per-machine cache), which a higher measurement refreshes."""
+    """This machine's dense matmul FLOP/s (the MFU denominator, and what train.dtype = auto compares): the
+    per-machine cache's value, else measured (~0.3 s) and cached. A peak measured low on a busy machine is raised
+    by `raise_peak` when training runs faster than it. Cached, a start costs nothing and auto picks the same dtype
+    every run."""
     key = peak_key(device_type, dtype)
     if key not in _PEAKS:
-        measured = _measure_peak(device_type, dtype)
         cached = _read_peak_cache().get(key)
         cached = float(cached) if isinstance(cached, (int, float)) and math.isfinite(cached) else 0.0
-        if measured > cached:
-            _remember_peak(key, measured)
-        _PEAKS[key] = max(measured, cached)
+        if cached <= 0:
+            cached = _measure_peak(device_type, dtype)
+            _remember_peak(key, cached)
+        _PEAKS[key] = cached
     return _PEAKS[key]
 
 
