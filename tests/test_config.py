@@ -106,7 +106,7 @@ def test_every_field_has_help():
 def test_diff_configs():
     a = load_config("shakespeare-char")
     b = load_config("shakespeare-char", ["optim.lr=3e-4"])
-    assert diff_configs(a, b) == {"optim.lr": (1e-3, 3e-4)}
+    assert diff_configs(a, b) == {"optim.lr": (1e-3, 3e-4), "optim.min_lr": (1e-4, pytest.approx(3e-5))}
 
 
 def test_config_show_cli(run_cli):

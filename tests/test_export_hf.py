@@ -263,8 +263,11 @@ def test_presets_list_the_formats_their_runs_export_to(run_cli, tmp_path, stdlib
     code, out, _ = run_cli("config", "presets")
     assert code == 0
     listed = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
-    assert listed["llama-tiny"] == "hf,gguf,sentence-transformers" and listed["gpt2-124m"] == "hf,sentence-transformers"
-    assert listed["shakespeare-char-modern"] == "hf,sentence-transformers"  # Qwen3's block; a char tokenizer
+    assert (
+        listed["llama-tiny"] == "hf,gguf,sentence-transformers"
+        and listed["gpt2-124m"] == "hf,gguf,sentence-transformers"
+    )
+    assert listed["shakespeare-char-modern"] == "hf,gguf,sentence-transformers"  # Qwen3's block, ASCII chars
     text = (stdlib_dir / "textwrap.py").read_text(encoding="utf-8")
     tokenizers = {"bpe": train_bpe([text], 400), "char": CharTokenizer(text)}
     for preset, formats in listed.items():

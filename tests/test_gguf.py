@@ -32,6 +32,9 @@ LLAMA = ["model.n_layer=2", "model.n_head=4", "model.n_kv_head=2", "model.n_embd
          "model.tie_embeddings=false", "model.norm_eps=1e-5", "train.name=gguf-test"]  # fmt: skip
 
 
+GPT2_BLOCK = ("model.norm=layernorm", "model.pos_emb=learned", "model.n_kv_head=0", "model.bias=true")
+
+
 @pytest.fixture(scope="module")
 def tokenizer(stdlib_dir):
     return train_bpe([(stdlib_dir / "textwrap.py").read_text(encoding="utf-8")], 400)
@@ -108,9 +111,10 @@ def test_gguf_reads_back_with_our_weights(tokenizer, qtype, tmp_path):
         t = tensors[name]
         assert list(t.shape) == list(reversed(ours.shape)), name  # ggml order: ne0 = input features
         kind = gguf.GGMLQuantizationType
-        assert t.tensor_type == (kind.F32 if ours.dim() == 1 else kind.Q8_0 if qtype == "q8_0" else kind.F16), name
+        q8 = qtype == "q8_0" and name != "output.weight"  # an untied head stays f16 in q8_0 files
+        assert t.tensor_type == (kind.F32 if ours.dim() == 1 else kind.Q8_0 if q8 else kind.F16), name
         err = np.abs(as_float(t) - ours.numpy()).max()
-        tol = 1e-7 if ours.dim() == 1 else (ours.abs().max().item() / 100 if qtype == "q8_0" else 1e-3)
+        tol = 1e-7 if ours.dim() == 1 else (ours.abs().max().item() / 100 if q8 else 1e-3)
         assert err <= tol, (name, err)
 
 
@@ -157,6 +161,20 @@ def llama_cpp_forward(tensors: dict, fields: dict, ids: list[int]) -> np.ndarray
     return _rms(x, W["output_norm.weight"], eps) @ head.T
 
 
+def test_gpt2_block_reads_back_as_llama_cpp_gpt2(tokenizer, tmp_path):
+    model, cfg = make(tokenizer, *GPT2_BLOCK, "model.mlp=gelu_exact", "model.bias=false")
+    _, fields, tensors = read(write_gguf(model, tokenizer, cfg, tmp_path / "g.gguf", type="f16"))
+    assert fields["general.architecture"] == "gpt2" and fields["gpt2.attention.layer_norm_epsilon"] > 0
+    assert "gpt2.attention.head_count_kv" not in fields and "gpt2.rope.dimension_count" not in fields
+    sd, V = model.state_dict(), tokenizer.vocab_size
+    qkv = torch.cat([sd[f"blocks.1.attn.{x}.weight"] for x in "qkv"])
+    for name, ours in {"position_embd.weight": sd["wpe.weight"], "blk.1.attn_qkv.weight": qkv,
+                       "output.weight": sd["lm_head.weight"][:V], "output_norm.weight": sd["norm_f.weight"],
+                       "blk.0.ffn_up.bias": torch.zeros(cfg.model.hidden_size),  # no biases here: zeros
+                       "blk.0.attn_qkv.bias": torch.zeros(3 * 64)}.items():  # fmt: skip
+        assert np.abs(as_float(tensors[name]) - ours.numpy()).max() <= 1e-3 * max(1.0, ours.abs().max().item()), name
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_llama_cpp_conventions_reproduce_our_logits(tokenizer, tied, tmp_path):
     model, cfg = make(tokenizer, f"model.tie_embeddings={str(tied).lower()}")
@@ -171,12 +189,11 @@ def test_llama_cpp_conventions_reproduce_our_logits(tokenizer, tied, tmp_path):
 
 def test_refuses_what_llama_gguf_cannot_express(tokenizer, tmp_path):
     cfg = load_config(None, ["model.norm=layernorm", "model.mlp=gelu", "model.pos_emb=learned", "model.bias=true"])
-    with pytest.raises(GGUFExportError, match=r"model.norm = 'layernorm'.*model.pos_emb = 'learned'"):
+    check_llama(cfg.model)  # the GPT-2 block: llama.cpp's gpt2
+    cfg = load_config(None, ["model.norm=layernorm", "model.mlp=swiglu", "model.pos_emb=rope", "model.bias=true"])
+    with pytest.raises(GGUFExportError, match=r"nearest, llama: model.norm = 'layernorm'.*model.bias = True"):
         check_llama(cfg.model)
     model, cfg = make(tokenizer)
-    char = CharTokenizer("abc")
-    with pytest.raises(GGUFExportError, match="char tokenizer has no GGUF equivalent"):
-        write_gguf(model, char, cfg, tmp_path / "x.gguf")
     with pytest.raises(GGUFExportError, match="unknown GGUF type"):
         write_gguf(model, tokenizer, cfg, tmp_path / "x.gguf", type="q4_k")
 
@@ -199,10 +216,35 @@ def test_cli_export_gguf(tokenizer, tmp_path, run_cli):
 NODE_LLAMA_CPP = Path(__file__).resolve().parent.parent / "build" / "node" / "node_modules" / "node-llama-cpp"
 
 
-@pytest.mark.parametrize("arch,extra", [("llama", ()), ("qwen3", ("model.qk_norm=true",))])
+@pytest.mark.parametrize(
+    "arch,extra",
+    [
+        ("llama", ()),
+        ("qwen3", ("model.qk_norm=true",)),
+        ("gpt2", (*GPT2_BLOCK, "model.mlp=gelu")),
+        ("gpt2", (*GPT2_BLOCK, "model.mlp=gelu_exact", "model.bias=false", "model.tie_embeddings=true")),
+    ],
+    ids=["llama", "qwen3", "gpt2", "gpt2-erf-nobias-tied"],
+)
 def test_node_llama_cpp_runs_the_file_like_we_do(tokenizer, tmp_path, arch, extra):
     """llama.cpp itself (node-llama-cpp's prebuilt binary, installed by `make setup`) tokenizes like us and
-    generates our greedy tokens from our f16 and q8_0 files, for the llama block and the QK-norm (qwen3) block."""
+    generates our greedy tokens from our f16 and q8_0 files, for the llama block, the QK-norm (qwen3) block and the
+    GPT-2 block (also with the erf GELU, which llama.cpp computes in the tanh form, no biases and a tied head)."""
+    _node_greedy_matches(tokenizer, tmp_path, arch, extra)
+
+
+def test_node_llama_cpp_runs_a_char_model(stdlib_dir, tmp_path):
+    """A char tokenizer (shakespeare-char, tiny) travels as byte tokens without merges: llama.cpp tokenizes our way
+    and generates our greedy tokens; a character wider than a byte is refused in one line."""
+    text = (stdlib_dir / "textwrap.py").read_text(encoding="utf-8")
+    char = CharTokenizer(c for c in text if c.isascii())
+    _node_greedy_matches(char, tmp_path, "gpt2", (*GPT2_BLOCK, "model.mlp=gelu", "tokenizer.kind=char"))
+    model, cfg = make(CharTokenizer("abcé"), *GPT2_BLOCK, "model.mlp=gelu")
+    with pytest.raises(GGUFExportError, match=r"1 characters that are not one printable byte \('é'\)"):
+        write_gguf(model, CharTokenizer("abcé"), cfg, tmp_path / "wide.gguf")
+
+
+def _node_greedy_matches(tokenizer, tmp_path, arch, extra):
     if not NODE_LLAMA_CPP.is_dir() or shutil.which("node") is None:
         pytest.fail(f"node-llama-cpp is not installed in {NODE_LLAMA_CPP.parent}: run `make setup` (it needs npm)")
     from slmkit.model.generate import generate
@@ -248,8 +290,8 @@ def test_refusals_name_what_is_possible(tokenizer, tmp_path, run_cli):
         assert "instead" not in err and not (tmp_path / f"modern-{fmt}").exists(), err  # "--format hf instead"
     assert "llama-tiny" in err and "shakespeare-char," in err  # presets that export to hf
     run = _run(tmp_path, "gpt2-style", tokenizer)  # the default model fields: GPT-2's
-    code, _, err = run_cli("export", run, "--format", "gguf", "--out", tmp_path / "g")
-    assert code == 2 and "model.pos_emb = 'learned'" in err, err
-    assert "This run exports with --format hf or --format sentence-transformers." in err, err
-    assert "train with the model fields of one of the presets llama-small, llama-tiny" in err
+    assert run_cli("export", run, "--format", "gguf", "--out", tmp_path / "g")[0] == 0  # llama.cpp's gpt2
     assert run_cli("export", run, "--format", "hf", "--out", tmp_path / "h")[0] == 0
+    run = _run(tmp_path, "gpt2-gqa", tokenizer, "model.n_kv_head=1")
+    code, _, err = run_cli("export", run, "--format", "gguf", "--out", tmp_path / "gq")
+    assert code == 2 and "model.n_kv_head = 1 (needs 0 or model.n_head" in err and "nearest, gpt2" in err, err

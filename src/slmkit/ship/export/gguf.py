@@ -1,10 +1,13 @@
-"""`slm export --format gguf`: a GGUF file that llama.cpp runs, for LLaMA-style models.
+"""`slm export --format gguf`: a GGUF file that llama.cpp runs, for LLaMA-style and GPT-2-style models.
 
-What GGUF's `llama` architecture expresses: RMSNorm, pre-norm, RoPE, SwiGLU, no biases, no QK-norm (GQA and a
-tied or untied head are fine); the same with QK-norm is llama.cpp's `qwen3`. Anything else is refused naming the
+Three llama.cpp architectures: `llama` (RMSNorm, pre-norm, RoPE, SwiGLU, no biases, no QK-norm; GQA and a tied or
+untied head are fine), `qwen3` (the same with QK-norm) and `gpt2` (LayerNorm, pre-norm, learned positions, GELU,
+one head per key/value; biases written as zeros where the model has none). Anything else is refused naming the
 field (`check_gguf`, which `slm export` and `slm config presets` also ask). Tensors use llama.cpp's names
-(`token_embd`, `blk.N.attn_q`, ..., `output_norm`, `output`; a tied head is left out and llama.cpp reuses
-`token_embd`). The embedding and head keep only the tokenizer's `vocab_size` rows (ours are padded).
+(`token_embd`, `blk.N.attn_q`, ..., `output_norm`, `output`; llama/qwen3 leave a tied head out and llama.cpp reuses
+`token_embd`; gpt2 files always carry `output`, and its q/k/v are one `attn_qkv`). The embedding and head keep only
+the tokenizer's `vocab_size` rows (ours are padded). llama.cpp's GELU is the tanh form: a `gelu_exact` (erf) model
+runs there with activations that differ by at most ~1e-3 (greedy tokens tested equal).
 
 RoPE layout: our q/k projections follow Hugging Face's rotate-half convention (the two halves of each head are
 rotated together), as llama.cpp's qwen3 does, while its llama rotates adjacent pairs. For llama, as llama.cpp's
@@ -12,13 +15,17 @@ own HF converter does, the rows of each q/k head are permuted so that adjacent p
 per head, row r of the half h (h = 0, 1; r < head_dim/2) moves to row 2r + h.
 
 Types (`type`): f16 stores every matrix in float16; q8_0 stores matrices whose rows are a multiple of 32 long in
-Q8_0 (blocks of 32 values: one float16 scale = max|x|/127, then 32 int8), the rest in f16. Norm weights are f32.
+Q8_0 (blocks of 32 values: one float16 scale = max|x|/127, then 32 int8), the rest in f16, and an untied `output`
+head in f16 too (the logits are the most sensitive to it, and llama.cpp also quantizes the activations in Q8_0 dot
+products: with the head in Q8_0 a small gpt2 model's greedy tokens left ours after 2, with it in f16 none did, as
+llama.cpp's own k-quant mixes keep it wider). Norm weights and biases are f32.
 
 Tokenizer: `tokenizer.ggml.model = "gpt2"` (byte-level BPE: tokens as byte-level strings, merges, token types,
 `pre = "gpt-2"` for GPT-2's pre-tokenizer regex), from the bpe kind's tokenizer.json or, for the gpt2 kind, from
-tiktoken's ranks. A char tokenizer has no GGUF equivalent and is refused. The chat template (when the tokenizer
-has the chat tokens) is stored as `tokenizer.chat_template`: `slmkit.model.hf_tokenizer.CHAT_TEMPLATE`, the text the
-hf export writes too.
+tiktoken's ranks; a char tokenizer of ASCII characters as the bytes themselves with no merges (what llama.cpp's BPE
+then does is split into bytes and look each up: our char encoding), one with wider characters is refused. The chat
+template (when the tokenizer has the chat tokens) is stored as `tokenizer.chat_template`:
+`slmkit.model.hf_tokenizer.CHAT_TEMPLATE`, the text the hf export writes too.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from slmkit.base.errors import SlmError
-from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer
+from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer, byte_to_unicode
 from slmkit.model.hf_tokenizer import CHAT_TEMPLATE, hf_tokenizer_json
 
 if TYPE_CHECKING:  # tensors arrive as arguments: the checks answer without importing torch
@@ -41,10 +48,13 @@ GGUF_FILE = "model.gguf"
 LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu", "bias": False,
                 "qkv_bias": False, "qk_norm": False}  # fmt: skip
 """ModelConfig values GGUF's llama architecture requires."""
-GGUF_ARCHS = {"llama": LLAMA_FIELDS, "qwen3": {**LLAMA_FIELDS, "qk_norm": True}}
-"""llama.cpp architecture -> the ModelConfig values it requires (qwen3: LLaMA with RMSNorm on each head's q, k)."""
-GGUF_TOKENIZERS = ("bpe", "gpt2")
-"""Tokenizer kinds with a GGUF vocabulary (byte-level BPE)."""
+GPT2_FIELDS = {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned", "mlp": ("gelu", "gelu_exact"),
+               "qk_norm": False}  # fmt: skip
+GGUF_ARCHS = {"llama": LLAMA_FIELDS, "qwen3": {**LLAMA_FIELDS, "qk_norm": True}, "gpt2": GPT2_FIELDS}
+"""llama.cpp architecture -> the ModelConfig values it requires, a tuple where several are fine (qwen3: LLaMA with
+RMSNorm on each head's q, k; gpt2 also needs n_kv_head = n_head)."""
+GGUF_TOKENIZERS = ("bpe", "gpt2", "char")
+"""Tokenizer kinds with a GGUF vocabulary (byte-level BPE; char: one byte per character, no merges)."""
 Q8_BLOCK = 32
 
 _LAYER = {  # ours (inside blocks.{i}) -> llama.cpp (inside blk.{i})
@@ -61,27 +71,40 @@ _LAYER = {  # ours (inside blocks.{i}) -> llama.cpp (inside blk.{i})
 
 
 class GGUFExportError(SlmError):
-    """A model or tokenizer that GGUF's llama architecture cannot express."""
+    """A model or tokenizer that GGUF's llama, qwen3 and gpt2 architectures cannot express."""
+
+
+def _fits(value, need) -> bool:
+    return value in need if isinstance(need, tuple) else value == need
+
+
+def _arch_misses(cfg, arch: str) -> list[str]:
+    need = GGUF_ARCHS[arch]
+    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {' or '.join(map(repr, v)) if isinstance(v, tuple) else repr(v)})"
+           for k, v in need.items() if not _fits(getattr(cfg, k), v)]  # fmt: skip
+    if arch == "gpt2" and cfg.kv_heads != cfg.n_head:
+        bad.append(f"model.n_kv_head = {cfg.n_kv_head} (needs 0 or model.n_head: llama.cpp's gpt2 has no GQA)")
+    return bad
 
 
 def gguf_arch(cfg) -> str | None:
-    """The llama.cpp architecture that expresses cfg (ModelConfig): llama or qwen3; None when neither does."""
-    return next((a for a, need in GGUF_ARCHS.items() if all(getattr(cfg, k) == v for k, v in need.items())), None)
+    """The llama.cpp architecture that expresses cfg (ModelConfig): llama, qwen3 or gpt2; None when none does."""
+    return next((a for a in GGUF_ARCHS if not _arch_misses(cfg, a)), None)
 
 
 def _llama_misses(cfg) -> str | None:
     if gguf_arch(cfg):
         return None
-    need = GGUF_ARCHS["qwen3" if cfg.qk_norm else "llama"]
-    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {v!r})" for k, v in need.items() if getattr(cfg, k) != v]
-    return f"GGUF export supports LLaMA-style models only (llama, or qwen3 with QK-norm): {', '.join(bad)}"
+    nearest = "gpt2" if cfg.pos_emb == "learned" else "qwen3" if cfg.qk_norm else "llama"
+    return (f"GGUF export supports LLaMA-style (llama, qwen3 with QK-norm) and GPT-2-style (gpt2) blocks; nearest, "
+            f"{nearest}: {', '.join(_arch_misses(cfg, nearest))}")  # fmt: skip
 
 
 def _tokenizer_miss(kind: str) -> str | None:
     if kind in GGUF_TOKENIZERS:
         return None
     return (f"a {kind} tokenizer has no GGUF equivalent (llama.cpp tokenizes with byte-level BPE or SentencePiece); "
-            "train with tokenizer.kind=bpe:N or gpt2 for GGUF")  # fmt: skip
+            "train with tokenizer.kind=bpe:N, gpt2 or char for GGUF")  # fmt: skip
 
 
 def check_llama(cfg) -> None:
@@ -114,10 +137,42 @@ def unpermute_rope(w: torch.Tensor, heads: int) -> torch.Tensor:
     return w.reshape(heads, out_dim // heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def _gpt2_tensors(sd: dict, cfg) -> dict[str, torch.Tensor]:
+    """llama.cpp's gpt2 tensors: q/k/v as one `attn_qkv`, a bias beside every weight (zeros where we have none),
+    `position_embd`, and always an `output` head."""
+    import torch
+
+    V = cfg.vocab_size
+
+    def bias(name: str, rows: int) -> torch.Tensor:
+        return sd.get(name, torch.zeros(rows))
+
+    def pair(ours: str, theirs: str) -> dict[str, torch.Tensor]:
+        w = sd[f"{ours}.weight"]
+        return {f"{theirs}.weight": w, f"{theirs}.bias": bias(f"{ours}.bias", w.shape[0])}
+
+    out = {"token_embd.weight": sd["wte.weight"][:V], "position_embd.weight": sd["wpe.weight"]}
+    for i in range(cfg.n_layer):
+        b = f"blocks.{i}"
+        qkv = [f"{b}.attn.{x}" for x in ("q", "k", "v")]
+        out |= pair(f"{b}.norm1", f"blk.{i}.attn_norm")
+        out[f"blk.{i}.attn_qkv.weight"] = torch.cat([sd[f"{n}.weight"] for n in qkv])
+        out[f"blk.{i}.attn_qkv.bias"] = torch.cat([bias(f"{n}.bias", sd[f"{n}.weight"].shape[0]) for n in qkv])
+        out |= pair(f"{b}.attn.o", f"blk.{i}.attn_output")
+        out |= pair(f"{b}.norm2", f"blk.{i}.ffn_norm")
+        out |= pair(f"{b}.mlp.up", f"blk.{i}.ffn_up")
+        out |= pair(f"{b}.mlp.down", f"blk.{i}.ffn_down")
+    out |= pair("norm_f", "output_norm")
+    out["output.weight"] = sd["lm_head.weight"][:V]
+    return out
+
+
 def gguf_tensors(model, cfg) -> dict[str, torch.Tensor]:
     """llama.cpp name -> fp32 tensor (vocabulary cut; llama: q/k permuted), in llama.cpp's order. llama.cpp's qwen3
     rotates halves as we do (NeoX order), so its q/k stay as they are, followed by their per-head norms."""
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    if gguf_arch(cfg) == "gpt2":
+        return {k: v.contiguous() for k, v in _gpt2_tensors(sd, cfg).items()}
     V, llama = cfg.vocab_size, gguf_arch(cfg) == "llama"
     layer = _LAYER if llama else {**_LAYER, "attn.q_norm.weight": "attn_q_norm.weight",
                                   "attn.k_norm.weight": "attn_k_norm.weight"}  # fmt: skip
@@ -167,8 +222,31 @@ def _hf_json(tokenizer: Tokenizer) -> dict:
     return json.loads(hf_tokenizer_json(tokenizer))  # gpt2: merges rebuilt from tiktoken's ranks
 
 
+def _char_metadata(tokenizer: Tokenizer) -> dict:
+    """A char vocabulary as byte-level BPE without merges: llama.cpp splits text into bytes and, finding no merge,
+    looks each byte up, which is our char tokenizer exactly when every character is one byte (ASCII)."""
+    wide = sorted(c for c in tokenizer.stoi if len(c.encode("utf-8")) != 1 or c in "\x00\x01")
+    if wide:
+        shown = ", ".join(repr(c) for c in wide[:5]) + (" ..." if len(wide) > 5 else "")
+        raise GGUFExportError(f"this char vocabulary has {len(wide)} characters that are not one printable byte "
+                              f"({shown}); GGUF's byte-level vocabulary holds a char tokenizer only when every "
+                              "character is ASCII: export --format hf, or train with tokenizer.kind=bpe:N")  # fmt: skip
+    b2u = byte_to_unicode()
+    tokens = {i: b2u[c.encode("utf-8")[0]] for c, i in tokenizer.stoi.items()}
+    tokens |= {i: t for t, i in tokenizer.special_tokens.items()}
+    specials = set(tokenizer.special_tokens.values())
+    n = tokenizer.vocab_size
+    types = [3 if i in specials else 1 for i in range(n)]
+    # llama.cpp refuses a BPE vocabulary without merges, and gguf writes no empty array: one merge of two control
+    # bytes (\x00, \x01), never in a char vocabulary, so never applied to text this tokenizer can encode
+    never = "".join(b2u[b] for b in (0, 1))
+    return {"tokens": [tokens[i] for i in range(n)], "merges": [f"{never[0]} {never[1]}"], "types": types}
+
+
 def tokenizer_metadata(tokenizer: Tokenizer) -> dict:
     """tokens (id order), merges ("a b"), token types (1 normal, 3 control) and special ids for GGUF."""
+    if tokenizer.kind == "char":
+        return _char_metadata(tokenizer)
     spec = _hf_json(tokenizer)
     vocab = dict(spec["model"]["vocab"])
     for t in spec.get("added_tokens", []):
@@ -191,7 +269,7 @@ def tokenizer_metadata(tokenizer: Tokenizer) -> dict:
 
 
 def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "f16", name: str = "slmkit") -> Path:
-    """Write `model` (ours; cfg is its RunConfig) as a llama or qwen3 GGUF file at `path`."""
+    """Write `model` (ours; cfg is its RunConfig) as a llama, qwen3 or gpt2 GGUF file at `path`."""
     import gguf
 
     if type not in GGUF_TYPES:
@@ -207,10 +285,13 @@ def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "
     w.add_block_count(m.n_layer)
     w.add_feed_forward_length(m.hidden_size)
     w.add_head_count(m.n_head)
-    w.add_head_count_kv(m.kv_heads)
-    w.add_layer_norm_rms_eps(m.norm_eps)
-    w.add_rope_freq_base(m.rope_theta)
-    w.add_rope_dimension_count(m.head_dim)
+    if gguf_arch(m) == "gpt2":
+        w.add_layer_norm_eps(m.norm_eps)
+    else:
+        w.add_head_count_kv(m.kv_heads)
+        w.add_layer_norm_rms_eps(m.norm_eps)
+        w.add_rope_freq_base(m.rope_theta)
+        w.add_rope_dimension_count(m.head_dim)
     w.add_vocab_size(m.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if type == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_tokenizer_model("gpt2")
@@ -230,7 +311,7 @@ def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "
         a = t.numpy()
         if a.ndim == 1:
             w.add_tensor(tname, a.astype(np.float32))
-        elif type == "q8_0" and a.shape[1] % Q8_BLOCK == 0:
+        elif type == "q8_0" and a.shape[1] % Q8_BLOCK == 0 and tname != "output.weight":
             w.add_tensor(tname, quantize_q8_0(a), raw_dtype=gguf.GGMLQuantizationType.Q8_0)  # bytes -> shape
         else:
             w.add_tensor(tname, a.astype(np.float16))
