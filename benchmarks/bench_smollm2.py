@@ -40,6 +40,11 @@ CARD = {"hellaswag": 40.9, "arc_easy": 37.3, "arc_challenge": 37.3, "piqa": 66.3
         "mmlu": 29.3}  # fmt: skip
 CARD_NOTE = {"arc_easy": "ARC average", "arc_challenge": "ARC average", "winogrande": "base model's row",
              "mmlu": "cloze MMLU"}  # fmt: skip
+# The same model under lm-evaluation-harness, 0-shot, full sets: the "Baseline" column of a third party's model card
+# (https://huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion), the scoring `slm eval` reproduces; metric
+# as listed there (ARC-Easy acc, the others acc_norm).
+LM_EVAL = {"hellaswag": ("acc_norm", 42.99), "arc_easy": ("acc", 54.12), "arc_challenge": ("acc_norm", 27.73),
+           "piqa": ("acc_norm", 66.92)}  # fmt: skip
 PROMPT = "The three most important ideas in physics are"
 
 
@@ -97,7 +102,11 @@ def main() -> None:
     ap.add_argument("--sft-minutes", type=float, default=30)
     ap.add_argument("--sft-steps", type=int, default=200)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp dir, deleted)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite smollm2.md from smollm2.json")
     args = ap.parse_args()
+    if args.report_only:
+        (RESULTS / "smollm2.md").write_text(format_md(json.loads((RESULTS / "smollm2.json").read_text())))
+        return
     if not args.gguf or not Path(args.gguf).is_file():
         raise SystemExit("pass --gguf PATH or set SLM_SMOLLM2_GGUF (SOURCES.md section 8)")
     data = Path(os.environ.get("SLM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -142,12 +151,16 @@ def format_md(r: dict) -> str:
     lines = [f"# SmolLM2-135M-Instruct through slmkit ({r['gguf']})", "",
              f"Imported in {r['import_s']:.0f} s. `slm eval`, {r['limit']} items per task (MMLU: {r['mmlu_limit']} "
              "per subject, 57 subjects, macro average), 0-shot, lm-eval's scoring:", "",
-             "| task | metric | slmkit (Q4_1 GGUF -> fp32) | model card (lighteval, bf16) | n |",
-             "|---|---|---:|---:|---:|"]  # fmt: skip
+             "| task | metric | slmkit (Q4_1 GGUF -> fp32) | n | lm-eval, full set (third party) | model card "
+             "(lighteval, bf16) |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for task, e in r["evals"].items():
         key, v, se = _score(task, e["metrics"])
         note = f" ({CARD_NOTE[task]})" if task in CARD_NOTE else ""
-        lines.append(f"| {task} | {key} | {v:.1f} ± {se:.1f} | {CARD[task]:.1f}{note} | {e['n']} |")
+        other = ""
+        if task in LM_EVAL:
+            k, x = LM_EVAL[task]
+            other = f"{x:.1f}" + (f" ({k}; ours {100 * e['metrics'][k]:.1f})" if k != key else "")
+        lines.append(f"| {task} | {key} | {v:.1f} ± {se:.1f} | {e['n']} | {other} | {CARD[task]:.1f}{note} |")
     q, sf, si = r["quantize"], r["speed_fp32"], r["speed_int8"]
     qq = q.get("quality", {})
     lines += ["", "Decode (batch 1, greedy, `slm sample`'s speed line, 128 new tokens): "

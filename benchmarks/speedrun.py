@@ -62,6 +62,9 @@ RECIPES: dict[str, tuple[str, list[str], float]] = {
     "modern": ("bf16, modern block: RoPE, RMSNorm, SwiGLU, no biases",
                ["train.dtype=bf16", "model.pos_emb=rope", "model.norm=rmsnorm", "model.mlp=swiglu", "model.bias=false"],
                0.5),
+    "modern-lr2e-3": ("modern, LR 2e-3",
+                      ["train.dtype=bf16", "model.pos_emb=rope", "model.norm=rmsnorm", "model.mlp=swiglu",
+                       "model.bias=false", *_lr(2e-3)], 0.5),
 }  # fmt: skip
 
 
