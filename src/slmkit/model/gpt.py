@@ -43,7 +43,6 @@ SDPA_FP32_MAX_T = 256
 """Training under bf16 autocast on CPU runs attention in fp32 up to this sequence length: there the CPU flash-attention
 backward is slower in bf16 than in fp32 (2.1x at T=64, 1.7x at T=128, 1.1x at T=256; bf16 wins from T=512 on).
 Measured on AVX-512-bf16 without AMX by `benchmarks/bench_train.py --sdpa` (results/sdpa.md)."""
-"""Targets with this value contribute nothing to the loss (prompt tokens in SFT, padding)."""
 
 
 def padded_vocab_size(vocab_size: int) -> int:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+"""Targets with this value contribute nothing to the loss (prompt tokens in SFT, padding)."""
 CHUNK_BYTES = 16 << 20  # one chunk's fp32 logits at most (16 MB; 8-32 MB ran fastest here); at least 64 rows
 
 

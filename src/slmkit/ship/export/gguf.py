@@ -22,8 +22,8 @@ llama.cpp's own k-quant mixes keep it wider). Norm weights and biases are f32.
 
 Tokenizer: `tokenizer.ggml.model = "gpt2"` (byte-level BPE: tokens as byte-level strings, merges, token types,
 `pre = "gpt-2"` for GPT-2's pre-tokenizer regex), from the bpe kind's tokenizer.json or, for the gpt2 kind, from
-tiktoken's ranks; a char tokenizer of ASCII characters as the bytes themselves with no merges (what llama.cpp's BPE
-then does is split into bytes and look each up: our char encoding), one with wider characters is refused. The chat
+tiktoken's ranks; a char tokenizer of ASCII characters as the bytes themselves with no merge that applies (llama.cpp's
+BPE then splits text into bytes and looks each up: our char encoding), one with wider characters is refused. The chat
 template (when the tokenizer has the chat tokens) is stored as `tokenizer.chat_template`:
 `slmkit.model.hf_tokenizer.CHAT_TEMPLATE`, the text the hf export writes too.
 """
@@ -223,8 +223,8 @@ def _hf_json(tokenizer: Tokenizer) -> dict:
 
 
 def _char_metadata(tokenizer: Tokenizer) -> dict:
-    """A char vocabulary as byte-level BPE without merges: llama.cpp splits text into bytes and, finding no merge,
-    looks each byte up, which is our char tokenizer exactly when every character is one byte (ASCII)."""
+    """A char vocabulary as byte-level BPE with no merge that applies: llama.cpp splits text into bytes and, merging
+    none, looks each byte up, which is our char tokenizer exactly when every character is one byte (ASCII)."""
     wide = sorted(c for c in tokenizer.stoi if len(c.encode("utf-8")) != 1 or c in "\x00\x01")
     if wide:
         shown = ", ".join(repr(c) for c in wide[:5]) + (" ..." if len(wide) > 5 else "")
