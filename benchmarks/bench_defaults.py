@@ -14,7 +14,8 @@
 
     python benchmarks/bench_defaults.py [--rounds 2] [--nanogpt DIR] [--only default,shakespeare]
 
-Writes benchmarks/results/defaults.json and defaults.md.
+Writes benchmarks/results/defaults.json and defaults.md (with --tag T: defaults_T.*, so a partial run such as
+`--only default --tag default` does not replace the full table).
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--only", default="default,shakespeare,compile,quality")
     ap.add_argument("--nanogpt", default="", help="a nanoGPT checkout with data/shakespeare_char prepared")
     ap.add_argument("--steps", type=int, default=500, help="shakespeare-char steps per timed run")
+    ap.add_argument("--tag", default="", help="results go to defaults_TAG.* (a partial run beside the full table)")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="defaults-"))
     res: dict = {"cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
@@ -149,8 +151,9 @@ def main() -> None:
             lines.append(f"| {preset} | {val:.4f} | <= {bar} ({'met' if val <= bar else 'MISSED'}) |")
         lines.append("")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "defaults.json").write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "defaults.md").write_text("\n".join(lines))
+    name = f"defaults_{args.tag}" if args.tag else "defaults"
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
