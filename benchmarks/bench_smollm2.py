@@ -48,9 +48,9 @@ LM_EVAL = {"hellaswag": ("acc_norm", 42.99), "arc_easy": ("acc", 54.12), "arc_ch
 PROMPT = "The three most important ideas in physics are"
 
 
-def slm(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+def slm(*args: str) -> subprocess.CompletedProcess:
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "slmkit", *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "slmkit", *args], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"slm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     print(f"slm {args[0]} {args[1] if len(args) > 1 else ''}: {time.time() - t0:.0f} s", flush=True)

@@ -19,7 +19,7 @@ from slmkit.model.gpt import GPT  # noqa: E402
 from slmkit.runs import checkpoint as ckpt_io  # noqa: E402
 from slmkit.ship.export.gguf import (  # noqa: E402
     GGUFExportError,
-    check_llama,
+    check_model,
     dequantize_q8_0,
     permute_rope,
     quantize_q8_0,
@@ -189,10 +189,10 @@ def test_llama_cpp_conventions_reproduce_our_logits(tokenizer, tied, tmp_path):
 
 def test_refuses_what_llama_gguf_cannot_express(tokenizer, tmp_path):
     cfg = load_config(None, ["model.norm=layernorm", "model.mlp=gelu", "model.pos_emb=learned", "model.bias=true"])
-    check_llama(cfg.model)  # the GPT-2 block: llama.cpp's gpt2
+    check_model(cfg.model)  # the GPT-2 block: llama.cpp's gpt2
     cfg = load_config(None, ["model.norm=layernorm", "model.mlp=swiglu", "model.pos_emb=rope", "model.bias=true"])
     with pytest.raises(GGUFExportError, match=r"nearest, llama: model.norm = 'layernorm'.*model.bias = True"):
-        check_llama(cfg.model)
+        check_model(cfg.model)
     model, cfg = make(tokenizer)
     with pytest.raises(GGUFExportError, match="unknown GGUF type"):
         write_gguf(model, tokenizer, cfg, tmp_path / "x.gguf", type="q4_k")

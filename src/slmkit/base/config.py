@@ -577,15 +577,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def scaled_min_lr(lr: Any, old_lr: Any, old_min_lr: Any) -> float | None:
+    """The min_lr that keeps old_min_lr / old_lr at a new `lr` (the schedule's shape); None when a value is not a
+    positive number's string or float (the caller's check names it)."""
+    try:
+        lr, old_lr, old_min_lr = float(lr), float(old_lr), float(old_min_lr)
+    except (TypeError, ValueError):
+        return None
+    return float(f"{old_min_lr * lr / old_lr:.6g}") if old_lr > 0 else None
+
+
 def _scale_min_lr(data: dict, before: dict) -> None:
     """optim.lr was overridden and optim.min_lr not: keep the schedule's shape (min_lr/lr) at the new lr."""
-    try:
-        lr = float(data["optim"]["lr"])
-    except ValueError:
-        return  # from_dict names the bad value
-    old_lr, old_min = float(before.get("lr", OptimConfig.lr)), float(before.get("min_lr", OptimConfig.min_lr))
-    if old_lr > 0:
-        data["optim"]["min_lr"] = float(f"{old_min * lr / old_lr:.6g}")
+    new = scaled_min_lr(data["optim"]["lr"], before.get("lr", OptimConfig.lr), before.get("min_lr", OptimConfig.min_lr))
+    if new is not None:  # else from_dict names the bad value
+        data["optim"]["min_lr"] = new
 
 
 def diff_configs(a: RunConfig, b: RunConfig) -> dict[str, tuple[Any, Any]]:

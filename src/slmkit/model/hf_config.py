@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.errors import SlmError
+from slmkit.model.arch_match import NO_GQA, describe_misses, match
 
 _HF_CLASSES = {  # HF architecture -> (class name, the ModelConfig field values it requires: a value or a tuple of them)
     "gpt2": ("GPT2LMHeadModel", {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned",
                                  "mlp": ("gelu", "gelu_exact"),
-                                 "bias": True, "tie_embeddings": True, "qk_norm": False}),
+                                 "bias": True, "tie_embeddings": True, "qk_norm": False, "n_kv_head": NO_GQA}),
     "llama": ("LlamaForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
                                    "bias": False, "qkv_bias": False, "qk_norm": False}),
     "qwen2": ("Qwen2ForCausalLM", {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "mlp": "swiglu",
@@ -32,21 +33,11 @@ class HFConversionError(SlmError):
 def hf_architecture(cfg: ModelConfig) -> str:
     """'gpt2', 'llama', 'qwen2' or 'qwen3': the HF class that represents cfg exactly; HFConversionError naming the
     fields otherwise."""
-    misses = {}
-    for arch, (_, need) in _HF_CLASSES.items():
-        misses[arch] = [k for k, v in need.items() if getattr(cfg, k) not in (v if isinstance(v, tuple) else (v,))]
-        if arch == "gpt2" and cfg.kv_heads != cfg.n_head:
-            misses[arch].append("n_kv_head")
-        if not misses[arch]:
-            return arch
-    arch = min(misses, key=lambda a: len(misses[a]))
+    exact, arch, missed = match(cfg, {a: need for a, (_, need) in _HF_CLASSES.items()})
+    if exact:
+        return exact
     cls, need = _HF_CLASSES[arch]
-
-    def needs(k: str) -> str:
-        v = need.get(k, "n_head")
-        return " or ".join(map(repr, v)) if isinstance(v, tuple) else repr(v)
-
-    fields = ", ".join(f"model.{k} = {getattr(cfg, k)!r} ({cls} needs {needs(k)})" for k in misses[arch])
+    fields = describe_misses(cfg, need, missed, who=cls)
     raise HFConversionError(f"no Hugging Face class represents this model: {fields}; the closest is {cls}")
 
 

@@ -61,13 +61,8 @@ def sft_config(
             f"train.init_from={ckpt}", f"train.out_dir={run.parent}"]  # fmt: skip
     if lora_on and not _given(overrides, "optim.lr"):
         base.append(LORA_LR)
-    if _given(overrides, "optim.lr") and not _given(overrides, "optim.min_lr"):
-        lr = next(o.split("=", 1)[1] for o in reversed(overrides) if _given([o], "optim.lr"))
-        try:  # the schedule keeps SFT's shape: min_lr = lr / 10 (a bad value is named by from_dict)
-            base.append(f"optim.min_lr={float(lr) / 10:.6g}")
-        except ValueError:
-            pass
-    cfg = from_dict(apply_overrides(child_start(ckpt), base + overrides))
+    # two layers: the user's overrides apply to the SFT defaults, so an optim.lr alone keeps their min_lr/lr ratio
+    cfg = from_dict(apply_overrides(apply_overrides(child_start(ckpt), base), overrides))
     if not _given(overrides, "train.name"):
         suffix = "lora" if cfg.lora.rank else "sft"
         cfg = cfg.replace(**{"train.name": ckpt_io.free_name(Path(cfg.train.out_dir), f"{run.name}-{suffix}")})

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit.base.atomic import atomic_write_json, atomic_write_text, nan_to_none
-from slmkit.base.config import ConfigError, RunConfig, diff_configs, from_dict
+from slmkit.base.config import ConfigError, RunConfig, diff_configs, from_dict, scaled_min_lr
 from slmkit.base.config_files import load_config
 from slmkit.base.metrics import series
 from slmkit.base.stats import compare, mean_ci, mean_std
@@ -96,11 +96,10 @@ def make_arms(base: RunConfig, varies: Sequence[tuple[str, Sequence[str]]], grid
 def _with_schedule(base: RunConfig, overrides: dict[str, str]) -> dict[str, str]:
     """An LR arm scales the whole schedule: optim.min_lr keeps the base's min_lr/lr ratio (unless varied too)."""
     if "optim.lr" in overrides and "optim.min_lr" not in overrides:
-        try:
-            lr = float(overrides["optim.lr"])
-        except ValueError:
-            raise ConfigError(f"optim.lr expects float, got {overrides['optim.lr']!r}") from None
-        overrides["optim.min_lr"] = f"{base.optim.min_lr * lr / base.optim.lr:.6g}"
+        min_lr = scaled_min_lr(overrides["optim.lr"], base.optim.lr, base.optim.min_lr)
+        if min_lr is None:
+            raise ConfigError(f"optim.lr expects float, got {overrides['optim.lr']!r}")
+        overrides["optim.min_lr"] = f"{min_lr:.6g}"
     return overrides
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import END_OF_TURN, EOT, Tokenizer, byte_to_unicode
+from slmkit.model.arch_match import NO_GQA, describe_misses, match
 from slmkit.model.hf_tokenizer import CHAT_TEMPLATE, hf_tokenizer_json
 
 if TYPE_CHECKING:  # tensors arrive as arguments: the checks answer without importing torch
@@ -49,10 +50,10 @@ LLAMA_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "pos_emb": "rope", "m
                 "qkv_bias": False, "qk_norm": False}  # fmt: skip
 """ModelConfig values GGUF's llama architecture requires."""
 GPT2_FIELDS = {"norm": "layernorm", "norm_position": "pre", "pos_emb": "learned", "mlp": ("gelu", "gelu_exact"),
-               "qk_norm": False}  # fmt: skip
+               "qk_norm": False, "n_kv_head": NO_GQA}  # fmt: skip
 GGUF_ARCHS = {"llama": LLAMA_FIELDS, "qwen3": {**LLAMA_FIELDS, "qk_norm": True}, "gpt2": GPT2_FIELDS}
-"""llama.cpp architecture -> the ModelConfig values it requires, a tuple where several are fine (qwen3: LLaMA with
-RMSNorm on each head's q, k; gpt2 also needs n_kv_head = n_head)."""
+"""llama.cpp architecture -> the ModelConfig values it requires, as `slmkit.model.arch_match` reads them (qwen3:
+LLaMA with RMSNorm on each head's q, k)."""
 GGUF_TOKENIZERS = ("bpe", "gpt2", "char")
 """Tokenizer kinds with a GGUF vocabulary (byte-level BPE; char: one byte per character, no merges)."""
 Q8_BLOCK = 32
@@ -74,30 +75,17 @@ class GGUFExportError(SlmError):
     """A model or tokenizer that GGUF's llama, qwen3 and gpt2 architectures cannot express."""
 
 
-def _fits(value, need) -> bool:
-    return value in need if isinstance(need, tuple) else value == need
-
-
-def _arch_misses(cfg, arch: str) -> list[str]:
-    need = GGUF_ARCHS[arch]
-    bad = [f"model.{k} = {getattr(cfg, k)!r} (needs {' or '.join(map(repr, v)) if isinstance(v, tuple) else repr(v)})"
-           for k, v in need.items() if not _fits(getattr(cfg, k), v)]  # fmt: skip
-    if arch == "gpt2" and cfg.kv_heads != cfg.n_head:
-        bad.append(f"model.n_kv_head = {cfg.n_kv_head} (needs 0 or model.n_head: llama.cpp's gpt2 has no GQA)")
-    return bad
-
-
 def gguf_arch(cfg) -> str | None:
     """The llama.cpp architecture that expresses cfg (ModelConfig): llama, qwen3 or gpt2; None when none does."""
-    return next((a for a in GGUF_ARCHS if not _arch_misses(cfg, a)), None)
+    return match(cfg, GGUF_ARCHS)[0]
 
 
-def _llama_misses(cfg) -> str | None:
-    if gguf_arch(cfg):
+def _model_miss(cfg) -> str | None:
+    exact, nearest, missed = match(cfg, GGUF_ARCHS)
+    if exact:
         return None
-    nearest = "gpt2" if cfg.pos_emb == "learned" else "qwen3" if cfg.qk_norm else "llama"
     return (f"GGUF export supports LLaMA-style (llama, qwen3 with QK-norm) and GPT-2-style (gpt2) blocks; nearest, "
-            f"{nearest}: {', '.join(_arch_misses(cfg, nearest))}")  # fmt: skip
+            f"{nearest}: {describe_misses(cfg, GGUF_ARCHS[nearest], missed)}")  # fmt: skip
 
 
 def _tokenizer_miss(kind: str) -> str | None:
@@ -107,16 +95,16 @@ def _tokenizer_miss(kind: str) -> str | None:
             "train with tokenizer.kind=bpe:N, gpt2 or char for GGUF")  # fmt: skip
 
 
-def check_llama(cfg) -> None:
-    """Refuse, naming each field, a model (ModelConfig) that GGUF's llama architecture cannot express."""
-    if miss := _llama_misses(cfg):
+def check_model(cfg) -> None:
+    """Refuse, naming each field, a model (ModelConfig) that no GGUF architecture of ours expresses."""
+    if miss := _model_miss(cfg):
         raise GGUFExportError(miss)
 
 
 def check_gguf(model_cfg, tokenizer_kind: str) -> None:
     """Refuse, naming every field at once, a model or tokenizer kind (char, bpe, gpt2) GGUF cannot express. The
     `gguf` entry of slmkit.ship.export.checks.CHECKS."""
-    misses = [m for m in (_llama_misses(model_cfg), _tokenizer_miss(tokenizer_kind)) if m]
+    misses = [m for m in (_model_miss(model_cfg), _tokenizer_miss(tokenizer_kind)) if m]
     if misses:
         raise GGUFExportError("; ".join(misses))
 
@@ -171,9 +159,10 @@ def gguf_tensors(model, cfg) -> dict[str, torch.Tensor]:
     """llama.cpp name -> fp32 tensor (vocabulary cut; llama: q/k permuted), in llama.cpp's order. llama.cpp's qwen3
     rotates halves as we do (NeoX order), so its q/k stay as they are, followed by their per-head norms."""
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    if gguf_arch(cfg) == "gpt2":
+    arch = gguf_arch(cfg)
+    if arch == "gpt2":
         return {k: v.contiguous() for k, v in _gpt2_tensors(sd, cfg).items()}
-    V, llama = cfg.vocab_size, gguf_arch(cfg) == "llama"
+    V, llama = cfg.vocab_size, arch == "llama"
     layer = _LAYER if llama else {**_LAYER, "attn.q_norm.weight": "attn_q_norm.weight",
                                   "attn.k_norm.weight": "attn_k_norm.weight"}  # fmt: skip
     out = {"token_embd.weight": sd["wte.weight"][:V]}
@@ -275,17 +264,18 @@ def write_gguf(model, tokenizer: Tokenizer, cfg, path: str | Path, type: str = "
     if type not in GGUF_TYPES:
         raise GGUFExportError(f"unknown GGUF type {type!r}; use one of {', '.join(GGUF_TYPES)}")
     m = cfg.model
-    check_llama(m)
+    check_model(m)
     vocab = tokenizer_metadata(tokenizer)
     path = Path(path)
-    w = gguf.GGUFWriter(str(path), gguf_arch(m))
+    arch = gguf_arch(m)
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_context_length(m.block_size)
     w.add_embedding_length(m.n_embd)
     w.add_block_count(m.n_layer)
     w.add_feed_forward_length(m.hidden_size)
     w.add_head_count(m.n_head)
-    if gguf_arch(m) == "gpt2":
+    if arch == "gpt2":
         w.add_layer_norm_eps(m.norm_eps)
     else:
         w.add_head_count_kv(m.kv_heads)
