@@ -33,7 +33,7 @@ import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUALITY = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=256", "train.batch_size=16",
-           "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=50", "train.eval_every=100000", "train.threads=1",
+           "optim.lr=3e-3", "optim.min_lr=3e-4", "optim.warmup=50", "train.eval_every=100000", "train.threads=2",
            "train.seed=1", "tokenizer.kind=bpe:4096"]  # fmt: skip
 TARGETS = {"fim_exact_ratio": 2.0, "val_loss_worse_pct": 2.0, "p50_ms": 50.0, "p95_ms": 100.0}
 CONTEXT, NEW_TOKENS = 512, 16

@@ -116,3 +116,72 @@ def test_children_do_not_inherit_the_teacher_or_the_parents_stream(runs, tmp_pat
     assert (child.data.stream, child.data.mix, child.distill.teacher) == (False, [], "")
     cont = init_from_config(parent, None, [f"data.dir={data}"])
     assert (cont.data.stream, cont.data.mix, cont.distill.teacher) == (False, [], "")
+
+
+# -- cached top-K teacher logits (distill.topk) ------------------------------------------------------------------
+
+
+def test_topk_loss_over_the_whole_vocabulary_is_the_full_kl():
+    torch.manual_seed(1)
+    s, t = torch.randn(2, 4, 10), torch.randn(2, 4, 10)
+    y = torch.randint(0, 10, (2, 4))
+    top = t.topk(10, dim=-1)  # K = V: every token cached, in another order
+    full = distill_loss(s, t, y, 10, 2.0, 0.5)
+    cached = distill_loss(s, top.values, y, 10, 2.0, 0.5, teacher_ids=top.indices)
+    assert cached[2].item() == pytest.approx(full[2].item(), rel=1e-5)
+    k3 = t.topk(3, dim=-1)
+    log_p = torch.log_softmax(k3.values / 2, -1)  # the teacher renormalised over its 3 cached tokens
+    log_q = torch.log_softmax(s / 2, -1).gather(-1, k3.indices)
+    want = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    got = distill_loss(s, k3.values, y, 10, 2.0, 0.5, teacher_ids=k3.indices)[2]
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_the_cache_holds_the_teachers_topk_at_every_position_and_is_reused(runs):
+    from slmkit.data.loader import TokenLoader
+    from slmkit.engine.teacher_cache import TeacherCache, ensure_cache
+
+    root, data, teacher = runs
+    model, tok, _, ckpt = load_model(teacher)
+    path, seconds = ensure_cache(model, teacher, ckpt, data, 16, 5, tok.vocab_size, progress=False)
+    cache = TeacherCache.open(path)
+    loader = TokenLoader(data, "train", 1, 16)
+    assert seconds is not None and cache.values.shape == (loader.num_tokens, 5) and path.parent.parent == teacher
+    for start in (0, 16 * 3, loader.num_tokens - 17):  # the windows the cache was built from, and the tail one
+        x = torch.from_numpy(loader.rows(torch.tensor([start]).numpy())[:, :-1].astype("int64"))
+        with torch.no_grad():
+            want = model(x)[0][..., : tok.vocab_size].topk(5, dim=-1)
+        values, ids = cache.lookup(torch.tensor([start]), 16)
+        assert torch.equal(ids, want.indices) and torch.allclose(values, want.values, atol=0.02, rtol=0.005)
+    assert ensure_cache(model, teacher, ckpt, data, 16, 5, tok.vocab_size, progress=False) == (path, None)
+    other, _ = ensure_cache(model, teacher, ckpt, data, 16, 3, tok.vocab_size, progress=False)
+    assert other != path  # another K (or block size, dataset, checkpoint) is another cache
+
+
+def test_a_student_trains_from_the_cached_logits(runs, run_cli):
+    root, data, teacher = runs
+    student = make_run(root, data, "cached", "model.n_layer=1", "model.n_embd=32", f"distill.teacher={teacher}",
+                       "distill.topk=8", "train.max_steps=4", "train.eval_every=2", block_size=64)  # fmt: skip
+    steps = [e for e in read_metrics(student) if "train/kl" in e]
+    assert len(steps) == 4 and all(e["train/kl"] >= 0 for e in steps)
+    assert len(list((teacher / "distill-cache").iterdir())) >= 1
+
+
+@pytest.mark.parametrize(("extra", "says"), [("data.fim_rate=0.5", "no fixed positions"), ("distill.topk=100000",
+                                             "more than the vocabulary")])  # fmt: skip
+def test_a_cache_that_cannot_serve_the_student_is_refused(runs, run_cli, extra, says):
+    root, data, teacher = runs
+    code, _, err = run_cli("train", "tiny", f"data.dir={data}", "tokenizer.kind=bpe:512", f"distill.teacher={teacher}",
+                           "distill.topk=8", extra, f"train.out_dir={root / 'no'}", "train.max_steps=2")  # fmt: skip
+    assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (root / "no").exists() or not any((root / "no").iterdir())
+
+
+def test_a_loader_with_positions_gives_each_windows_offset(runs):
+    from slmkit.data.loader import TokenLoader
+
+    _, data, _ = runs
+    loader = TokenLoader(data, "train", 4, 16, seed=3, positions=True)
+    x, y, starts = loader.next_batch()
+    assert torch.equal(torch.from_numpy(loader.rows(starts.numpy())[:, :-1].astype("int64")), x)
+    assert torch.equal(TokenLoader(data, "train", 4, 16, seed=3).next_batch()[0], x)  # the same batches as without

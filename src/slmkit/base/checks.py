@@ -127,6 +127,7 @@ RANGES: dict[str, Range] = {
     # distill
     "distill.temperature": Range(0.05, 100),
     "distill.alpha": Range(0, 1),
+    "distill.topk": _nat("0 = the teacher runs on every batch"),
 }
 """Every int and float field of the config tree (a test checks that none is missing)."""
 

@@ -146,6 +146,9 @@ class DistillConfig:
     """Both models' logits are divided by it before the KL term (softer distributions show more of the teacher)."""
     alpha: float = 0.5
     """Weight of the cross-entropy on the text; 1 - alpha goes to T^2 * KL(teacher || student)."""
+    topk: int = 0
+    """0: the teacher runs on every batch; K: its K largest logits over the training split are computed once, kept
+    beside the teacher for later students, and the KL runs over those K tokens (a far cheaper student step)."""
 
     def __post_init__(self) -> None:
         _check_ranges("distill", self)

@@ -29,6 +29,9 @@ document piece in it, with probability `fim.rate`, becomes prefix/suffix/middle 
 (`slmkit.data.fim.fim_window`), a pure function of (seed, document index, offset), so batches stay a pure function
 of their index and resume stays exact.
 
+With `positions` a batch is (x, y, starts): the offsets of its windows in the split, for a distillation student
+whose teacher's logits were cached by position (`slmkit.engine.teacher_cache`).
+
 `state_dict()` / `load_state_dict()` save and restore the exact position (counters): the batches after a restore
 are the ones the uninterrupted loader would have produced. The state is the same on every rank, so the state saved
 by rank 0 restores all ranks.
@@ -92,6 +95,7 @@ class TokenLoader:
         world_size: int = 1,
         shard: str = "windows",
         fim: FimSpec | None = None,
+        positions: bool = False,
     ):
         if mode not in MODES:
             raise DataError(f"unknown loader mode {mode!r}; use random or sequential")
@@ -115,6 +119,9 @@ class TokenLoader:
                             f"of block_size + 1 = {block_size + 1}; use a smaller block size or more data")  # fmt: skip
         self._starts = self._window_starts()
         self.fim = fim if fim is not None and fim.rate > 0 else None
+        if positions and self.fim is not None:
+            raise DataError("window positions mean nothing once fill-in-the-middle rearranges the windows")
+        self.positions = positions
         self._docs = doc_starts(self.dir, split).astype(np.int64) if self.fim is not None else None
         self.batches = 0  # batches produced so far
         self.epoch = 0  # sequential mode: completed passes
@@ -191,22 +198,29 @@ class TokenLoader:
             i += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, y: int64 CPU tensors of shape (B, T), y = x shifted by one token."""
-        starts = self._next_starts()
+    def rows(self, starts: np.ndarray) -> np.ndarray:
+        """The windows of `block_size + 1` tokens at `starts` (offsets in the split): a (len(starts), T+1) array."""
         if self._single is not None:  # one shard: a single gather
-            rows = self._single[starts[:, None] + np.arange(self.block_size + 1)]  # (B, T+1)
-        else:
-            rows = np.empty((len(starts), self.block_size + 1), dtype=self._shards.dtype)  # (B, T+1)
-            shard = np.searchsorted(self._ends, starts, side="right")
-            offsets = starts - np.concatenate(([0], self._ends))[shard]
-            for b, (i, lo, s) in enumerate(zip(shard.tolist(), offsets.tolist(), starts.tolist())):
-                window = self._shards[i][lo : lo + self.block_size + 1]
-                rows[b] = window if len(window) == self.block_size + 1 else self._window(s)
+            return self._single[starts[:, None] + np.arange(self.block_size + 1)]
+        rows = np.empty((len(starts), self.block_size + 1), dtype=self._shards.dtype)
+        shard = np.searchsorted(self._ends, starts, side="right")
+        offsets = starts - np.concatenate(([0], self._ends))[shard]
+        for b, (i, lo, s) in enumerate(zip(shard.tolist(), offsets.tolist(), starts.tolist())):
+            window = self._shards[i][lo : lo + self.block_size + 1]
+            rows[b] = window if len(window) == self.block_size + 1 else self._window(s)
+        return rows
+
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        """x, y: int64 CPU tensors of shape (B, T), y = x shifted by one token; with `positions`, also the (B,)
+        offsets of the windows in the split (a cached teacher's logits are looked up by them)."""
+        starts = self._next_starts()
+        rows = self.rows(starts)
         if self.fim is not None:
             rows = self._fim_rows(rows, starts)
         rows = torch.from_numpy(rows.astype(np.int64))
         self.batches += 1
+        if self.positions:
+            return rows[:, :-1], rows[:, 1:], torch.from_numpy(starts.astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
     def _fim_rows(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from slmkit.engine.distributed import agree, check_parallel, init_process_group,
 from slmkit.engine.embedding import ContrastiveObjective, check_pooling
 from slmkit.engine.resolve import derive_run_name, lr_scaling_hint, resolve_batch, resolve_vocab
 from slmkit.engine.runtime import Runtime, resolve_runtime
+from slmkit.engine.teacher_cache import TeacherCache, ensure_cache
 from slmkit.engine.trainer import Trainer
 from slmkit.model.lora import check_targets, param_counts
 from slmkit.runs import checkpoint as ckpt_io
@@ -118,6 +119,13 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         if cfg.data.format == "pairs":
             raise ConfigError("distill.teacher teaches next-token prediction; an embedding run (data.format=pairs) "
                               "cannot use it")  # fmt: skip
+        if cfg.distill.topk and (dataset_dir is None or cfg.data.fim_rate > 0):
+            raise ConfigError("distill.topk caches the teacher's logits by position in a prepared dataset; stream "
+                              "mode, chat data and fill-in-the-middle windows have no fixed positions: use "
+                              "distill.topk=0 (the teacher runs on every batch)")  # fmt: skip
+        if cfg.distill.topk > tokenizer.vocab_size:
+            raise ConfigError(f"distill.topk={cfg.distill.topk} is more than the vocabulary ({tokenizer.vocab_size} "
+                              "tokens); use at most that")  # fmt: skip
         teacher = load_teacher(cfg.distill, tokenizer, runtime.device)
     if resume is not None:
         if dataset_dir is not None:  # (a stream run resumes with the run's own tokenizer)
@@ -147,7 +155,8 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     if cfg.data.format == "pairs":
         objective = ContrastiveObjective(cfg.embed)
     if teacher is not None:
-        objective = DistillObjective(cfg.distill, teacher[0], tokenizer.vocab_size)
+        cache = _teacher_cache(cfg, teacher, dataset_dir, tokenizer, runtime, progress)
+        objective = DistillObjective(cfg.distill, None if cache else teacher[0], tokenizer.vocab_size, cache)
         say(f"distilling from {teacher[1]} (T = {cfg.distill.temperature:g}, alpha = {cfg.distill.alpha:g}: "
             f"{cfg.distill.alpha:g} x cross-entropy + {1 - cfg.distill.alpha:g} x T^2 x KL)")  # fmt: skip
     trainer, marked_running = None, False
@@ -390,6 +399,23 @@ def _chat_data(cfg: RunConfig, run_dir: Path | None):
                 "`slm sft PARENT_RUN --data FILE` or set tokenizer.kind to a tokenizer dir"
             ) from None
     return load_chat_data(cfg.data, tokenizer)
+
+
+def _teacher_cache(cfg: RunConfig, teacher: tuple, dataset_dir: Path, tokenizer: Tokenizer, runtime: Runtime,
+                   progress: bool) -> TeacherCache | None:  # fmt: skip
+    """distill.topk > 0: the teacher's cached top-K logits over the training split (built now on rank 0 unless an
+    earlier student built them); None when the teacher runs on every batch."""
+    if not cfg.distill.topk:
+        return None
+    model, ckpt = teacher
+    run = ckpt_io.check_run_dir(cfg.distill.teacher)
+    path, seconds = on_main(runtime, lambda: ensure_cache(model, run, ckpt, dataset_dir, cfg.model.block_size,
+                                                          cfg.distill.topk, tokenizer.vocab_size, runtime.autocast,
+                                                          progress))  # fmt: skip
+    cache = TeacherCache.open(path)
+    how = "reused" if seconds is None else f"computed in {seconds:.1f} s"
+    say(f"teacher's top-{cache.k} logits for {cache.meta['rows']:,} positions {how}: {path}")
+    return cache
 
 
 def _announce(tr: Trainer) -> None:

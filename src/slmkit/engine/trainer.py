@@ -230,7 +230,8 @@ class Trainer:
         fim = FimSpec.from_tokenizer(self.tokenizer, d.fim_rate, d.fim_spm_rate) if d.fim_rate > 0 else None
         return TokenLoader(self.dataset_dir, "train", t.batch_size, block, seed=seed,
                            align_to_docs=self.cfg.data.align_to_docs, rank=self.rt.rank,
-                           world_size=self.rt.world_size, shard="batches", fim=fim)  # fmt: skip
+                           world_size=self.rt.world_size, shard="batches", fim=fim,
+                           positions=getattr(self.objective, "wants_positions", False))  # fmt: skip
 
     def evaluate(self) -> float:
         val = self.make_loader("val", VAL_SEED)
