@@ -75,6 +75,8 @@ def quality(work: Path, data: Path, steps: int, items: int) -> dict:
         out[name] = {"fim_rate": rate, "train_seconds": seconds, "val_loss": res["val"]["metrics"]["loss"],
                      **{f"{t}/{m}": v for t in ("fim-line", "next-line") for m, v in res[t]["metrics"].items()},
                      "fim_line_mode": res["fim-line"]["mode"], "items": res["fim-line"]["n"]}  # fmt: skip
+    for name in ("fim0", "fim50"):
+        out[name]["middle_loss"] = middle_losses(work / "runs" / name, data)
     base, fim = out["fim0"], out["fim50"]
     ratio = fim["fim-line/exact_match"] / base["fim-line/exact_match"] if base["fim-line/exact_match"] else None
     worse = 100 * (fim["val_loss"] - base["val_loss"]) / base["val_loss"]
@@ -84,6 +86,39 @@ def quality(work: Path, data: Path, steps: int, items: int) -> dict:
     out["tokens_per_model"] = steps * 16 * 256
     out["load_avg_end"] = os.getloadavg()
     return out
+
+
+def middle_losses(run: Path, data: Path, windows: int = 200) -> dict:
+    """Why infilling does or does not pay: the mean loss of a middle's tokens (after its first) when the model reads
+    them in PSM order (prefix, suffix, then the middle), in SPM order (suffix, then prefix and middle) and left to
+    right (prefix, middle: the suffix unseen). Val windows of 240 tokens cut at two seeded points, as training cuts."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from slmkit.data.loader import TokenLoader
+    from slmkit.runs.checkpoint import load_model
+
+    model, tok, _, _ = load_model(run)
+    pre, suf, mid = (tok.token_id(t) for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
+    loader = TokenLoader(data, "val", windows, 256, seed=5)
+    rng = np.random.default_rng(0)
+    sums = {"psm": 0.0, "spm": 0.0, "left_to_right": 0.0}
+
+    def middle_loss(ids: list[int], k: int) -> float:
+        x, y = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+        with torch.no_grad():
+            losses = F.cross_entropy(model(x)[0][0], y[0], reduction="none")
+        return losses[-(k - 1) :].mean().item()  # the middle's tokens after its first: the last k - 1 targets
+
+    for w in loader.next_batch()[0].tolist():
+        w = w[:240]
+        a, b = sorted(rng.choice(np.arange(20, 220), 2, replace=False).tolist())
+        P, M, S = w[:a], w[a:b], w[b:]
+        sums["psm"] += middle_loss([pre, *P, suf, *S, mid, *M], len(M))
+        sums["spm"] += middle_loss([pre, suf, *S, mid, *P, *M], len(M))
+        sums["left_to_right"] += middle_loss([*P, *M], len(M))
+    return {k: v / windows for k, v in sums.items()}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -205,6 +240,10 @@ def markdown(res: dict) -> str:
             f"  - val loss (left to right) {b['val_loss']:.4f} vs {a['val_loss']:.4f}: {q['val_loss_worse_pct']:+.2f}% "
             f"(target <= +2%: {'met' if q['met']['val_loss_worse_pct'] else 'MISSED'})",
         ]
+        if "middle_loss" in b:
+            lines += [f"  - loss of a middle's tokens read in PSM / SPM order / left to right (suffix unseen), 200 val "
+                      f"windows: {n} {r['middle_loss']['psm']:.3f} / {r['middle_loss']['spm']:.3f} / "
+                      f"{r['middle_loss']['left_to_right']:.3f}" for n, r in (("FIM", b), ("no FIM", a))]  # fmt: skip
     lat = res.get("latency")
     if lat:
         lines.append(f"- latency: {load(lat)}")
@@ -233,12 +272,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency paths")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--diagnose", action="store_true", help="only add the middle losses of the two trained models")
     args = ap.parse_args()
     work = Path(args.work)
     res = {"benchmark": "fim", "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "machine": platform.machine(),
            "targets": TARGETS}  # fmt: skip
     data = prepared(work)
-    if not args.skip_quality:
+    if args.diagnose:
+        old = json.loads((RESULTS / "fim.json").read_text())
+        for name in ("fim0", "fim50"):
+            old["quality"][name]["middle_loss"] = middle_losses(work / "runs" / name, data)
+        res = {**res, "quality": old["quality"]}
+        args.skip_latency = True
+    elif not args.skip_quality:
         res["quality"] = quality(work, data, args.steps, args.items)
     if not args.skip_latency:
         res["latency"] = latency(work, data, args.repeats, args.threads)
