@@ -86,3 +86,12 @@ def test_slm_eval_scores_embedding_tasks(run, run_cli, need_data):
     assert retrieval["n"] == 40 and 0 <= retrieval["metrics"]["mrr@10"] <= retrieval["metrics"]["recall@10"]
     code, _, err = run_cli("eval", run, "--tasks", "sts-b", "--task-source", "hf")
     assert code == 2 and "local files only" in err
+
+
+def test_a_limited_sts_task_spreads_its_items_over_the_file():
+    """The STS files are ordered by genre: a limit takes every k-th item, not the first (one genre) ones."""
+    from slmkit.engine.evaluate.embedding import spread
+
+    items = list(range(10))
+    assert spread(items, 0) == items and spread(items, 20) == items
+    assert spread(items, 5) == [0, 2, 4, 6, 8] and spread(items, 3) == [0, 3, 6]

@@ -156,7 +156,7 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         objective = ContrastiveObjective(cfg.embed)
     if teacher is not None:
         cache = _teacher_cache(cfg, teacher, dataset_dir, tokenizer, runtime, progress)
-        objective = DistillObjective(cfg.distill, None if cache else teacher[0], tokenizer.vocab_size, cache)
+        objective = DistillObjective(cfg.distill, teacher[0] if cache is None else None, tokenizer.vocab_size, cache)
         say(f"distilling from {teacher[1]} (T = {cfg.distill.temperature:g}, alpha = {cfg.distill.alpha:g}: "
             f"{cfg.distill.alpha:g} x cross-entropy + {1 - cfg.distill.alpha:g} x T^2 x KL)")  # fmt: skip
     trainer, marked_running = None, False

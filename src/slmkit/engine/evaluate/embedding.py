@@ -92,7 +92,9 @@ def embed_task_files(name: str, root: str | Path | None = None) -> list[Path]:
 
 
 def sts_items(name: str, root: str | Path | None = None, limit: int = 0) -> list[tuple[str, str, float]]:
-    """(sentence1, sentence2, gold score) of an STS task, the first `limit` when > 0."""
+    """(sentence1, sentence2, gold score) of an STS task; with `limit` > 0, that many spread evenly over the file
+    (every k-th item): the STS files are ordered by genre (STS-B test starts with ~600 image captions, far easier
+    than its news and forum pairs), so its first items alone would score one genre."""
     (path,) = embed_task_files(name, root)
     if name == "sick-r":
         items = [(a, b, score) for a, b, _, score in read_sick(path, "TEST")]
@@ -100,7 +102,14 @@ def sts_items(name: str, root: str | Path | None = None, limit: int = 0) -> list
         items = read_sts_benchmark(path)
     else:
         items = read_senteval_sts(path)
-    return items[:limit] if limit else items
+    return spread(items, limit)
+
+
+def spread(items: list, limit: int) -> list:
+    """`limit` items taken evenly across `items` (all of them when limit is 0 or not smaller)."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
 
 
 def first_sentence_pairs(path: str | Path, n: int) -> tuple[list[str], list[str]]:
