@@ -59,7 +59,8 @@ class EvalConfig:
     every: int = 0
     """Run eval.tasks every this many steps; 0 only at the end (when tasks are given)."""
     limit: int = 0
-    """Items per task; 0 means all."""
+    """Items per task; 0 means all. The first N, as lm-eval's --limit takes them; for the STS tasks N spread over the
+    file (their files are ordered by genre)."""
 
     def __post_init__(self) -> None:
         _check_ranges("eval", self)
