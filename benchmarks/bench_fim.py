@@ -231,8 +231,13 @@ def markdown(res: dict) -> str:
         ratio = "n/a (baseline 0)" if q["fim_exact_ratio"] is None else f"{q['fim_exact_ratio']:.2f}x"
         lines += [
             f"- FIM for free (4 x 128, block 256, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
-            f"trained in {a['train_seconds'] or 0:.0f} s and {b['train_seconds'] or 0:.0f} s, {load(q)}):",
-            f"  - fim-line exact match {b['fim-line/exact_match']:.3f} (FIM, infilling) vs "
+            + (
+                "runs reused from --work"
+                if a["train_seconds"] is None
+                else f"trained in {a['train_seconds']:.0f} s and {b['train_seconds'] or 0:.0f} s"
+            )
+            + f", {load(q)}):",
+            f"  - fim-line exact match {b['fim-line/exact_match']:.3f} (FIM, {b['fim_line_mode']}) vs "
             f"{a['fim-line/exact_match']:.3f} (no FIM, left to right): {ratio} (target >= 2x: "
             f"{'met' if q['met']['fim_exact_ratio'] else 'MISSED'})",
             f"  - fim-line edit similarity {b['fim-line/edit_sim']:.3f} vs {a['fim-line/edit_sim']:.3f}; next-line "

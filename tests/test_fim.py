@@ -36,6 +36,7 @@ from slmkit.data.fim import (
     fim_window,
     finish,
     heal,
+    infill_order,
     permute,
 )
 from slmkit.data.loader import TokenLoader
@@ -198,6 +199,20 @@ def test_fim_prompt_cuts_far_ends_and_says_how_much():
         fim_prompt(tok, "ab", "cd", 3)
 
 
+def test_an_spm_prompt_puts_the_suffix_first_and_the_prefix_last():
+    tok = CharTokenizer("abcdefghij\n ")
+    ensure_fim_tokens(tok)
+    pre, suf, mid = (tok.token_id(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
+    psm = fim_prompt(tok, "ab", "cd", budget=24)
+    spm = fim_prompt(tok, "ab", "cd", budget=24, spm=True)
+    ab, cd = tok.encode("ab"), tok.encode("cd")
+    assert psm.ids == [tok.eot_id, pre, *ab, suf, *cd, mid]
+    assert spm.ids == [tok.eot_id, pre, suf, *cd, mid, *ab]  # the order training's SPM pieces have: the middle follows
+    cut = fim_prompt(tok, "a" * 50 + "b", "c" + "d" * 50, budget=24, healing=False, spm=True)
+    assert cut.ids[-1] == tok.encode("b")[0] and cut.prefix_cut + cut.suffix_cut == 102 - 20  # same cuts as PSM
+    assert [infill_order(0, 0.5), infill_order(0.5, 0.5), infill_order(0.5, 0)] == ["", "spm", "psm"]
+
+
 def test_healing_holds_back_trailing_whitespace_and_finish_removes_it():
     assert heal("def f():\n    ") == ("def f():", "\n    ")
     assert heal("   ") == ("   ", "")
@@ -265,9 +280,10 @@ def test_complete_infills_and_continues(fim_run):
 def test_fim_line_task_infills_only_for_a_fim_model(fim_run, plain_run, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "m.py").write_text(SOURCE, encoding="utf-8")
-    for run, mode in ((fim_run, "infill"), (plain_run, "left-to-right")):
+    for run, mode in ((fim_run, "infill-spm"), (plain_run, "left-to-right")):
         model, tok, cfg, _ = load_model(run)
-        res = run_code_task(model, tok, "fim-line", fim=cfg.data.fim_rate > 0, data=tmp_path / "src")
+        res = run_code_task(model, tok, "fim-line", fim=infill_order(cfg.data.fim_rate, cfg.data.fim_spm_rate),
+                            data=tmp_path / "src")  # fmt: skip
         assert res["mode"] == mode and res["n"] == 2
         assert 0 <= res["metrics"]["exact_match"] <= 1 and 0 <= res["metrics"]["edit_sim"] <= 1
     res = run_code_task(model, tok, "next-line", data=tmp_path / "src", limit=1)
@@ -279,7 +295,7 @@ def test_eval_cli_runs_code_tasks_on_a_folder(fim_run, tmp_path, run_cli):
     code, out, _ = run_cli("eval", fim_run, "--tasks", "fim-line,next-line", "--data", tmp_path, "--no-progress")
     assert code == 0 and "fim-line | exact_match" in out and "next-line | edit_sim" in out
     assert "- exact match: the share of held-out lines" in out and "Spearman" not in out  # only its own hints
-    assert json.loads((fim_run / "evals" / "fim-line.json").read_text())["mode"] == "infill"
+    assert json.loads((fim_run / "evals" / "fim-line.json").read_text())["mode"] == "infill-spm"
 
 
 def test_bad_input_is_one_line_and_exit_2(fim_run, plain_run, run_cli, tmp_path):
@@ -325,7 +341,7 @@ def test_server_infills_with_suffix_and_refuses_it_for_a_model_without_fim(fim_r
     model, tok, _, _ = load_model(fim_run)
     for fim_rate in (0.5, 0.0):
         engine = Engine(model, tok, max_batch=2).start()
-        srv, thread, port = start_server(create_app(engine, "m", fim_rate=fim_rate))
+        srv, thread, port = start_server(create_app(engine, "m", fim_rate=fim_rate, fim_spm_rate=fim_rate))
         url = f"http://127.0.0.1:{port}/v1/completions"
         try:
             body = {"model": "m", "prompt": "def f(x):\n" * 30, "suffix": "    return x\n" * 10, "max_tokens": 4}

@@ -199,7 +199,7 @@ def test_serve_sets_threads_through_the_runtime_and_logs_one_line(monkeypatch, c
     monkeypatch.setattr(serve_app, "load_engine", lambda run, checkpoint, slots: (engine, "m"))
     monkeypatch.setattr(engine, "stop", lambda: None)  # the module's engine outlives this test
     monkeypatch.setattr(serve_app, "base_model_note", lambda run: None)
-    monkeypatch.setattr(serve_app, "trained_fim_rate", lambda run, checkpoint: 0.0)  # no run dir behind the stub
+    monkeypatch.setattr(serve_app, "trained_fim", lambda run, checkpoint: (0.0, 0.0))  # no run dir behind the stub
     monkeypatch.setattr(serve_app, "default_threads", lambda: 1)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     applied = []

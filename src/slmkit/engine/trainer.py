@@ -28,7 +28,7 @@ from slmkit.base.errors import SlmError
 from slmkit.base.metrics import MetricsLogger
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.data.dataset import read_meta
-from slmkit.data.fim import FimSpec
+from slmkit.data.fim import FimSpec, infill_order
 from slmkit.data.loader import TokenLoader
 from slmkit.engine.distributed import (
     agree,
@@ -298,7 +298,7 @@ class Trainer:
             return
 
         metrics = evaluate_tasks(self.model, self.tokenizer, tasks, limit=e.limit, embed=self.cfg.embed,
-                                 fim=self.cfg.data.fim_rate > 0)  # fmt: skip
+                                 fim=infill_order(self.cfg.data.fim_rate, self.cfg.data.fim_spm_rate))  # fmt: skip
         self.logger.log(s.step, metrics)
         say(f"step {s.step:>6} | " + " | ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items()))
 

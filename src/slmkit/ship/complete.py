@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmkit.base.errors import SlmError
-from slmkit.data.fim import MODES, FimError, check_fim_model, fim_prompt, run_completion
+from slmkit.data.fim import MODES, FimError, check_fim_model, fim_prompt, infill_order, run_completion
 from slmkit.model.generate import check_sampling
 from slmkit.model.qweights import is_quantized_dir
 from slmkit.runs.checkpoint import CONFIG_FILE, load_model, read_run_config, resolve_checkpoint
@@ -65,7 +65,8 @@ class Completer:
             raise FimError(f"--max-new-tokens {max_new} leaves no room for the prompt in this model's context of "
                            f"{self.block} tokens; ask for fewer")  # fmt: skip
         t0 = time.perf_counter()
-        prompt = fim_prompt(self.tokenizer, prefix, suffix, self.block - max_new)
+        spm = infill_order(self.cfg.data.fim_rate, self.cfg.data.fim_spm_rate) == "spm"
+        prompt = fim_prompt(self.tokenizer, prefix, suffix, self.block - max_new, spm=spm)
         try:
             text, n, finish = run_completion(self.model, self.tokenizer, prompt, max_new, mode,
                                              temperature=temperature, seed=seed)  # fmt: skip
@@ -75,12 +76,15 @@ class Completer:
         return Completion(text, finish, len(prompt.ids), n, prompt.prefix_cut, prompt.suffix_cut, prompt.infill, ms)
 
 
-def trained_fim_rate(run: str | Path, checkpoint: str = "best") -> float:
-    """The data.fim_rate a run (or a quantized copy of one) was trained with: > 0 means it can fill in the middle."""
+def trained_fim(run: str | Path, checkpoint: str = "best") -> tuple[float, float]:
+    """(data.fim_rate, data.fim_spm_rate) a run (or a quantized copy of one) was trained with: a fim_rate > 0 means
+    it can fill in the middle; the spm rate says in which order it reads an infill (`infill_order`)."""
     if is_quantized_dir(run):
-        return read_run_config(run).data.fim_rate
-    ckpt = resolve_checkpoint(run, checkpoint)
-    return read_run_config(ckpt if (ckpt / CONFIG_FILE).is_file() else run).data.fim_rate
+        data = read_run_config(run).data
+    else:
+        ckpt = resolve_checkpoint(run, checkpoint)
+        data = read_run_config(ckpt if (ckpt / CONFIG_FILE).is_file() else run).data
+    return data.fim_rate, data.fim_spm_rate
 
 
 def complete(run: str | Path, prefix: str, suffix: str | None = None, *, mode: str = "line",

@@ -6,8 +6,9 @@ function index])`. The item's prefix is the file up to that line's start (ending
 line, the suffix the rest of the file after the line's newline.
 
 - `fim-line` (as single-line HumanEval-infilling and SantaCoder report it): the model writes the line between prefix
-  and suffix. A model trained with fill-in-the-middle (data.fim_rate > 0) gets the FIM prompt; any other model
-  infills the only way it can, by continuing the prefix left to right.
+  and suffix. A model trained with fill-in-the-middle (data.fim_rate > 0) gets the FIM prompt (in SPM order when
+  it was trained with SPM pieces, `slmkit.data.fim.infill_order`); any other model infills the only way it can, by
+  continuing the prefix left to right.
 - `next-line`: the model continues the prefix, suffix unseen.
 
 Both decode greedily in line mode (`slmkit.data.fim.run_completion`, whitespace healing included) and score the
@@ -159,11 +160,11 @@ def _stderr(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
-def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: bool = False, data: str | Path | None = None,
+def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: str = "", data: str | Path | None = None,
                   limit: int = 0, progress: bool = False) -> dict:  # fmt: skip
-    """Score `fim-line` or `next-line`; `fim`: the model was trained to infill (data.fim_rate > 0), so fim-line
-    gives it the suffix (otherwise it continues the prefix). The result has the metrics, counts, and per item the
-    target and the completion."""
+    """Score `fim-line` or `next-line`; `fim`: how the model infills (`slmkit.data.fim.infill_order`: "spm" or
+    "psm"; "" when it was trained without FIM), so fim-line gives it the suffix in that order (otherwise it continues
+    the prefix). The result has the metrics, counts, and per item the target and the completion."""
     if name not in CODE_TASKS:
         raise CodeTaskError(f"{name!r} is not a code task; code tasks: {', '.join(CODE_TASKS)}")
     infill = name == "fim-line" and fim
@@ -176,7 +177,7 @@ def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: bool = Fa
     t0 = time.perf_counter()
     bar = progress_bar(len(items), name, "item", enabled=progress)
     for item in items:
-        prompt = fim_prompt(tokenizer, item.prefix, item.suffix if infill else None, budget)
+        prompt = fim_prompt(tokenizer, item.prefix, item.suffix if infill else None, budget, spm=fim == "spm")
         cut += bool(prompt.prefix_cut or prompt.suffix_cut)
         text, _, _ = run_completion(model, tokenizer, prompt, MAX_LINE_TOKENS, "line")
         got, want = text.strip(), item.target.strip()
@@ -189,7 +190,7 @@ def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: bool = Fa
     seconds = time.perf_counter() - t0
     metrics = {"exact_match": float(np.mean(exact)), "exact_match_stderr": _stderr(exact),
                "edit_sim": float(np.mean(similar)), "edit_sim_stderr": _stderr(similar)}  # fmt: skip
+    mode = ("infill-spm" if fim == "spm" else "infill-psm") if infill else "left-to-right"
     return {"task": name, "n": len(items), "metrics": metrics, "chance": None, "truncated": cut, "limit": limit,
-            "source": str(data) if data is not None else DEFAULT_SOURCE, "mode": "infill" if infill else
-            "left-to-right", "seconds": seconds, "items_per_s": len(items) / seconds if seconds else None,
-            "completions": outputs}  # fmt: skip
+            "source": str(data) if data is not None else DEFAULT_SOURCE, "mode": mode, "seconds": seconds,
+            "items_per_s": len(items) / seconds if seconds else None, "completions": outputs}  # fmt: skip

@@ -18,6 +18,7 @@ from slmkit.base.config import EmbedConfig
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer
+from slmkit.data.fim import infill_order
 from slmkit.engine.evaluate.code_tasks import CODE_TASKS, run_code_task
 from slmkit.engine.evaluate.embedding import EMBED_TASKS, run_embed_task
 from slmkit.engine.evaluate.loss import (
@@ -78,7 +79,7 @@ def run_task(
     progress: bool = False,
     source: str = "local",
     embed: EmbedConfig | None = None,
-    fim: bool = False,
+    fim: str = "",
     data: str | Path | None = None,
 ) -> dict:
     """Score one benchmark task; the result holds the metrics, counts, timing and per-item log-likelihoods.
@@ -86,7 +87,7 @@ def run_task(
     source: "local" (files under $SLM_DATA_DIR/eval) or "hf" (the task's Hugging Face dataset, see tasks.py).
     An embedding task (embedding.EMBED_TASKS) pools as `embed` says (default EmbedConfig()). A code task
     (code_tasks.CODE_TASKS) reads held-out .py files (`data`, else python-stdlib's val split) and infills when `fim`
-    (the model was trained with data.fim_rate > 0)."""
+    says how (`slmkit.data.fim.infill_order` of the model's training: "spm", "psm", or "" for none)."""
     check_limit(limit)
     if name in CODE_TASKS:
         if source != "local":
@@ -156,7 +157,7 @@ def check_limit(limit: int) -> None:
 
 
 def evaluate_tasks(model: GPT, tokenizer: Tokenizer, tasks: list[str], limit: int = 0,
-                   embed: EmbedConfig | None = None, fim: bool = False) -> dict[str, float]:  # fmt: skip
+                   embed: EmbedConfig | None = None, fim: str = "") -> dict[str, float]:  # fmt: skip
     """Flat `eval/<task>/<metric>` values for the metrics log (the training loop's hook; `val` is skipped,
     the trainer logs val/* itself). `embed`: the run's pooling and instruction, for embedding tasks."""
     out = {}
@@ -219,7 +220,7 @@ def evaluate_run(
             }
         else:
             res = run_task(model, tokenizer, name, limit=limit, progress=progress, source=task_source, embed=cfg.embed,
-                           fim=cfg.data.fim_rate > 0, data=data)  # fmt: skip
+                           fim=infill_order(cfg.data.fim_rate, cfg.data.fim_spm_rate), data=data)  # fmt: skip
         res.update(checkpoint=str(ckpt), step=step, tokenizer=tokenizer.name)
         results[name] = res
         if write:

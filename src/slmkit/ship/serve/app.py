@@ -51,7 +51,7 @@ from slmkit.engine.runtime import resolve_runtime
 from slmkit.model.generate import Step
 from slmkit.runs.checkpoint import load_model
 from slmkit.ship.chat import base_model_note
-from slmkit.ship.complete import trained_fim_rate
+from slmkit.ship.complete import trained_fim
 from slmkit.ship.serve.access import Access, AccessGuard
 from slmkit.ship.serve.embeddings import EmbeddingBatcher, add_embeddings_route, run_pooling
 from slmkit.ship.serve.engine import (
@@ -151,6 +151,7 @@ class Server:
         self.tok, self.block = engine.tok, engine.model.config.block_size
         self.created = int(time.time())
         self.fim_rate = 0.0  # the run's data.fim_rate (create_app): > 0 lets completions take a suffix
+        self.fim_spm_rate = 0.0  # its data.fim_spm_rate: > 0 puts infill prompts in SPM order (`infill_order`)
 
     def check_model(self, body: dict) -> None:
         name = body.get("model")
@@ -304,14 +305,15 @@ class Server:
 
 def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note: str | None = None,
                access: Access | None = None, embedder: EmbeddingBatcher | None = None,
-               fim_rate: float = 0.0) -> FastAPI:  # fmt: skip
+               fim_rate: float = 0.0, fim_spm_rate: float = 0.0) -> FastAPI:  # fmt: skip
     """The FastAPI app over a started `Engine`. `note`: one line about the model that GET /v1/models carries (as
     `note`) and the chat page shows, e.g. that a base model was not fine-tuned for chat (`base_model_note`).
     `access`: who may call (default: bound to 127.0.0.1, this machine's names and same-origin pages only).
     `embedder`: the batcher behind /v1/embeddings (default: one over the engine's model, mean pooling).
-    `fim_rate`: the run's data.fim_rate (`serve` reads it; 0, the default, refuses a `suffix`)."""
+    `fim_rate`, `fim_spm_rate`: the run's data.fim_rate and data.fim_spm_rate (`serve` reads them; a fim_rate of 0,
+    the default, refuses a `suffix`; a spm rate above 0 puts infill prompts in SPM order)."""
     srv = Server(engine, model_name, max_tokens_cap)
-    srv.fim_rate = fim_rate
+    srv.fim_rate, srv.fim_spm_rate = fim_rate, fim_spm_rate
     app = FastAPI(title="slmkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
     access = access or Access()
@@ -381,7 +383,7 @@ def create_app(engine: Engine, model_name: str, max_tokens_cap: int = 1024, note
             suffix = parse_suffix(body)
             if suffix is not None:  # fill in the middle: each prompt is a prefix; the reply says what was cut
                 prompts, stop_ids, cut = infill_prompts(srv.tok, given, suffix, srv.block, sampling["max_tokens"],
-                                                        srv.fim_rate)  # fmt: skip
+                                                        srv.fim_rate, srv.fim_spm_rate)  # fmt: skip
                 truncation = {"truncation": cut}
             else:
                 prompts = [srv.prompt_ids(p, f"prompt[{i}]" if listed else "prompt") for i, p in enumerate(given)]
@@ -452,9 +454,9 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, checkpo
     if note:
         print(note)
     try:
-        uvicorn.run(create_app(engine, name, max_tokens_cap, note, access, embedder,
-                               fim_rate=trained_fim_rate(run, checkpoint)), host=host, port=port,
-                    log_level="warning")  # fmt: skip
+        fim_rate, fim_spm_rate = trained_fim(run, checkpoint)
+        uvicorn.run(create_app(engine, name, max_tokens_cap, note, access, embedder, fim_rate=fim_rate,
+                               fim_spm_rate=fim_spm_rate), host=host, port=port, log_level="warning")  # fmt: skip
     finally:
         engine.stop()
         embedder.stop()

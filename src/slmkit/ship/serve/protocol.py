@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from slmkit.base.tokenizer import EOT, Tokenizer
 from slmkit.data.chat import prompt_for_reply, reply_stops
-from slmkit.data.fim import FimError, check_fim_model, fim_prompt
+from slmkit.data.fim import FimError, check_fim_model, fim_prompt, infill_order
 from slmkit.model.generate import SamplingError, check_sampling
 
 DEFAULT_MAX_TOKENS = 256
@@ -216,12 +216,13 @@ def parse_suffix(body: dict) -> str | None:
     return suffix
 
 
-def infill_prompts(tokenizer: Tokenizer, given: list, suffix: str, block: int, max_tokens: int,
-                   fim_rate: float) -> tuple[list[list[int]], list[int], list[dict]]:  # fmt: skip
+def infill_prompts(tokenizer: Tokenizer, given: list, suffix: str, block: int, max_tokens: int, fim_rate: float,
+                   spm_rate: float = 0.0) -> tuple[list[list[int]], list[int], list[dict]]:  # fmt: skip
     """(prompt ids, stop ids, truncation per prompt) of a completions request with a `suffix`: each prompt is the
     prefix of a fill-in-the-middle prompt (`slmkit.data.fim.fim_prompt`, no whitespace healing: the text is sent
-    as given) cut to leave `max_tokens` of the context. APIError for a model that cannot infill (`fim_rate`: the
-    run's data.fim_rate), token-id prompts, or a context too small."""
+    as given) cut to leave `max_tokens` of the context, in the order the model was trained in (`spm_rate`: the run's
+    data.fim_spm_rate, `infill_order`). APIError for a model that cannot infill (`fim_rate`: the run's
+    data.fim_rate), token-id prompts, or a context too small."""
     try:
         check_fim_model(tokenizer, fim_rate)
     except FimError as e:
@@ -232,7 +233,8 @@ def infill_prompts(tokenizer: Tokenizer, given: list, suffix: str, block: int, m
             raise APIError("with 'suffix' the prompt must be text (the code before the cursor), not token ids",
                            "prompt")  # fmt: skip
         try:
-            prompt = fim_prompt(tokenizer, text, suffix, block - max_tokens, healing=False)
+            prompt = fim_prompt(tokenizer, text, suffix, block - max_tokens, healing=False,
+                                spm=infill_order(fim_rate, spm_rate) == "spm")  # fmt: skip
         except FimError as e:
             raise APIError(str(e), "max_tokens" if text or suffix else "prompt") from None
         except ValueError as e:  # e.g. a character a char-level vocabulary lacks
