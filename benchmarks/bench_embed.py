@@ -37,7 +37,7 @@ from slmkit.engine.evaluate.embedding import (
     score_encoder,
     sts_items,
 )
-from slmkit.runs.checkpoint import load_model, read_run_info
+from slmkit.runs.checkpoint import load_model, read_run_config, read_run_info
 from slmkit.ship.embed import embed_texts
 from slmkit.ship.embed_train import embed_train
 
@@ -139,8 +139,9 @@ def markdown(r: dict) -> str:
         f"- after fine-tuning: wiki-retrieval MRR@10 {a['mrr@10']:.1f}, recall@10 {a['recall@10']:.1f}; STS-B test "
         f"Spearman {headline(r['after'])['sts-b']:.1f} (target >= 70); above TF-IDF on {len(beat)} of {len(TASKS)} "
         f"tasks ({', '.join(beat) or 'none'})",
-        f"- fine-tuning: {f['steps']} steps of {f['batch_size']} pairs ({f['pairs']}), {f['minutes']:.1f} min; "
-        f"STS-B dev Spearman by step: {f['dev_spearman']}",
+        f"- fine-tuning: {f['steps']} steps of {f['batch_size']} pairs ({f['pairs'] or 'a reused child run'}), "
+        + ("" if f["minutes"] is None else f"{f['minutes']:.1f} min; ")
+        + f"STS-B dev Spearman by step: {f['dev_spearman']}",
         f"- throughput: {tp['sentences_per_s']:,.0f} sentences/s at batch {tp['batch_size']} (STS-B sentences, "
         f"{tp['mean_tokens']:.1f} tokens on average, best with {tp['threads']} thread(s); by threads: "
         + ", ".join(f"{k}: {v:,.0f}/s" for k, v in tp.get("by_threads", {}).items())
@@ -194,8 +195,9 @@ def main() -> None:
         child = embed_train(parent, out_dir / "pairs.jsonl", ov, progress=False)
     minutes = (time.time() - t0) / 60
     steps, dev = series(child, "eval/sts-b-dev/spearman")
-    result["finetune"] = {"child": str(child), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                          "pairs": counts, "minutes": minutes,
+    trained = read_run_config(child)  # a reused --child: what it was trained with, not this call's defaults
+    result["finetune"] = {"child": str(child), "steps": trained.train.max_steps, "batch_size": trained.train.batch_size,
+                          "lr": trained.optim.lr, "pairs": counts, "minutes": None if args.child else minutes,
                           "dev_spearman": {s: round(v, 1) for s, v in zip(steps, dev)}}  # fmt: skip
     save()
     result["throughput"] = throughput(child, args.pooling)
