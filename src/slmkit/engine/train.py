@@ -159,6 +159,7 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
         objective = DistillObjective(cfg.distill, teacher[0] if cache is None else None, tokenizer.vocab_size, cache)
         say(f"distilling from {teacher[1]} (T = {cfg.distill.temperature:g}, alpha = {cfg.distill.alpha:g}: "
             f"{cfg.distill.alpha:g} x cross-entropy + {1 - cfg.distill.alpha:g} x T^2 x KL)")  # fmt: skip
+        teacher = None  # the objective holds the teacher when it runs every batch; with a cache its weights go now
     trainer, marked_running = None, False
     try:
         trainer = Trainer(cfg, run_dir, tokenizer, dataset_dir, runtime, progress=progress, loaders=loaders,

@@ -167,7 +167,7 @@ def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: str = "",
     the prefix). The result has the metrics, counts, and per item the target and the completion."""
     if name not in CODE_TASKS:
         raise CodeTaskError(f"{name!r} is not a code task; code tasks: {', '.join(CODE_TASKS)}")
-    infill = name == "fim-line" and fim
+    infill = name == "fim-line" and bool(fim)
     if infill:
         check_fim_model(tokenizer, None)
     items = load_line_items(data, limit)
