@@ -14,6 +14,11 @@ steps are set from its measured step time so that its cosine schedule ends at it
 times the steps first (not counted; the same for every recipe). Each recipe is one row of `docs/speedrun.md`.
 
     python benchmarks/speedrun.py --work DIR [--minutes 30] [--recipes baseline,bf16,...] [--seeds 1]
+        [--baseline RECIPE] [--horizon FRACTION] [--tag TAG [--extend]]
+
+The record table of docs/speedrun.md: the LR-tuned baseline (`--recipes baseline-lr4e-3 --baseline baseline-lr4e-3
+--tag tuned_record`), then the records against it (`--recipes modern-lr4e-3,... --baseline baseline-lr4e-3 --horizon
+0.5 --tag tuned_record --extend`).
 
 Writes benchmarks/results/speedrun.json, speedrun.md and speedrun.png.
 """
@@ -65,6 +70,9 @@ RECIPES: dict[str, tuple[str, list[str], float]] = {
     "modern-lr2e-3": ("modern, LR 2e-3",
                       ["train.dtype=bf16", "model.pos_emb=rope", "model.norm=rmsnorm", "model.mlp=swiglu",
                        "model.bias=false", *_lr(2e-3)], 0.5),
+    "modern-lr4e-3": ("modern, LR 4e-3 (the baseline's tuned LR)",
+                      ["train.dtype=bf16", "model.pos_emb=rope", "model.norm=rmsnorm", "model.mlp=swiglu",
+                       "model.bias=false", *_lr(4e-3)], 0.5),
 }  # fmt: skip
 
 
@@ -119,38 +127,46 @@ def time_to(points: list, target: float) -> float | None:
     return next((round(t, 1) for t, v in points if v <= target), None)
 
 
-def seed_table(rows: list[dict]) -> list[str]:
-    """With several seeds: each recipe's final val (mean +- std) against the first recipe's, Welch 95% CI and verdict
-    (slm ablate's statistics): whether a record's gain is more than seed noise."""
+def seed_table(rows: list[dict], target: float) -> list[str]:
+    """With several seeds: each recipe's final val (mean +- std) against the first seeded recipe's, Welch 95% CI and
+    verdict (slm ablate's statistics): whether a record's gain is more than seed noise; and its time to the target
+    over seeds."""
     from slmkit.base.stats import compare, mean_std
 
-    by: dict[str, list[float]] = {}
+    by: dict[str, list[dict]] = {}
     for r in rows:
-        by.setdefault(r["recipe"], []).append(r["final_val"])
+        by.setdefault(r["recipe"], []).append(r)
     if max(len(v) for v in by.values()) < 2:
         return []
-    ref, *others = by
-    lines = ["", f"Seed noise: final val loss over seeds, each recipe against {ref} (Welch 95% CI of the delta)", "",
-             "| recipe | seeds | final val | delta | 95% CI | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for name, vals in by.items():
+    ref = next(name for name, runs in by.items() if len(runs) > 1)  # the first recipe with seeds to compare against
+    lines = ["", f"Seed noise: final val loss over seeds, each recipe against {ref} (Welch 95% CI of the delta), "
+             f"and the time to the target {target:.4f} over seeds", "",
+             "| recipe | seeds | final val | delta | 95% CI | verdict | time to target | reached |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, runs in by.items():
+        vals = [r["final_val"] for r in runs]
+        times = [t / 60 for r in runs if (t := time_to(r["points"], target)) is not None]
         m, sd = mean_std(vals)
+        tm, tsd = mean_std(times)
+        when = f"{tm:.1f} +- {tsd:.1f} min" if times else "-"
+        reached = f"{len(times)} of {len(runs)}"
         if name == ref:
-            lines.append(f"| {name} | {len(vals)} | {m:.4f} +- {sd:.4f} | - | - | reference |")
+            lines.append(f"| {name} | {len(vals)} | {m:.4f} +- {sd:.4f} | - | - | reference | {when} | {reached} |")
             continue
-        c = compare(by[ref], vals)
+        c = compare([r["final_val"] for r in by[ref]], vals)
         lines.append(f"| {name} | {len(vals)} | {m:.4f} +- {sd:.4f} | {c.delta:+.4f} | [{c.ci_low:+.4f}, "
-                     f"{c.ci_high:+.4f}] | {c.verdict} |")  # fmt: skip
+                     f"{c.ci_high:+.4f}] | {c.verdict} | {when} | {reached} |")  # fmt: skip
     return lines
 
 
-def report(rows: list[dict], target: float, minutes: float, tag: str = "") -> None:
+def report(rows: list[dict], target: float, minutes: float, tag: str = "", baseline: str = "baseline") -> None:
     RESULTS.mkdir(exist_ok=True)
     budget_s = 60 * minutes  # speed-ups are against the budget, in which the baseline reaches the target by definition
     lines = [f"# CPU speedrun: held-out Wikipedia, BPE 8192, {os.cpu_count()} CPU cores", "",
-             f"target val loss {target:.4f} (the baseline's at its {minutes:g}-minute end)", "",
+             f"target val loss {target:.4f} (the baseline's at its {minutes:g}-minute end; baseline: {baseline})", "",
              "| recipe | what changed | seed | steps | tok/s | final val | time to target | vs the budget "
              "| the baseline's time to this final val |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    base = next((r for r in rows if r["recipe"] == "baseline"), None)
+    base = next((r for r in rows if r["recipe"] == baseline), None)
     for r in rows:
         t = time_to(r["points"], target)
         r["time_to_target_s"] = t
@@ -161,9 +177,9 @@ def report(rows: list[dict], target: float, minutes: float, tag: str = "") -> No
         lines.append(f"| {r['recipe']} | {r['what']} | {r['seed']} | {r['steps']} | {r['tok_per_s']:,} | "
                      f"{r['final_val']:.4f} | {f'{t / 60:.1f} min' if t else 'not reached'} | {speed} | "
                      f"{equal} |")  # fmt: skip
+    lines += seed_table(rows, target)
     (RESULTS / f"speedrun{tag}.md").write_text("\n".join(lines) + "\n")
-    lines += seed_table(rows)
-    info = {"target": target, "minutes": minutes, "rows": rows}
+    info = {"target": target, "minutes": minutes, "baseline": baseline, "rows": rows}
     (RESULTS / f"speedrun{tag}.json").write_text(json.dumps(info, indent=1))
     print("\n".join(lines))
     import matplotlib
@@ -190,11 +206,22 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0, help="the baseline's budget (default 30)")
     ap.add_argument("--recipes", default="baseline,modern", help=f"comma-separated, of {','.join(RECIPES)}")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per recipe, runs alternating between recipes")
+    ap.add_argument("--first-seed", type=int, default=SEED, help=f"seeds run from this one up (default {SEED})")
+    ap.add_argument(
+        "--extend",
+        action="store_true",
+        help="add this call's rows to speedrun[_TAG].json (more seeds or recipes against a baseline already run)",
+    )
     ap.add_argument(
         "--horizon",
         type=float,
         default=0.0,
         help="records' horizon as a fraction of --minutes (default: each recipe's own)",
+    )
+    ap.add_argument(
+        "--baseline",
+        default="baseline",
+        help="the recipe whose final val (mean over seeds) is the target; it runs the whole budget (default baseline)",
     )
     ap.add_argument("--tag", default="", help="results go to speedrun_TAG.* (a sweep beside the main table)")
     ap.add_argument("--report-only", action="store_true", help="rewrite the table and plot from speedrun[_TAG].json")
@@ -203,26 +230,30 @@ def main() -> None:
     tag = f"_{args.tag}" if args.tag else ""
     if args.report_only:
         info = json.loads((RESULTS / f"speedrun{tag}.json").read_text())
-        return report(info["rows"], args.target or info["target"], info["minutes"], tag)
+        target = args.target or info["target"]
+        return report(info["rows"], target, info["minutes"], tag, info.get("baseline", "baseline"))
     if not args.work:
         raise SystemExit("--work DIR is needed (the tokenizer, dataset and runs go there)")
     work = Path(args.work).resolve()
     names = args.recipes.split(",")
     if unknown := [n for n in names if n not in RECIPES]:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
-    if "baseline" not in names and not args.target:
-        raise SystemExit("without the baseline, pass --target (its val loss at the end of its budget)")
+    if args.baseline not in RECIPES:
+        raise SystemExit(f"unknown --baseline {args.baseline!r}; known: {', '.join(RECIPES)}")
+    rows = json.loads((RESULTS / f"speedrun{tag}.json").read_text())["rows"] if args.extend else []
+    if not args.target and args.baseline not in names + [r["recipe"] for r in rows]:
+        raise SystemExit(f"without the baseline ({args.baseline}) in --recipes or the extended table, pass --target "
+                         "(its final val loss)")  # fmt: skip
     data = prepare_track(work)
-    rows = []
-    for seed in range(SEED, SEED + args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for name in names:  # alternating: baseline, records, baseline, records, ...
-            frac = args.horizon if args.horizon and name != "baseline" else RECIPES[name][2]
+            frac = 1.0 if name == args.baseline else args.horizon or RECIPES[name][2]
             rows.append(run_recipe(work, data, name, seed, 60 * args.minutes * frac))
             print(
                 f"{name} seed {seed}: final val {rows[-1]['final_val']:.4f} in {rows[-1]['wall_s']:.0f} s", flush=True
             )
-    base = [r["final_val"] for r in rows if r["recipe"] == "baseline"]
-    report(rows, args.target or statistics.mean(base), args.minutes, tag)
+    base = [r["final_val"] for r in rows if r["recipe"] == args.baseline]
+    report(rows, args.target or statistics.mean(base), args.minutes, tag, args.baseline)
 
 
 if __name__ == "__main__":
