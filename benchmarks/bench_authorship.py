@@ -180,12 +180,12 @@ def main() -> None:
               "results": results, "machine": platform.processor() or platform.machine()}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    md = markdown(result)
+    md = markdown(result, args.name)
     (RESULTS / f"{args.name}.md").write_text(md)
     print(md)
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, tag: str = "authorship") -> str:
     lines = [f"# Authorship attribution: {len(r['authors'])} Gutenberg authors, split by book", "",
              f"{r['n_train']} train passages from {r['train_books']} books, {r['n_test']} test passages from "
              f"{r['test_books']} other books; {r['passage_tokens']} tokens a passage. Model: {r['parent']} at step "
@@ -197,7 +197,7 @@ def markdown(r: dict) -> str:
         note = (f"ECE {v['ece']:.3f}; fine-tune {v['train_seconds'] / 60:.1f} min, eval {v['eval_seconds']:.0f} s"
                 if "ece" in v else f"{v['seconds']:.0f} s")  # fmt: skip
         lines.append(f"| {name} | {v['accuracy']:.3f} | {lo:.3f}-{hi:.3f} | {v['macro_f1']:.3f} | {note} |")
-    lines += ["", "Chance is 1/12 = 0.083. The confusion matrix of slm classify: authorship_confusion.png.", ""]
+    lines += ["", f"Chance is 1/12 = 0.083. The confusion matrix of slm classify: {tag}_confusion.png.", ""]
     return "\n".join(lines)
 
 
