@@ -240,7 +240,10 @@ def main() -> None:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
     if args.baseline not in RECIPES:
         raise SystemExit(f"unknown --baseline {args.baseline!r}; known: {', '.join(RECIPES)}")
-    rows = json.loads((RESULTS / f"speedrun{tag}.json").read_text())["rows"] if args.extend else []
+    table = RESULTS / f"speedrun{tag}.json"
+    if args.extend and not table.is_file():
+        raise SystemExit(f"--extend: {table} does not exist yet; run the baseline with the same --tag first")
+    rows = json.loads(table.read_text())["rows"] if args.extend else []
     if not args.target and args.baseline not in names + [r["recipe"] for r in rows]:
         raise SystemExit(f"without the baseline ({args.baseline}) in --recipes or the extended table, pass --target "
                          "(its final val loss)")  # fmt: skip
