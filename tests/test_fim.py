@@ -204,11 +204,11 @@ def test_an_spm_prompt_puts_the_suffix_first_and_the_prefix_last():
     ensure_fim_tokens(tok)
     pre, suf, mid = (tok.token_id(t) for t in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE))
     psm = fim_prompt(tok, "ab", "cd", budget=24)
-    spm = fim_prompt(tok, "ab", "cd", budget=24, spm=True)
+    spm = fim_prompt(tok, "ab", "cd", budget=24, order="spm")
     ab, cd = tok.encode("ab"), tok.encode("cd")
     assert psm.ids == [tok.eot_id, pre, *ab, suf, *cd, mid]
     assert spm.ids == [tok.eot_id, pre, suf, *cd, mid, *ab]  # the order training's SPM pieces have: the middle follows
-    cut = fim_prompt(tok, "a" * 50 + "b", "c" + "d" * 50, budget=24, healing=False, spm=True)
+    cut = fim_prompt(tok, "a" * 50 + "b", "c" + "d" * 50, budget=24, healing=False, order="spm")
     assert cut.ids[-1] == tok.encode("b")[0] and cut.prefix_cut + cut.suffix_cut == 102 - 20  # same cuts as PSM
     assert [infill_order(0, 0.5), infill_order(0.5, 0.5), infill_order(0.5, 0)] == ["", "spm", "psm"]
 

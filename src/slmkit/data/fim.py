@@ -170,12 +170,12 @@ def heal(prefix: str) -> tuple[str, str]:
 
 
 def fim_prompt(tokenizer: Tokenizer, prefix: str, suffix: str | None, budget: int, healing: bool = True,
-               spm: bool = False) -> FimPrompt:  # fmt: skip
+               order: str = "psm") -> FimPrompt:  # fmt: skip
     """The prompt of a completion of `prefix` (left to right when `suffix` is None, else an infill between them) in
     at most `budget` tokens (the context left after the tokens to generate); `healing` holds back the prefix's
-    trailing whitespace (`heal`); `spm`: the infill in SPM order, else PSM (`infill_order`). Text is encoded with
-    special-token strings as plain text. FimError for an empty prefix and suffix, or a budget too small for any
-    text."""
+    trailing whitespace (`heal`); `order`: the infill's, "spm" or else PSM (`infill_order` of the model's
+    training). Text is encoded with special-token strings as plain text. FimError for an empty prefix and suffix, or
+    a budget too small for any text."""
     if not prefix and not suffix:
         raise FimError("the prefix and the suffix are both empty; give the text before the cursor (and after it)")
     held = ""
@@ -199,7 +199,7 @@ def fim_prompt(tokenizer: Tokenizer, prefix: str, suffix: str | None, budget: in
     tid = tokenizer.token_id
     p_cut, s_cut = len(p) - p_keep, len(s) - s_keep
     head = [eot] if p_cut == 0 and eot is not None else []
-    if spm:
+    if order == "spm":
         ids = [*head, tid(FIM_PREFIX), tid(FIM_SUFFIX), *s[:s_keep], tid(FIM_MIDDLE), *p[p_cut:]]
     else:
         ids = [*head, tid(FIM_PREFIX), *p[p_cut:], tid(FIM_SUFFIX), *s[:s_keep], tid(FIM_MIDDLE)]

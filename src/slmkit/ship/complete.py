@@ -65,8 +65,8 @@ class Completer:
             raise FimError(f"--max-new-tokens {max_new} leaves no room for the prompt in this model's context of "
                            f"{self.block} tokens; ask for fewer")  # fmt: skip
         t0 = time.perf_counter()
-        spm = infill_order(self.cfg.data.fim_rate, self.cfg.data.fim_spm_rate) == "spm"
-        prompt = fim_prompt(self.tokenizer, prefix, suffix, self.block - max_new, spm=spm)
+        order = infill_order(self.cfg.data.fim_rate, self.cfg.data.fim_spm_rate)
+        prompt = fim_prompt(self.tokenizer, prefix, suffix, self.block - max_new, order=order)
         try:
             text, n, finish = run_completion(self.model, self.tokenizer, prompt, max_new, mode,
                                              temperature=temperature, seed=seed)  # fmt: skip

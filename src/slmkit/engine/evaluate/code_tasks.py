@@ -177,7 +177,7 @@ def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: str = "",
     t0 = time.perf_counter()
     bar = progress_bar(len(items), name, "item", enabled=progress)
     for item in items:
-        prompt = fim_prompt(tokenizer, item.prefix, item.suffix if infill else None, budget, spm=fim == "spm")
+        prompt = fim_prompt(tokenizer, item.prefix, item.suffix if infill else None, budget, order=fim)
         cut += bool(prompt.prefix_cut or prompt.suffix_cut)
         text, _, _ = run_completion(model, tokenizer, prompt, MAX_LINE_TOKENS, "line")
         got, want = text.strip(), item.target.strip()
@@ -190,7 +190,7 @@ def run_code_task(model: GPT, tokenizer: Tokenizer, name: str, *, fim: str = "",
     seconds = time.perf_counter() - t0
     metrics = {"exact_match": float(np.mean(exact)), "exact_match_stderr": _stderr(exact),
                "edit_sim": float(np.mean(similar)), "edit_sim_stderr": _stderr(similar)}  # fmt: skip
-    mode = ("infill-spm" if fim == "spm" else "infill-psm") if infill else "left-to-right"
+    mode = f"infill-{fim}" if infill else "left-to-right"
     return {"task": name, "n": len(items), "metrics": metrics, "chance": None, "truncated": cut, "limit": limit,
             "source": str(data) if data is not None else DEFAULT_SOURCE, "mode": mode, "seconds": seconds,
             "items_per_s": len(items) / seconds if seconds else None, "completions": outputs}  # fmt: skip

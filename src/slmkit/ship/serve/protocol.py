@@ -234,7 +234,7 @@ def infill_prompts(tokenizer: Tokenizer, given: list, suffix: str, block: int, m
                            "prompt")  # fmt: skip
         try:
             prompt = fim_prompt(tokenizer, text, suffix, block - max_tokens, healing=False,
-                                spm=infill_order(fim_rate, spm_rate) == "spm")  # fmt: skip
+                                order=infill_order(fim_rate, spm_rate))  # fmt: skip
         except FimError as e:
             raise APIError(str(e), "max_tokens" if text or suffix else "prompt") from None
         except ValueError as e:  # e.g. a character a char-level vocabulary lacks
