@@ -14,7 +14,7 @@ httpx = pytest.importorskip("httpx")
 
 from test_serve import CAP, MODEL, start_server, tiny_model  # noqa: E402
 
-from slmkit.base.tokenizer import CharTokenizer, train_bpe  # noqa: E402
+from slmkit.base.tokenizer import EOT, CharTokenizer, train_bpe  # noqa: E402
 from slmkit.ship.serve.app import create_app  # noqa: E402
 from slmkit.ship.serve.engine import Engine  # noqa: E402
 
@@ -229,13 +229,17 @@ def test_malformed_requests_get_a_4xx_openai_error(server, char_server):
     _error(httpx.post(comp, content=b'{"model": "tiny-test", "temperature": NaN}', headers=as_json), 400)
 
 
-def _slow(model, seconds: float):
-    """The model with a pause in every forward pass: a reply of CAP tokens takes CAP * seconds."""
+def _slow(model, seconds: float, never: int | None = None):
+    """The model with a pause in every forward pass: a reply of CAP tokens takes CAP * seconds. `never`: a token id
+    it never samples (end-of-text, so a sampled reply cannot end early by chance)."""
     forward = model.forward
 
     def slow_forward(*args, **kwargs):
         time.sleep(seconds)
-        return forward(*args, **kwargs)
+        out = forward(*args, **kwargs)
+        if never is not None:
+            out[0][..., never] = float("-inf")
+        return out
 
     model.forward = slow_forward
     return model
@@ -244,7 +248,7 @@ def _slow(model, seconds: float):
 def test_abandoned_non_streaming_requests_stop_generating(tokenizer):
     """16 clients post a non-streaming request for CAP tokens and hang up: the 2 running generations stop at their
     next step and the 14 waiting ones never start (unfixed, the last one finished ~8 x CAP x 20 ms = 64 s later)."""
-    base, engine, close = _serve(_slow(tiny_model(tokenizer.vocab_size), 0.02), tokenizer, slots=2)
+    base, engine, close = _serve(_slow(tiny_model(tokenizer.vocab_size), 0.02, tokenizer.token_id(EOT)), tokenizer, slots=2)
     port = int(base.rsplit(":", 1)[1])
     try:
         body = json.dumps({"model": MODEL, "prompt": "def", "max_tokens": CAP, "temperature": 1.0}).encode()
