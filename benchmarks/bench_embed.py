@@ -7,7 +7,8 @@ TfidfVectorizer (sublinear tf, fitted on each task's own texts), scored by the s
 
 Fine-tuning pairs, written to one .jsonl by the library's readers: STS-B train pairs scored >= 4, SICK TRAIN
 entailments (contradictions of the same premise as hard negatives), and --wiki-pairs first-sentence -> rest pairs
-of articles from the pretraining files (wiki-00, never the held-out wiki-03).
+of articles from the pretraining files (wiki-00, never the held-out wiki-03). With --cosent W > 0, every STS-B
+train and SICK TRAIN pair is added with its gold score, and the fine-tune adds W x CoSENT on those.
 
     nice -n 5 python benchmarks/bench_embed.py --parent /work/bench/runs/wiki-4x256     # ~15-25 min, 2 CPU cores
     python benchmarks/bench_embed.py --parent RUN --steps 20 --limit 200 --name smoke    # smoke run
@@ -108,15 +109,19 @@ def wiki_pairs(n: int) -> list[dict]:
     return [{"anchor": a, "positive": p} for a, p in zip(anchors, positives)]
 
 
-def write_pairs(path: Path, n_wiki: int) -> dict:
+def write_pairs(path: Path, n_wiki: int, scored: bool = False) -> dict:
+    """The fine-tuning pairs as one .jsonl; `scored`: STS-B and SICK give every pair with its score too."""
     root = data_dir() / "embed"
-    sts = read_pairs(root / "stsbenchmark/sts-train.csv", "sts-b", min_score=4.0)
-    sick = read_pairs(root / "sick/SICK.txt", "sick")
-    recs = [{"anchor": p.anchor, "positive": p.positive, "negatives": list(p.negatives)} for p in sts + sick]
+    sts = read_pairs(root / "stsbenchmark/sts-train.csv", "sts-b", min_score=4.0, scored=scored)
+    sick = read_pairs(root / "sick/SICK.txt", "sick", scored=scored)
+    recs = [{"anchor": p.anchor, "positive": p.positive, "negatives": list(p.negatives)}
+            | ({} if p.score is None else {"score": p.score}) for p in sts + sick]  # fmt: skip
     recs += wiki_pairs(n_wiki) if n_wiki else []
     order = np.random.default_rng(0).permutation(len(recs))
     path.write_text("".join(json.dumps(recs[i]) + "\n" for i in order), encoding="utf-8")
-    return {"sts-b": len(sts), "sick": len(sick), "wiki": len(recs) - len(sts) - len(sick), "total": len(recs)}
+    n_scored = sum("score" in r for r in recs)
+    return {"sts-b": len(sts), "sick": len(sick), "wiki": len(recs) - len(sts) - len(sick), "scored": n_scored,
+            "total": len(recs)}  # fmt: skip
 
 
 def headline(scores: dict) -> dict:
@@ -140,6 +145,8 @@ def markdown(r: dict) -> str:
         f"Spearman {headline(r['after'])['sts-b']:.1f} (target >= 70); above TF-IDF on {len(beat)} of {len(TASKS)} "
         f"tasks ({', '.join(beat) or 'none'})",
         f"- fine-tuning: {f['steps']} steps of {f['batch_size']} pairs ({f['pairs'] or 'a reused child run'}), "
+        + ("InfoNCE" if not f.get("cosent_weight") else f"InfoNCE + {f['cosent_weight']:g} x CoSENT on scored pairs")
+        + ", "
         + ("" if f["minutes"] is None else f"{f['minutes']:.1f} min; ")
         + f"STS-B dev Spearman by step: {f['dev_spearman']}",
         f"- throughput: {tp['sentences_per_s']:,.0f} sentences/s at batch {tp['batch_size']} (STS-B sentences, "
@@ -159,6 +166,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="pairs per step")
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the fine-tuning")
     ap.add_argument("--wiki-pairs", type=int, default=1500, help="first-sentence -> rest pairs from wiki-00")
+    ap.add_argument("--cosent", type=float, default=0.0, help="weight of CoSENT on every scored STS-B / SICK train "
+                    "pair (0: InfoNCE on positives only)")  # fmt: skip
     ap.add_argument("--pooling", default="mean", choices=("mean", "last", "eos"))
     ap.add_argument("--max-len", type=int, default=64, help="tokens per training text (wiki documents are cut)")
     ap.add_argument("--dev-limit", type=int, default=500, help="STS-B dev pairs scored at each eval of the fine-tune")
@@ -187,17 +196,19 @@ def main() -> None:
     if args.child:
         child, counts = Path(args.child), {}
     else:
-        counts = write_pairs(out_dir / "pairs.jsonl", args.wiki_pairs)
+        counts = write_pairs(out_dir / "pairs.jsonl", args.wiki_pairs, scored=args.cosent > 0)
         ov = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}",
               f"optim.min_lr={args.lr / 10}", f"train.eval_every={max(args.steps // 4, 1)}", "train.log_every=25",
               f"embed.pooling={args.pooling}", f"train.out_dir={out_dir}", "model.dropout=0.1",
-              f"embed.max_len={args.max_len}", f"eval.limit={args.dev_limit}"]  # fmt: skip
+              f"embed.max_len={args.max_len}", f"eval.limit={args.dev_limit}",
+              f"embed.cosent_weight={args.cosent}"]  # fmt: skip
         child = embed_train(parent, out_dir / "pairs.jsonl", ov, progress=False)
     minutes = (time.time() - t0) / 60
     steps, dev = series(child, "eval/sts-b-dev/spearman")
     trained = read_run_config(child)  # a reused --child: what it was trained with, not this call's defaults
     result["finetune"] = {"child": str(child), "steps": trained.train.max_steps, "batch_size": trained.train.batch_size,
-                          "lr": trained.optim.lr, "pairs": counts, "minutes": None if args.child else minutes,
+                          "lr": trained.optim.lr, "cosent_weight": trained.embed.cosent_weight,
+                          "pairs": counts, "minutes": None if args.child else minutes,
                           "dev_spearman": {s: round(v, 1) for s, v in zip(steps, dev)}}  # fmt: skip
     save()
     result["throughput"] = throughput(child, args.pooling)

@@ -10,7 +10,7 @@ tokens). Targets: p50 <= 50 ms and p95 <= 100 ms, in-process (`slmkit.data.fim`,
 and through `slm serve` over loopback (POST /v1/completions with `suffix`, max_tokens 16; a reply may stop early at
 end-of-middle, so its token count is reported).
 
-    nice -n 5 python benchmarks/bench_fim.py [--work /tmp/slm-bench-fim] [--steps 400] [--items 300]
+    nice -n 5 python benchmarks/bench_fim.py [--work /tmp/slm-bench-fim] [--steps 400] [--items 300] [--set K=V ...]
 
 Runs and data are kept in --work and reused by a second call. Writes benchmarks/results/fim.json and fim.md.
 """
@@ -64,12 +64,16 @@ def trained(work: Path, name: str, preset: str, overrides: list[str]) -> tuple[P
     return run, time.time() - t0
 
 
-def quality(work: Path, data: Path, steps: int, items: int) -> dict:
+def quality(work: Path, data: Path, steps: int, items: int, extra: list[str]) -> dict:
+    from slmkit.base.config_files import load_config
     from slmkit.engine.evaluate import evaluate_run
 
-    out = {"load_avg_start": os.getloadavg()}
+    cfg = load_config("default", [*QUALITY, *extra])
+    m = cfg.model
+    size = f"{m.n_layer} x {m.n_embd}, block {m.block_size}, {cfg.train.dtype}"
+    out = {"load_avg_start": os.getloadavg(), "overrides": extra, "model": size}
     for name, rate in (("fim0", 0.0), ("fim50", 0.5)):
-        run, seconds = trained(work, name, "default", [*QUALITY, f"data.dir={data}", f"data.fim_rate={rate}",
+        run, seconds = trained(work, name, "default", [*QUALITY, *extra, f"data.dir={data}", f"data.fim_rate={rate}",
                                                       f"train.max_steps={steps}"])  # fmt: skip
         res = evaluate_run(run, ["val", "fim-line", "next-line"], limit=items, progress=False)
         out[name] = {"fim_rate": rate, "train_seconds": seconds, "val_loss": res["val"]["metrics"]["loss"],
@@ -83,7 +87,7 @@ def quality(work: Path, data: Path, steps: int, items: int) -> dict:
     out["fim_exact_ratio"], out["val_loss_worse_pct"] = ratio, worse
     out["met"] = {"fim_exact_ratio": ratio is not None and ratio >= TARGETS["fim_exact_ratio"],
                   "val_loss_worse_pct": worse <= TARGETS["val_loss_worse_pct"]}  # fmt: skip
-    out["tokens_per_model"] = steps * 16 * 256
+    out["tokens_per_model"] = steps * cfg.train.batch_size * cfg.model.block_size
     out["load_avg_end"] = os.getloadavg()
     return out
 
@@ -229,8 +233,9 @@ def markdown(res: dict) -> str:
     if q:
         a, b = q["fim0"], q["fim50"]
         ratio = "n/a (baseline 0)" if q["fim_exact_ratio"] is None else f"{q['fim_exact_ratio']:.2f}x"
+        size = q.get("model", "4 x 128, block 256")
         lines += [
-            f"- FIM for free (4 x 128, block 256, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
+            f"- FIM for free ({size}, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
             + (
                 "runs reused from --work"
                 if a["train_seconds"] is None
@@ -273,6 +278,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/slm-bench-fim", help="where data, runs and artifacts go (reused)")
     ap.add_argument("--steps", type=int, default=400, help="training steps of each quality model (16 x 256 tokens)")
     ap.add_argument("--items", type=int, default=300, help="fim-line / next-line items")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of both quality models after the 4 x 128 defaults (repeatable), e.g. "
+                         "--set model.n_embd=256 --set train.dtype=bf16")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=50, help="timed completions per latency path")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency paths")
     ap.add_argument("--skip-quality", action="store_true")
@@ -290,7 +298,7 @@ def main() -> None:
         res = {**res, "quality": old["quality"]}
         args.skip_latency = True
     elif not args.skip_quality:
-        res["quality"] = quality(work, data, args.steps, args.items)
+        res["quality"] = quality(work, data, args.steps, args.items, args.set)
     if not args.skip_latency:
         res["latency"] = latency(work, data, args.repeats, args.threads)
     res["load_avg_end"] = os.getloadavg()

@@ -1,13 +1,17 @@
-"""Pair readers (jsonl, tsv, STS-B, SICK, SimCSE), malformed lines, and the pair loader's batches and exact resume."""
+"""Pair readers (jsonl, tsv, STS-B, SICK, SimCSE; scored pairs for CoSENT), malformed lines, and the pair loader's
+batches and exact resume."""
 
 import pytest
 import torch
 from embed_helpers import write_pairs
 
+from slmkit.base.config import DataConfig, EmbedConfig
+from slmkit.base.tokenizer import CharTokenizer
 from slmkit.data.pairs import (
     Pair,
     PairLoader,
     detect_kind,
+    load_pair_data,
     read_pairs,
     read_senteval_sts,
     read_sick,
@@ -78,6 +82,38 @@ def test_sts_benchmark_keeps_high_scores_and_sick_takes_contradictions_as_negati
         read_pairs(plain)
 
 
+def test_scored_pairs_for_cosent(tmp_path):
+    """jsonl pairs may carry a gold score; with scored=True sts-b and sick add every pair with its score after their
+    positives; load_pair_data refuses scores without embed.cosent_weight and the weight without scores."""
+    js = tmp_path / "p.jsonl"
+    js.write_text('{"anchor": "a b", "positive": "a c", "score": 4.5}\n'
+                  '{"anchor": "x y", "positive": "z w", "score": 1}\n'
+                  '{"anchor": "p q", "positive": "p r"}\n')  # fmt: skip
+    assert [p.score for p in read_pairs(js)] == [4.5, 1, None]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"anchor": "a", "positive": "b", "score": "high"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: score must be a number"):
+        read_pairs(bad)
+    sts = tmp_path / "sts-train.csv"
+    sts.write_text("g\tf\t2012\t1\t4.5\tA cat sits.\tA cat is sitting.\ng\tf\t2012\t2\t1.0\tA dog runs.\tThe sky.\n")
+    assert read_pairs(sts, scored=True) == [Pair("A cat sits.", "A cat is sitting."),
+                                            Pair("A cat sits.", "A cat is sitting.", (), 4.5),
+                                            Pair("A dog runs.", "The sky.", (), 1.0)]  # fmt: skip
+    sick = tmp_path / "SICK.txt"
+    rows = [sick_row(1, "A man sings", "A person sings", "ENTAILMENT", 4.8, "TRAIN"),
+            sick_row(2, "A man sings", "Nobody sings", "CONTRADICTION", 3.1, "TRAIN")]  # fmt: skip
+    sick.write_text("\n".join([SICK_HEAD, *rows]) + "\n")
+    assert [p.score for p in read_pairs(sick, scored=True)] == [None, 4.8, 3.1]
+    tok = CharTokenizer.from_texts(["abcdefghijklmnopqrstuvwxyzACDST ."])
+    data = load_pair_data(DataConfig(source=str(js), val_fraction=0), EmbedConfig(cosent_weight=1.0), tok, 16)
+    assert [s for *_, s in data.train][:2] == [4.5, 1.0] and "2 scored (CoSENT)" in data.describe()
+    with pytest.raises(DataError, match="only the CoSENT loss reads; set embed.cosent_weight"):
+        load_pair_data(DataConfig(source=str(js), val_fraction=0), EmbedConfig(), tok, 16)
+    plain = write_pairs(tmp_path / "plain.jsonl", 5)
+    with pytest.raises(DataError, match="embed.cosent_weight needs pairs with gold scores"):
+        load_pair_data(DataConfig(source=str(plain), val_fraction=0), EmbedConfig(cosent_weight=1.0), tok, 16)
+
+
 def test_simcse_reads_lines_or_sentences(tmp_path):
     txt = tmp_path / "s.txt"
     txt.write_text("one sentence here\n\nanother one\n")
@@ -94,18 +130,20 @@ def test_senteval_folder_skips_unscored_pairs(tmp_path):
 
 
 def test_loader_lays_out_anchors_positives_negatives_and_resumes_exactly():
-    examples = [([i, 1], [i, 2, 2], [[i, 3]] if i % 2 else []) for i in range(10)]
+    examples = [([i, 1], [i, 2, 2], [[i, 3]] if i % 2 else [], i / 2 if i % 3 else float("nan")) for i in range(10)]
     loader = PairLoader(examples, 4, negatives=1, seed=3)
-    ids, lengths, n = loader.next_batch()
+    ids, lengths, n, scores = loader.next_batch()
     assert int(n) == 4 and ids.shape[0] == 4 + 4 + sum(1 for i in ids[:4, 0].tolist() if i % 2)
     assert lengths[:4].tolist() == [2] * 4 and lengths[4:8].tolist() == [3] * 4
     assert torch.equal(ids[:4, 0], ids[4:8, 0])  # positive i belongs to anchor i
+    for i, s in zip(ids[:4, 0].tolist(), scores.tolist()):  # each pair's score (NaN: none) in anchor order
+        assert (s != s) if i % 3 == 0 else s == i / 2
     state = loader.state_dict()
     expected = [loader.next_batch() for _ in range(4)]  # crosses an epoch boundary
     again = PairLoader(examples, 4, negatives=1, seed=3)
     again.load_state_dict(state)
     for a, b in zip(expected, [again.next_batch() for _ in range(4)]):
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert all(torch.equal(x.nan_to_num(-1), y.nan_to_num(-1)) for x, y in zip(a, b))
     with pytest.raises(DataError, match="does not fit"):
         PairLoader(examples, 5, seed=3).load_state_dict(state)
     no_neg = PairLoader(examples, 4, negatives=0, seed=3).next_batch()

@@ -1,6 +1,7 @@
-"""Contrastive fine-tuning as a child run of the one training loop: InfoNCE, parent recorded, learned temperature,
-exact resume, LoRA, the in-loop STS-B dev score, bad config."""
+"""Contrastive fine-tuning as a child run of the one training loop: InfoNCE (and CoSENT on scored pairs), parent
+recorded, learned temperature, exact resume, LoRA, the in-loop STS-B dev score, bad config."""
 
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from sft_helpers import base_run, make_corpus
 
 from slmkit.base.config import ConfigError, EmbedConfig
 from slmkit.base.metrics import series
-from slmkit.engine.embedding import ContrastiveObjective, info_nce
+from slmkit.engine.embedding import ContrastiveObjective, cosent, encode, info_nce
 from slmkit.engine.train import train
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.ship.embed_train import embed_train, embed_train_config
@@ -35,6 +36,50 @@ def test_info_nce_is_cross_entropy_over_in_batch_and_hard_negatives():
     obj = ContrastiveObjective(EmbedConfig(temperature=0.05, learn_temperature=True))
     assert math.isclose(obj.temperature(), 0.05, rel_tol=1e-6) and obj.logit_scale.requires_grad
     assert not list(ContrastiveObjective(EmbedConfig()).parameters())  # fixed: a buffer, nothing to train
+
+
+def test_cosent_ranks_pairs_by_their_scores():
+    cos, scores = torch.tensor([0.9, 0.5, 0.1]), torch.tensor([4.0, 2.0, 2.0])
+    # pairs (i, j) with scores[i] > scores[j]: (0, 1) and (0, 2); ties and lower-scored pairs add nothing
+    manual = torch.log(1 + torch.exp(20 * (cos[1] - cos[0])) + torch.exp(20 * (cos[2] - cos[0])))
+    assert torch.allclose(cosent(cos, scores), manual)
+    assert cosent(cos, scores) < cosent(cos.flip(0), scores)  # the wrong order costs more
+    assert cosent(cos, torch.tensor([3.0, 3.0, 3.0])) == 0  # nothing to rank
+
+
+def test_objective_mixes_infonce_on_positives_and_cosent_on_scored_pairs(setup):
+    """A batch of 2 positives (NaN scores) and 2 scored pairs: InfoNCE over the positives' rows (every row of the
+    batch a candidate), plus cosent_weight x CoSENT over the scored pairs' cosines."""
+    root, base, _ = setup
+    model, _, _, _ = ckpt_io.load_model(base)
+    torch.manual_seed(0)
+    ids, lengths = torch.randint(0, 50, (8, 5)), torch.tensor([5, 4, 3, 5, 2, 5, 4, 3])
+    scores = torch.tensor([float("nan"), 4.5, float("nan"), 1.0])
+    batch = (ids, lengths, torch.tensor([4]), scores)
+    emb = F.normalize(encode(model, ids, lengths, "mean"), dim=-1)
+    a, c = emb[:4], emb[4:]
+    pos, scale = torch.tensor([0, 2]), torch.tensor(20.0)
+    nce = (info_nce(a[pos], c, scale, pos) + info_nce(c[pos], a, scale, pos)) / 2
+    graded = torch.tensor([1, 3])
+    rank = cosent((a[graded] * c[graded]).sum(-1), scores[graded])
+    got = ContrastiveObjective(EmbedConfig(cosent_weight=0.5))(model, batch)
+    assert torch.allclose(got, nce + 0.5 * rank, atol=1e-5)
+    assert torch.allclose(ContrastiveObjective(EmbedConfig())(model, batch), nce, atol=1e-5)  # weight 0: InfoNCE only
+    only_scored = (ids, lengths, torch.tensor([4]), torch.tensor([4.0, 3.0, 2.0, 1.0]))
+    got = ContrastiveObjective(EmbedConfig(cosent_weight=1.0))(model, only_scored)
+    assert torch.allclose(got, cosent((a * c).sum(-1), only_scored[3]), atol=1e-5)
+
+
+def test_a_child_run_trains_on_scored_pairs_with_cosent(setup, tmp_path):
+    root, base, _ = setup
+    recs = [{"anchor": f"the {w} number {i}", "positive": f"a {w} was seen {i}", "score": float(i % 5)}
+            for i, w in enumerate(["apple", "river", "stone", "cloud", "green"] * 8)]  # fmt: skip
+    recs += [{"anchor": f"a {w}", "positive": f"the {w}"} for w in ("house", "bread", "light", "stone")]
+    path = tmp_path / "scored.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    child = embed_train(base, path, [*FAST, "embed.cosent_weight=1", "train.name=cosent"], progress=False)
+    assert ckpt_io.read_run_config(child).embed.cosent_weight == 1.0
+    assert all(math.isfinite(v) for v in series(child, "train/loss")[1])
 
 
 def test_child_run_records_parent_and_logs_the_loop_metrics(setup):

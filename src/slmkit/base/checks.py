@@ -122,6 +122,7 @@ RANGES: dict[str, Range] = {
     "embed.temperature": Range(0.001, 10),
     "embed.negatives": _nat("0 = in-batch negatives only"),
     "embed.min_score": Range(0, 5),
+    "embed.cosent_weight": Range(0, 100, note="0 = InfoNCE only"),
     "embed.max_len": _nat("0 = model.block_size"),
     "embed.max_pairs": _nat("0 = all"),
     # distill

@@ -124,6 +124,11 @@ class EmbedConfig:
     """Hard negatives used per pair (when the data has them); 0 uses in-batch negatives only."""
     min_score: float = 4.0
     """embed.pairs = sts-b: the gold similarity (0-5) at or above which a pair is a positive."""
+    cosent_weight: float = 0.0
+    """Weight of the CoSENT loss (Su 2022; sentence-transformers' CoSENTLoss) on pairs with a gold score, added to
+    InfoNCE: within a batch, every scored pair should have a higher cosine than each pair scored lower. > 0 also
+    makes the sts-b and sick readers give every pair with its score (besides their positives), and lets a .jsonl
+    pair carry "score"; 0 = InfoNCE only."""
     max_len: int = 0
     """Tokens per training text (longer ones are cut); 0 means model.block_size."""
     max_pairs: int = 0

@@ -43,8 +43,8 @@ def register_ship(sub) -> None:
             "model (a child run)", EMBED_TRAIN_HELP)  # fmt: skip
     p.add_argument("parent", metavar="PARENT_RUN", type=run_dir, help="the run to fine-tune")
     pairs_data = text_file("pairs file", "pass a .jsonl/.tsv pairs file, an STS-B or SICK file, or text for simcse")
-    p.add_argument("--data", required=True, type=pairs_data, help="pairs: .jsonl (anchor, positive, negative(s)) or "
-                   ".tsv, STS-B train, SICK.txt, or text with embed.pairs=simcse")  # fmt: skip
+    p.add_argument("--data", required=True, type=pairs_data, help="pairs: .jsonl (anchor, positive, "
+                   "negative(s), score) or .tsv, STS-B train, SICK.txt, or text with embed.pairs=simcse")  # fmt: skip
     add_overrides(p, "dotted overrides, e.g. embed.pooling=last embed.learn_temperature=true lora.rank=8")
     p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
     p.add_argument("--name", help="child run name (default: <parent>-embed)")
@@ -375,14 +375,15 @@ examples:
   slm eval runs/x --tasks mmlu,mmlu_5shot --limit 20
 """
 
-EMBED_TRAIN_HELP = """contrastive fine-tuning (InfoNCE over in-batch and hard negatives) of a run into a
-sentence-embedding model: a child run with the training loop's metrics, doctor, checkpoints, exact resume
-and LoRA. With the STS Benchmark under $SLM_DATA_DIR, its dev Spearman is logged at every eval
-(eval/sts-b-dev/spearman).
+EMBED_TRAIN_HELP = """contrastive fine-tuning (InfoNCE over in-batch and hard negatives; plus CoSENT on pairs
+with a gold score when embed.cosent_weight > 0) of a run into a sentence-embedding model: a child run with the
+training loop's metrics, doctor, checkpoints, exact resume and LoRA. With the STS Benchmark under
+$SLM_DATA_DIR, its dev Spearman is logged at every eval (eval/sts-b-dev/spearman).
 
 examples:
   slm embed-train runs/wiki --data pairs.jsonl                              anchor/positive(/negative) records
   slm embed-train runs/wiki --data sts-train.csv embed.min_score=4          STS-B pairs scored >= 4
+  slm embed-train runs/wiki --data sts-train.csv embed.cosent_weight=1      ... and every pair ranked by its score
   slm embed-train runs/wiki --data SICK.txt embed.learn_temperature=true    entailments, contradictions as negatives
   slm embed-train runs/wiki --data sentences.txt embed.pairs=simcse model.dropout=0.1"""
 

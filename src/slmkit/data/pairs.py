@@ -1,17 +1,24 @@
 """Text pairs for contrastive embedding training, and the sentence-similarity files evaluation reads.
 
-Pair readers (each returns `Pair`s: anchor, positive, hard negatives):
+Pair readers (each returns `Pair`s: anchor, positive, hard negatives, and a gold score or None):
 
-    pairs   .jsonl  {"anchor": A, "positive": P, "negative": N | "negatives": [N, ...]}  (query/pos/neg too)
+    pairs   .jsonl  {"anchor": A, "positive": P, "negative": N | "negatives": [N, ...], "score": S}  (query/pos/neg
+                    too; "score" optional)
             .tsv    A <TAB> P [<TAB> N ...]
     sts-b   the STS Benchmark release (genre, file, year, id, score, s1, s2): pairs scored >= min_score
     sick    SICK.txt, SemEval_set TRAIN: entailment pairs; a contradiction of the same sentence A is a hard negative
     simcse  unlabeled text (.txt lines, or the sentences of .jsonl/.parquet texts): each sentence is its own
             positive, the two copies told apart only by dropout (SimCSE)
 
+A pair without a score is a positive (InfoNCE); a pair with one is a graded example for the CoSENT loss
+(embed.cosent_weight > 0), whose score only ranks it against the other scored pairs of its batch. With
+`scored=True`, sts-b and sick also give every one of their pairs with its gold score (STS-B similarity 0-5, SICK
+relatedness 1-5).
+
 A malformed line is one DataError naming the file and line. `PairData` splits the pairs (data.val_fraction,
 data.seed) and tokenizes them; its `loaders` is the factory `Trainer` takes, making `PairLoader`s whose batches
-are (ids (R, T), lengths (R,), n_pairs (1,)): B anchors, their B positives, then the hard negatives, right-padded.
+are (ids (R, T), lengths (R,), n_pairs (1,), scores (B,)): B anchors, their B positives, then the hard negatives,
+right-padded; scores NaN for unscored pairs.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class Pair(NamedTuple):
     anchor: str
     positive: str
     negatives: tuple[str, ...] = ()
+    score: float | None = None
+    """A gold similarity: the pair is a graded example (CoSENT), not a positive; None: a positive."""
 
 
 def split_sentences(text: str) -> list[str]:
@@ -136,7 +145,10 @@ def _json_pair(path: Path, n: int, line: str) -> Pair:
     texts = [anchor, positive, *(negs if isinstance(negs, list) else [None])]
     if not all(isinstance(t, str) and t.strip() for t in texts):
         raise DataError(f"{path}:{n}: needs non-empty string fields anchor and positive (and negative(s), if any)")
-    return Pair(anchor.strip(), positive.strip(), tuple(t.strip() for t in negs))
+    score = r.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or score != score):
+        raise DataError(f"{path}:{n}: score must be a number (the pair's gold similarity), got {score!r}")
+    return Pair(anchor.strip(), positive.strip(), tuple(t.strip() for t in negs), score)
 
 
 def read_pair_file(path: str | Path) -> list[Pair]:
@@ -164,6 +176,13 @@ def sick_pairs(path: str | Path) -> list[Pair]:
         if label == "CONTRADICTION":
             contra.setdefault(a, []).append(b)
     return [Pair(a, b, tuple(contra.get(a, ()))) for a, b, label, _ in rows if label == "ENTAILMENT"]
+
+
+def scored_pairs(path: str | Path, kind: str) -> list[Pair]:
+    """Every pair of an STS Benchmark file or of SICK TRAIN with its gold score (graded examples for CoSENT)."""
+    if kind == "sts-b":
+        return [Pair(a, b, (), s) for a, b, s in read_sts_benchmark(path)]
+    return [Pair(a, b, (), s) for a, b, _, s in read_sick(path, "TRAIN")]
 
 
 def simcse_sentences(path: str | Path, text_field: str = "text", limit: int = 0) -> list[Pair]:
@@ -206,8 +225,9 @@ def detect_kind(path: str | Path) -> str:
 
 
 def read_pairs(path: str | Path, kind: str = "auto", *, min_score: float = 4.0, max_pairs: int = 0,
-               text_field: str = "text") -> list[Pair]:  # fmt: skip
-    """Training pairs of `path` read as `kind` (auto, pairs, sts-b, sick, simcse), the first `max_pairs` if > 0."""
+               text_field: str = "text", scored: bool = False) -> list[Pair]:  # fmt: skip
+    """Training pairs of `path` read as `kind` (auto, pairs, sts-b, sick, simcse), the first `max_pairs` if > 0;
+    `scored`: sts-b and sick add every pair with its gold score (`scored_pairs`) after their positives."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "simcse":
         pairs = simcse_sentences(path, text_field, max_pairs)
@@ -219,6 +239,8 @@ def read_pairs(path: str | Path, kind: str = "auto", *, min_score: float = 4.0, 
         pairs = read_pair_file(path)
     else:
         raise DataError(f"unknown pairs kind {kind!r}; use auto or one of: {', '.join(PAIR_KINDS)}")
+    if scored and kind in ("sts-b", "sick"):
+        pairs += scored_pairs(path, kind)
     if not pairs:
         raise DataError(f"{path} gave no training pairs as {kind}; check the file (and embed.min_score for sts-b)")
     return pairs[:max_pairs] if max_pairs else pairs
@@ -238,7 +260,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], device=None) -> tuple[torch.Tensor,
     return ids.to(device), lengths.to(device)
 
 
-Example = tuple[list[int], list[int], list[list[int]]]  # anchor ids, positive ids, hard negatives' ids
+Example = tuple[list[int], list[int], list[list[int]], float]  # anchor, positive, negatives' ids; score (NaN: none)
 
 
 class PairLoader:
@@ -260,8 +282,9 @@ class PairLoader:
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         return order[self.rank :: self.world_size]
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(ids (R, T), lengths (R,), n_pairs (1,)): rows are B anchors, B positives, then hard negatives."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids (R, T), lengths (R,), n_pairs (1,), scores (B,) float32, NaN where a pair has none): rows are B
+        anchors, B positives, then hard negatives."""
         picked: list[int] = []
         while len(picked) < self.batch_size:
             take = min(self.batch_size - len(picked), len(self._order) - self.index)
@@ -272,10 +295,11 @@ class PairLoader:
                 self._order = self._layout(self.epoch)
         self.batches += 1
         batch = [self.examples[i] for i in picked]
-        rows = [a for a, _, _ in batch] + [p for _, p, _ in batch]
-        rows += [n for _, _, negs in batch for n in negs[: self.negatives]]
+        rows = [a for a, _, _, _ in batch] + [p for _, p, _, _ in batch]
+        rows += [n for _, _, negs, _ in batch for n in negs[: self.negatives]]
         ids, lengths = pad_batch(rows)
-        return ids, lengths, torch.tensor([len(batch)])
+        scores = torch.tensor([score for _, _, _, score in batch], dtype=torch.float32)
+        return ids, lengths, torch.tensor([len(batch)]), scores
 
     def _identity(self) -> dict:
         return {"kind": "pairs", "pairs": len(self.examples), "batch_size": self.batch_size, "seed": self.seed,
@@ -322,17 +346,28 @@ class PairData:
         return make
 
     def describe(self, block_size: int = 0) -> str:
-        negs = sum(bool(n) for _, _, n in self.train)
+        negs = sum(bool(n) for _, _, n, _ in self.train)
+        scored = sum(not np.isnan(s) for _, _, _, s in self.train)
         return (f"pairs {self.source} ({self.kind}): {len(self.train)} train / {len(self.val)} held-out pairs, "
-                f"{negs} with hard negatives, {self.truncated} texts cut to the length limit")  # fmt: skip
+                f"{negs} with hard negatives, {scored} scored (CoSENT), {self.truncated} texts cut to the length "
+                "limit")  # fmt: skip
 
 
 def load_pair_data(data_cfg, embed_cfg, tokenizer: Tokenizer, block_size: int) -> PairData:
     """Read, split and tokenize the pairs of a run's config (data.source, val_fraction, seed; embed.pairs,
-    min_score, max_pairs, max_len, instruction, negatives, pooling: eos appends end-of-text)."""
+    min_score, max_pairs, max_len, instruction, negatives, cosent_weight, pooling: eos appends end-of-text).
+    Scored pairs without embed.cosent_weight, or embed.cosent_weight without scored pairs, are refused."""
     kind = detect_kind(data_cfg.source) if embed_cfg.pairs == "auto" else embed_cfg.pairs
+    cosent = embed_cfg.cosent_weight > 0
     pairs = read_pairs(data_cfg.source, kind, min_score=embed_cfg.min_score, max_pairs=embed_cfg.max_pairs,
-                       text_field=data_cfg.text_field)  # fmt: skip
+                       text_field=data_cfg.text_field, scored=cosent)  # fmt: skip
+    n_scored = sum(p.score is not None for p in pairs)
+    if n_scored and not cosent:
+        raise DataError(f"{data_cfg.source} has {n_scored} pairs with a score, which only the CoSENT loss reads; "
+                        "set embed.cosent_weight (e.g. 1) to train on them, or drop their score field")  # fmt: skip
+    if cosent and n_scored < 2:
+        raise DataError(f"embed.cosent_weight needs pairs with gold scores and {data_cfg.source} has {n_scored}; "
+                        'use an STS-B or SICK file, or .jsonl pairs with a "score" field')  # fmt: skip
     max_len = min(embed_cfg.max_len or block_size, block_size)
     eos = embed_cfg.pooling == "eos"
     cut = 0
@@ -344,8 +379,8 @@ def load_pair_data(data_cfg, embed_cfg, tokenizer: Tokenizer, block_size: int) -
         cut += len(t) > room
         return t[:room] + ([tokenizer.eot_id] if eos else [])
 
-    examples = [(ids(embed_cfg.instruction + p.anchor), ids(p.positive), [ids(n) for n in p.negatives])
-                for p in pairs]  # fmt: skip
+    examples = [(ids(embed_cfg.instruction + p.anchor), ids(p.positive), [ids(n) for n in p.negatives],
+                 float("nan") if p.score is None else float(p.score)) for p in pairs]  # fmt: skip
     order = np.random.default_rng(data_cfg.seed).permutation(len(examples))
     n_val = max(1, int(round(len(examples) * data_cfg.val_fraction))) if data_cfg.val_fraction > 0 else 0
     if n_val >= len(examples):

@@ -1,5 +1,6 @@
 """Sentence embeddings from a decoder: texts -> token ids -> final-norm states -> one pooled vector per text, and the
-contrastive objective (InfoNCE) that fine-tunes a run into an embedding model.
+contrastive objective (InfoNCE, plus CoSENT on pairs with gold scores) that fine-tunes a run into an embedding
+model.
 
     vectors, stats = embed_texts(model, tokenizer, ["a cat sat", "a dog ran"], pooling="mean")  # (2, n_embd) float32
 
@@ -36,6 +37,7 @@ from slmkit.model.gpt import GPT
 
 POOLINGS = ("mean", "last", "eos")
 MAX_LOGIT_SCALE = 100.0  # a learned 1/temperature is capped here (CLIP's bound), so logits cannot run away
+COSENT_SCALE = 20.0  # CoSENT's fixed 1/temperature (Su 2022, and sentence-transformers' CoSENTLoss default)
 
 
 class EmbedError(SlmError):
@@ -124,22 +126,37 @@ def embed_texts(model: GPT, tokenizer: Tokenizer, texts: Sequence[str], *, pooli
 # The contrastive objective
 
 
-def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of picking row i of `candidates` (n >= B rows: the B positives first, then negatives) for
-    anchor i among all of them; inputs unit-length (B, C) and (n, C), logits = scale * cosine."""
+def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tensor,
+             targets: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Cross-entropy of picking row targets[i] of `candidates` (n rows: the positives first, then negatives) for
+    anchor i among all of them; inputs unit-length (B, C) and (n, C), logits = scale * cosine; targets default to
+    0..B-1 (anchor i's positive is candidate i)."""
     logits = scale * anchors @ candidates.T  # (B, n)
-    return F.cross_entropy(logits, torch.arange(anchors.size(0), device=anchors.device))
+    if targets is None:
+        targets = torch.arange(anchors.size(0), device=anchors.device)
+    return F.cross_entropy(logits, targets)
+
+
+def cosent(cosines: torch.Tensor, scores: torch.Tensor, scale: float = COSENT_SCALE) -> torch.Tensor:
+    """CoSENT (Su 2022): log(1 + sum over pairs (i, j) with scores[i] > scores[j] of exp(scale * (cos_j - cos_i)));
+    a ranking loss that wants every pair's cosine above those of the pairs scored lower. (n,) cosines and scores;
+    0 when no two scores differ."""
+    diff = scale * (cosines[None, :] - cosines[:, None])  # [i, j] = scale * (cos_j - cos_i)
+    wanted = scores[:, None] > scores[None, :]  # i should have the higher cosine
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff[wanted]]), 0)
 
 
 class ContrastiveObjective(nn.Module):
     """InfoNCE over in-batch negatives (plus hard negatives) for `Trainer(objective=...)`: called as
-    `objective(model, batch) -> loss` with a `PairLoader` batch (ids (R, T), lengths (R,), n_pairs (1,)); rows are
-    B anchors, their B positives, then hard negatives. `logit_scale` = log(1/temperature), a parameter when the
-    temperature is learned (the Trainer gives it an optimizer group and checkpoints it), else a buffer."""
+    `objective(model, batch) -> loss` with a `PairLoader` batch (ids (R, T), lengths (R,), n_pairs (1,), scores
+    (B,)); rows are B anchors, their B positives, then hard negatives. The pairs without a score are InfoNCE's
+    positives (every other row of the batch is a negative for them); the scored ones add cfg.cosent_weight x
+    CoSENT. `logit_scale` = log(1/temperature), a parameter when the temperature is learned (the Trainer gives it
+    an optimizer group and checkpoints it), else a buffer."""
 
     def __init__(self, cfg: EmbedConfig):
         super().__init__()
-        self.pooling, self.symmetric = cfg.pooling, cfg.symmetric
+        self.pooling, self.symmetric, self.cosent_weight = cfg.pooling, cfg.symmetric, cfg.cosent_weight
         scale = torch.tensor(math.log(1.0 / cfg.temperature))
         if cfg.learn_temperature:
             self.logit_scale = nn.Parameter(scale)
@@ -154,12 +171,19 @@ class ContrastiveObjective(nn.Module):
         return {"train/temperature": self.temperature()} if isinstance(self.logit_scale, nn.Parameter) else {}
 
     def forward(self, model: GPT, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        ids, lengths, n_pairs = batch
+        ids, lengths, n_pairs, scores = batch
         b = int(n_pairs.reshape(-1)[0])
         emb = F.normalize(encode(model, ids, lengths, self.pooling), dim=-1)  # (R, C)
         anchors, candidates = emb[:b], emb[b:]  # (B, C), (R - B, C): positives then negatives
-        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        loss = info_nce(anchors, candidates, scale)
-        if self.symmetric:  # positives pick their anchor among all anchors
-            loss = (loss + info_nce(candidates[:b], anchors, scale)) / 2
+        graded = ~torch.isnan(scores)  # (B,)
+        loss = emb.new_zeros(())
+        if not graded.all():
+            pos = torch.nonzero(~graded).squeeze(1)  # the positives' rows, which are also their own targets
+            scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+            loss = info_nce(anchors[pos], candidates, scale, pos)
+            if self.symmetric:  # positives pick their anchor among all anchors
+                loss = (loss + info_nce(candidates[pos], anchors, scale, pos)) / 2
+        if self.cosent_weight > 0 and graded.sum() >= 2:
+            cos = (anchors[graded] * candidates[:b][graded]).sum(-1)
+            loss = loss + self.cosent_weight * cosent(cos, scores[graded])
         return loss
