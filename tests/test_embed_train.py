@@ -68,6 +68,10 @@ def test_objective_mixes_infonce_on_positives_and_cosent_on_scored_pairs(setup):
     only_scored = (ids, lengths, torch.tensor([4]), torch.tensor([4.0, 3.0, 2.0, 1.0]))
     got = ContrastiveObjective(EmbedConfig(cosent_weight=1.0))(model, only_scored)
     assert torch.allclose(got, cosent((a * c).sum(-1), only_scored[3]), atol=1e-5)
+    tied = ContrastiveObjective(EmbedConfig(cosent_weight=1.0))(model, (ids, lengths, torch.tensor([4]),
+                                                                        torch.full((4,), 2.0)))  # fmt: skip
+    tied.backward()  # nothing to rank: a zero loss that still backpropagates (zero gradients), not an error
+    assert tied.item() == 0
 
 
 def test_a_child_run_trains_on_scored_pairs_with_cosent(setup, tmp_path):

@@ -248,7 +248,8 @@ def _slow(model, seconds: float, never: int | None = None):
 def test_abandoned_non_streaming_requests_stop_generating(tokenizer):
     """16 clients post a non-streaming request for CAP tokens and hang up: the 2 running generations stop at their
     next step and the 14 waiting ones never start (unfixed, the last one finished ~8 x CAP x 20 ms = 64 s later)."""
-    base, engine, close = _serve(_slow(tiny_model(tokenizer.vocab_size), 0.02, tokenizer.token_id(EOT)), tokenizer, slots=2)
+    model = _slow(tiny_model(tokenizer.vocab_size), 0.02, never=tokenizer.token_id(EOT))
+    base, engine, close = _serve(model, tokenizer, slots=2)
     port = int(base.rsplit(":", 1)[1])
     try:
         body = json.dumps({"model": MODEL, "prompt": "def", "max_tokens": CAP, "temperature": 1.0}).encode()

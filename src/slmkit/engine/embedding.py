@@ -176,13 +176,14 @@ class ContrastiveObjective(nn.Module):
         emb = F.normalize(encode(model, ids, lengths, self.pooling), dim=-1)  # (R, C)
         anchors, candidates = emb[:b], emb[b:]  # (B, C), (R - B, C): positives then negatives
         graded = ~torch.isnan(scores)  # (B,)
-        loss = emb.new_zeros(())
+        loss = emb.sum() * 0  # in the graph even when a batch has nothing to learn (scored pairs, all scores equal)
         if not graded.all():
             pos = torch.nonzero(~graded).squeeze(1)  # the positives' rows, which are also their own targets
             scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-            loss = info_nce(anchors[pos], candidates, scale, pos)
+            nce = info_nce(anchors[pos], candidates, scale, pos)
             if self.symmetric:  # positives pick their anchor among all anchors
-                loss = (loss + info_nce(candidates[pos], anchors, scale, pos)) / 2
+                nce = (nce + info_nce(candidates[pos], anchors, scale, pos)) / 2
+            loss = loss + nce
         if self.cosent_weight > 0 and graded.sum() >= 2:
             cos = (anchors[graded] * candidates[:b][graded]).sum(-1)
             loss = loss + self.cosent_weight * cosent(cos, scores[graded])
