@@ -89,24 +89,25 @@ def entropy_hint(nats: float, vocab_size: int) -> str:
     )
 
 
-# What the newer evals' numbers mean, with the baselines measured here (benchmarks/results/embed.md, search.md,
-# fim.md: a 4-layer, 256-wide model pretrained on 1.8M Wikipedia tokens) and published ones for scale.
+# What the newer evals' numbers mean, with the baselines measured here (benchmarks/results/embed_lr4.md,
+# embed_cosent.md, fim.md: 4-layer models trained minutes to an hour on this CPU) and published ones for scale.
 EMBEDDING_SCALE = (
     "Spearman x 100 between the cosine of two sentences' vectors and human similarity: 0 is unrelated. For scale: "
-    "TF-IDF word overlap scores 76 on STS-B test and 60 on SICK-R here; a small pretrained LM, mean-pooled and never "
-    "trained for similarity, scored 30 (STS-B); after 100 steps of `slm embed-train` 60; trained sentence encoders "
-    "such as all-MiniLM-L6-v2 score about 82 on STS-B."
+    "TF-IDF word overlap scores 70 on STS-B test and 59 on SICK-R here; a 3M-parameter LM pretrained 15 minutes on "
+    "Wikipedia, mean-pooled and never trained for similarity, 26 (STS-B); after 600 steps of `slm embed-train` 44, "
+    "or 52 with embed.cosent_weight=1 on the STS-B and SICK scores (benchmarks/results/embed_cosent.md); trained "
+    "sentence encoders such as all-MiniLM-L6-v2 score about 82 on STS-B."
 )
 RETRIEVAL_SCALE = (
-    "nDCG@10 x 100: 100 puts every query's own passage first; chance is near 1. For scale: TF-IDF scores 93 on "
-    "wiki-retrieval here, a small pretrained LM 14, the same after `slm embed-train` 22 (benchmarks/results/embed.md)."
-    " Below TF-IDF, ship TF-IDF (or train the encoder longer on in-domain pairs)."
+    "nDCG@10 x 100: 100 puts every query's own passage first; chance is near 1. For scale: TF-IDF scores 88 on "
+    "wiki-retrieval here, a small pretrained LM 28, the same after `slm embed-train` 50 (benchmarks/results/"
+    "embed_lr4.md). Below TF-IDF, ship TF-IDF (or train the encoder longer on in-domain pairs)."
 )
 CODE_SCALE = (
     "exact match: the share of held-out lines reproduced character for character (edit_similarity gives partial "
-    "credit). A model trained for minutes on a CPU scores close to 0 exact and 0.1 edit similarity "
-    "(benchmarks/results/fim.md); code models of 100M+ parameters trained on billions of tokens reach 0.2-0.4 on "
-    "single-line infilling."
+    "credit). Models of 1-4M parameters trained for minutes to half an hour on a CPU score 0.02-0.04 exact and about "
+    "0.25 edit similarity (benchmarks/results/fim.md); code models of 100M+ parameters trained on billions of tokens "
+    "reach 0.2-0.4 on single-line infilling."
 )
 
 
