@@ -79,7 +79,7 @@ def test_slm_eval_scores_embedding_tasks(run, run_cli, need_data):
     code, out, err = run_cli("eval", run, "--tasks", "sts-b,sick-r,wiki-retrieval", "--limit", "40", "--no-progress")
     assert code == 0, err
     assert "| sts-b | spearman |" in out and "| wiki-retrieval | ndcg@10 |" in out
-    assert "- Spearman x 100" in out and "TF-IDF scores 93 on wiki-retrieval" in out  # what the numbers mean
+    assert "- Spearman x 100" in out and "TF-IDF scores 88 on wiki-retrieval" in out  # what the numbers mean
     saved = json.loads((run / "evals" / "sts-b.json").read_text())
     assert saved["n"] == 40 and saved["pooling"] == "mean" and -100 <= saved["metrics"]["spearman"] <= 100
     retrieval = json.loads((run / "evals" / "wiki-retrieval.json").read_text())
