@@ -50,19 +50,30 @@ def prepared(work: Path) -> Path:
     return out
 
 
+def _shape(cfg) -> tuple:
+    """What a reused run must share with this call's config: the size the report names, the dtype, the steps."""
+    m = cfg.model
+    return m.n_layer, m.n_head, m.n_embd, m.block_size, m.mlp, m.pos_emb, cfg.train.dtype, cfg.train.max_steps
+
+
 def trained(work: Path, name: str, preset: str, overrides: list[str]) -> tuple[Path, float | None]:
-    """(run dir, training seconds; None when the run was already there)."""
+    """(run dir, training seconds; None when the run was already there, which must have the same `_shape`)."""
     from slmkit.base.config_files import load_config
     from slmkit.engine.train import train
+    from slmkit.runs.checkpoint import read_run_config
 
     run = work / "runs" / name
+    overrides = [*overrides, f"train.name={name}", f"train.out_dir={work / 'runs'}"]
+    cfg = load_config(preset, overrides)
     if (run / "run.json").is_file() and json.loads((run / "run.json").read_text()).get("status") == "finished":
+        if _shape(read_run_config(run)) != _shape(cfg):
+            raise SystemExit(f"{run} was trained with other settings than this call's (model, dtype or steps); "
+                             "pass another --work, or the settings it was trained with")  # fmt: skip
         return run, None
     if run.exists():  # an unfinished run of an earlier call, in the benchmark's own folder: start it again
         shutil.rmtree(run)
-    overrides = [*overrides, f"train.name={name}", f"train.out_dir={work / 'runs'}"]
     t0 = time.time()
-    train(load_config(preset, overrides), overrides=overrides, progress=False)
+    train(cfg, overrides=overrides, progress=False)
     return run, time.time() - t0
 
 
