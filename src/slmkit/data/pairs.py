@@ -168,21 +168,23 @@ def read_pair_file(path: str | Path) -> list[Pair]:
     return out
 
 
-def sick_pairs(path: str | Path) -> list[Pair]:
-    """SICK TRAIN entailment pairs (A, B), each with B' of every contradiction (A, B') as hard negatives."""
+def sick_pairs(path: str | Path, scored: bool = False) -> list[Pair]:
+    """SICK TRAIN entailment pairs (A, B), each with B' of every contradiction (A, B') as hard negatives; `scored`:
+    then every TRAIN pair with its relatedness (graded examples for CoSENT)."""
     rows = read_sick(path, "TRAIN")
     contra: dict[str, list[str]] = {}
     for a, b, label, _ in rows:
         if label == "CONTRADICTION":
             contra.setdefault(a, []).append(b)
-    return [Pair(a, b, tuple(contra.get(a, ()))) for a, b, label, _ in rows if label == "ENTAILMENT"]
+    pairs = [Pair(a, b, tuple(contra.get(a, ()))) for a, b, label, _ in rows if label == "ENTAILMENT"]
+    return pairs + ([Pair(a, b, (), s) for a, b, _, s in rows] if scored else [])
 
 
-def scored_pairs(path: str | Path, kind: str) -> list[Pair]:
-    """Every pair of an STS Benchmark file or of SICK TRAIN with its gold score (graded examples for CoSENT)."""
-    if kind == "sts-b":
-        return [Pair(a, b, (), s) for a, b, s in read_sts_benchmark(path)]
-    return [Pair(a, b, (), s) for a, b, _, s in read_sick(path, "TRAIN")]
+def sts_pairs(path: str | Path, min_score: float, scored: bool = False) -> list[Pair]:
+    """STS Benchmark pairs scored >= min_score as positives; `scored`: then every pair with its gold score."""
+    rows = read_sts_benchmark(path)
+    pairs = [Pair(a, b) for a, b, s in rows if s >= min_score]
+    return pairs + ([Pair(a, b, (), s) for a, b, s in rows] if scored else [])
 
 
 def simcse_sentences(path: str | Path, text_field: str = "text", limit: int = 0) -> list[Pair]:
@@ -227,20 +229,18 @@ def detect_kind(path: str | Path) -> str:
 def read_pairs(path: str | Path, kind: str = "auto", *, min_score: float = 4.0, max_pairs: int = 0,
                text_field: str = "text", scored: bool = False) -> list[Pair]:  # fmt: skip
     """Training pairs of `path` read as `kind` (auto, pairs, sts-b, sick, simcse), the first `max_pairs` if > 0;
-    `scored`: sts-b and sick add every pair with its gold score (`scored_pairs`) after their positives."""
+    `scored`: sts-b and sick add every pair with its gold score after their positives."""
     kind = detect_kind(path) if kind == "auto" else kind
     if kind == "simcse":
         pairs = simcse_sentences(path, text_field, max_pairs)
     elif kind == "sts-b":
-        pairs = [Pair(a, b) for a, b, s in read_sts_benchmark(path) if s >= min_score]
+        pairs = sts_pairs(path, min_score, scored)
     elif kind == "sick":
-        pairs = sick_pairs(path)
+        pairs = sick_pairs(path, scored)
     elif kind == "pairs":
         pairs = read_pair_file(path)
     else:
         raise DataError(f"unknown pairs kind {kind!r}; use auto or one of: {', '.join(PAIR_KINDS)}")
-    if scored and kind in ("sts-b", "sick"):
-        pairs += scored_pairs(path, kind)
     if not pairs:
         raise DataError(f"{path} gave no training pairs as {kind}; check the file (and embed.min_score for sts-b)")
     return pairs[:max_pairs] if max_pairs else pairs
