@@ -1,18 +1,22 @@
 """The data-quality experiment: the same model, the same compute, a noisy web-like corpus raw vs cleaned.
 
-    nice -n 5 .venv/bin/python benchmarks/data_quality.py [--budget-s 420] [--work /tmp/slm-data-quality]
+    nice -n 5 .venv/bin/python benchmarks/data_quality.py [--mix crawl|light] [--budget-s 420] [--work DIR]
 
 1. Builds a crawl-like corpus from $SLM_DATA_DIR/wikipedia (wiki-00..02) and web-sample: every article once, plus
    what crawls are full of: near-duplicate copies (a heavy-tailed number of copies of some articles, each with
    small edits), navigation / cookie-banner / footer boilerplate on most pages, gibberish, mojibake and
    replacement characters, very short pages, keyword spam. Held out: clean articles of wiki-03 (never in training).
+   Two mixes (`MIXES`): `crawl` (the default) has as many junk pages as all others and near copies of 600
+   articles, so cleaning keeps about half of the bytes (real pipelines keep less: RefinedWeb's stages remove nearly
+   90% of the CommonCrawl documents they start from, Penedo et al. 2023, fig. 2); `light` (the first mix measured:
+   junk pages 12% of the others, copies of 220 articles) keeps 77%.
 2. Cleans it with `slm data clean` (default filters, exact + near dedup, decontamination against all eval tasks).
 3. Trains a byte-level BPE (8192, on the clean article pool) once, prepares both corpora with it, and trains the
    same small model on each for the same number of steps (equal compute: the same tokens and FLOPs; the step
    count is set from a short speed probe so a run fits --budget-s on this machine; wall-clock is reported).
 4. Evaluates both on the same held-out Wikipedia text (bits per byte) and on LAMBADA and HellaSwag.
 
-Writes benchmarks/results/data_quality.{json,md,png}. The bulky intermediate files stay in --work.
+Writes benchmarks/results/data_quality_MIX.{json,md,png}. The bulky intermediate files stay in --work.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ SHORT = [
     "Buy now",
     "Related articles",
 ]
+MIXES = {"crawl": {"copied_articles": 600, "junk_share": 1.0}, "light": {"copied_articles": 220, "junk_share": 0.12}}
+"""Per mix: how many articles get near copies, and junk pages as a share of the documents before junk."""
 SPAM = "cheap flights best hotel deals london paris discount cheap cheap car rental free shipping casino bonus " \
        "viagra online buy now best price lowest price guaranteed top 10 reviews".split()  # fmt: skip
 
@@ -109,7 +115,7 @@ def junk(rng: random.Random) -> str:
     return rng.choice(SHORT)  # a very short page
 
 
-def build_corpus(work: Path, seed: int = 0) -> dict:
+def build_corpus(work: Path, mix: str, seed: int = 0) -> dict:
     """raw.jsonl (the crawl-like corpus), pool.txt (the clean articles, for the tokenizer), heldout.txt."""
     rng = random.Random(seed)
     articles = [t for name in ("wiki-00.parquet", "wiki-01.parquet") for t in wiki(name)]
@@ -129,11 +135,12 @@ def build_corpus(work: Path, seed: int = 0) -> dict:
     for w in web:
         docs.append(page(w, rng))
         kinds["web"] += 1
-    for a in rng.sample(articles, 220):  # heavy-tailed copy counts, as pages are mirrored and syndicated in crawls
+    # heavy-tailed copy counts, as pages are mirrored and syndicated in crawls
+    for a in rng.sample(articles, MIXES[mix]["copied_articles"]):
         for _ in range(min(40, int(rng.paretovariate(1.3)))):
             docs.append(page(edit(a, rng), rng))
             kinds["near-copy"] += 1
-    for _ in range(int(0.12 * len(docs))):
+    for _ in range(int(MIXES[mix]["junk_share"] * len(docs))):
         docs.append(page(junk(rng), rng))
         kinds["junk"] += 1
     rng.shuffle(docs)
@@ -142,7 +149,7 @@ def build_corpus(work: Path, seed: int = 0) -> dict:
             f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
     (work / "pool.txt").write_text("\n\n".join(articles), encoding="utf-8")
     (work / "heldout.txt").write_text("\n\n".join(heldout), encoding="utf-8")
-    return {"documents": len(docs), "kinds": kinds, "raw_bytes": (work / "raw.jsonl").stat().st_size,
+    return {"mix": mix, "documents": len(docs), "kinds": kinds, "raw_bytes": (work / "raw.jsonl").stat().st_size,
             "heldout_bytes": (work / "heldout.txt").stat().st_size, "heldout_articles": len(heldout)}  # fmt: skip
 
 
@@ -207,8 +214,8 @@ def chart(res: dict, path: Path) -> None:
     rem = res["cleaning"]["removed"]
     top = sorted(rem.items(), key=lambda kv: -kv[1]["documents"])[:8]
     axes[3].barh([k for k, _ in top][::-1], [v["documents"] for _, v in top][::-1], color="#9bbb59")
-    axes[3].set_title(f"removed by rule (kept {res['cleaning']['documents_out']:,} of "
-                      f"{res['cleaning']['documents_in']:,} docs)", fontsize=9)  # fmt: skip
+    axes[3].set_title(f"documents removed, by rule\n(kept {res['cleaning']['documents_out']:,} of "
+                      f"{res['cleaning']['documents_in']:,})", fontsize=9)  # fmt: skip
     axes[3].tick_params(axis="y", labelsize=7)
     fig.suptitle(f"Same model, same compute ({res['steps']} steps x {res['tokens_per_step']} tokens): noisy crawl-like "
                  f"corpus raw vs cleaned with slm data clean", fontsize=10)  # fmt: skip
@@ -219,24 +226,27 @@ def chart(res: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/slm-data-quality", help="folder for corpora, datasets and runs")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="crawl", help="how noisy the corpus is (see above)")
+    ap.add_argument("--work", default=None, help="folder for corpora, datasets and runs (/tmp/slm-data-quality-MIX)")
     ap.add_argument("--budget-s", type=float, default=420, help="wall-clock budget of one training run")
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--limit", type=int, default=1000, help="LAMBADA and HellaSwag items (the first ones)")
     ap.add_argument("--probe-tok-s", type=float, default=0, help="skip the speed probe: use this speed")
     ap.add_argument("--reuse", action="store_true", help="reuse the corpora and datasets of an earlier run in --work")
     args = ap.parse_args()
-    work = Path(args.work)
+    work = Path(args.work or f"/tmp/slm-data-quality-{args.mix}")
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SLM_DATA_DIR", str(DATA))
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tiktoken_cache"))
     t0 = time.time()
     reuse = args.reuse and (work / "corpus.json").is_file()
+    if reuse and json.loads((work / "corpus.json").read_text()).get("mix", "light") != args.mix:
+        sys.exit(f"{work} holds another mix's corpus: pass another --work, or drop --reuse")
     if not reuse:
         shutil.rmtree(work / "runs", ignore_errors=True)
     shutil.rmtree(work / "runs" / "probe", ignore_errors=True)
     if not reuse:  # the corpus, its cleaned copy, the tokenizer and both datasets
-        corpus = build_corpus(work)
+        corpus = build_corpus(work, args.mix)
         run([*SLM, "data", "clean", work / "raw.jsonl", "--out", work / "clean", "--decontaminate", "all",
              "--overwrite", "--no-progress"])  # fmt: skip
         run([*SLM, "tokenizer", "train", work / "pool.txt", "--vocab-size", "8192", "--out", work / "tok"])
@@ -266,20 +276,23 @@ def main() -> None:
     res["target_met"] = res["heldout_bpb_reduction"] >= 0.03
     res["elapsed_s"] = round(time.time() - t0)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "data_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-    chart(res, RESULTS / "data_quality.png")
-    (RESULTS / "data_quality.md").write_text(markdown(res))
-    print(markdown(res))
+    name = f"data_quality_{args.mix}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    chart(res, RESULTS / f"{name}.png")
+    (RESULTS / f"{name}.md").write_text(markdown(res, name))
+    print(markdown(res, name))
 
 
-def markdown(res: dict) -> str:
+def markdown(res: dict, name: str) -> str:
     r, c = res["raw"], res["clean"]
     cl = res["cleaning"]
     return "\n".join([
         "# Data quality: the same model and compute on a noisy crawl-like corpus, raw vs cleaned", "",
-        f"Corpus: {res['corpus']['documents']:,} documents ({res['corpus']['raw_bytes'] / 1e6:.1f} MB jsonl): "
+        f"Corpus (mix `{res['corpus'].get('mix', 'light')}`): {res['corpus']['documents']:,} documents "
+        f"({res['corpus']['raw_bytes'] / 1e6:.1f} MB jsonl): "
         f"{json.dumps(res['corpus']['kinds'])}. `slm data clean` kept {cl['documents_out']:,} of "
-        f"{cl['documents_in']:,} documents ({cl['bytes_out'] / 1e6:.1f} of {cl['bytes_in'] / 1e6:.1f} MB).",
+        f"{cl['documents_in']:,} documents ({cl['bytes_out'] / 1e6:.1f} of {cl['bytes_in'] / 1e6:.1f} MB, "
+        f"{100 * cl['bytes_out'] / cl['bytes_in']:.0f}%).",
         f"Model: 2 layers x 128, block 128, BPE 8192 trained once on the article pool; {res['steps']} steps of "
         f"{res['tokens_per_step']} tokens for both runs (equal compute; steps set from a speed probe of "
         f"{res['probe_tok_per_s']:,} tok/s).", "",
@@ -289,7 +302,7 @@ def markdown(res: dict) -> str:
           f"{x['lambada_acc']:.4f} | {x['hellaswag_acc_norm']:.4f} |" for n, x in (("raw", r), ("cleaned", c))),
         "", f"Held-out bits per byte: {100 * res['heldout_bpb_reduction']:.1f}% lower after cleaning (target >= 3%: "
         f"{'met' if res['target_met'] else 'missed'}). LAMBADA and HellaSwag on their first {res['limit']} items.",
-        "", "![raw vs cleaned](data_quality.png)", ""])  # fmt: skip
+        "", f"![raw vs cleaned]({name}.png)", ""])  # fmt: skip
 
 
 if __name__ == "__main__":
