@@ -1,5 +1,6 @@
 """Data quality (data/quality/, engine/contamination.py): n-gram hashing, filters, dedup, decontamination, the
-cleaner, `slm data clean`, and the overlap check of `slm prepare` and of preparing a run's data."""
+cleaner, `slm data clean`, the overlap check of `slm prepare` and of preparing a run's data, and cleaning on the fly
+in stream mode."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from slmkit.base.config import ConfigError, DataConfig
+from slmkit.base.metrics import read_metrics
+from slmkit.base.tokenizer import CharTokenizer
 from slmkit.data.dataset import read_meta
 from slmkit.data.prepare import ensure_prepared
 from slmkit.data.quality.clean import Cleaner, CleanSpec, clean
@@ -18,7 +21,8 @@ from slmkit.data.quality.dedup import ExactDedup, NearIndex, signatures
 from slmkit.data.quality.filters import Boilerplate, apply_filters, check_filters, stateless_filters
 from slmkit.data.quality.ngrams import Words, ngram_hashes
 from slmkit.data.sources import DataError, Document
-from slmkit.engine.contamination import eval_index, eval_index_for, resolve_tasks, task_texts
+from slmkit.data.stream_reader import Reader, plan_units, unit_tasks
+from slmkit.engine.contamination import eval_index, eval_index_file, eval_index_for, resolve_tasks, task_texts
 from slmkit.engine.evaluate.tasks import TaskError
 
 PROSE = (
@@ -237,6 +241,60 @@ def test_a_runs_data_config_cleans_into_its_own_dataset(tmp_path, eval_root, mon
     assert set(meta["cleaning"]["removed"]) == {"exact-duplicate", "short", "contamination"}
     plain = ensure_prepared(DataConfig(source=str(src), contamination="off"), "char")
     assert plain.name == "in-char" and read_meta(plain)["documents"] == len(texts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# stream mode: cleaning on the fly
+
+
+def _stream_reader(tmp_path, texts, **cleaning):
+    src = write_corpus(tmp_path / "s.jsonl", texts)
+    tok_dir = CharTokenizer.from_texts(texts).save(tmp_path / "tok")
+    reader = Reader(str(tok_dir), "text", 0.0, 0, "<u2", **cleaning).bind()
+    (task,) = [t for u in plan_units(str(src), "text") for t in unit_tasks(u, 0, 1, 0)]
+    return reader.run(task)
+
+
+def test_a_stream_reader_filters_and_decontaminates_each_document(tmp_path, eval_root):
+    texts = [article(1), "Click here", f"Quoting a book: {STORY}. {PROSE}", article(2)]
+    index = eval_index_file(DataConfig(contamination="warn"))
+    assert index.endswith(".npz") and eval_index_file(DataConfig(contamination="off")) == ""
+    res = _stream_reader(tmp_path, texts, filters=("short",), eval_index=index, contamination="warn")
+    assert [d for d, _, _ in res.docs] == [0, 2, 3]  # the short page dropped, the overlapping one counted
+    assert res.removed == {"short": 1} and res.overlap == {"lambada": 1}
+    res = _stream_reader(tmp_path, texts, filters=("short",), eval_index=index, contamination="remove")
+    assert [d for d, _, _ in res.docs] == [0, 3] and res.removed == {"short": 1, "contamination": 1}
+    assert Reader("t", "text", 0, 0, filters=("short",)).cleaning() == {"filters": ["short"]}  # the val cache key
+    assert Reader("t", "text", 0, 0, eval_index=index, contamination="warn").cleaning() == {}  # warn removes nothing
+
+
+def test_stream_mode_refuses_what_needs_the_corpus_in_order():
+    for bad in ({"dedup": ["exact"]}, {"filters": ["short", "boilerplate"]}):
+        with pytest.raises(ConfigError, match="needs the corpus in order.*slm data clean SOURCE --out DIR"):
+            DataConfig(source="x.jsonl", stream=True, **bad)
+    DataConfig(source="x.jsonl", stream=True, filters=["short", "gopher"], contamination="remove")  # on the fly
+
+
+def test_a_stream_run_cleans_on_the_fly_and_records_it(tmp_path, eval_root, run_cli):
+    from conftest import tiny_overrides
+
+    texts = [article(i, n=6) for i in range(12)] + [f"Click here {i}" for i in range(5)]
+    texts += [f"{article(20 + i)} {STORY} {PROSE}" for i in range(3)]
+    src = write_corpus(tmp_path / "s.jsonl", texts)
+    args = [*tiny_overrides("train.max_steps=4", "train.eval_every=4"), "data.stream=true", f"data.source={src}",
+            "data.stream_workers=0", "data.val_fraction=0.1", "data.val_tokens=200", "data.filters=[short]",
+            f"train.out_dir={tmp_path / 'runs'}"]  # fmt: skip
+    code, _, err = run_cli("train", *args, "--name", "warn", "--no-progress")
+    assert code == 0, err
+    assert "cleaning on the fly: filters short; documents overlapping an eval task counted" in err
+    assert "a training document shares 13-grams with lambada" in err
+    last = {k: v for e in read_metrics(tmp_path / "runs" / "warn") for k, v in e.items() if k.startswith("data/")}
+    assert last["data/removed/short"] >= 1 and last["data/overlap/lambada"] >= 1
+    assert 'filters = ["short"]' in (tmp_path / "runs" / "warn" / "config.toml").read_text()
+    code, _, err = run_cli("train", *args, "data.contamination=remove", "--name", "remove", "--no-progress")
+    assert code == 0, err
+    last = {k: v for e in read_metrics(tmp_path / "runs" / "remove") for k, v in e.items() if k.startswith("data/")}
+    assert last["data/removed/contamination"] >= 1 and "documents overlapping an eval task dropped" in err
 
 
 # ---------------------------------------------------------------------------------------------------------

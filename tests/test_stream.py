@@ -54,6 +54,9 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
+    (tmp_path / "cache").mkdir()  # a cache of its own for each test, but the eval 13-gram index built once
+    (tmp_path / "cache" / "decontam").symlink_to(Path(os.environ["SLM_CACHE_DIR"]) / "decontam")
+    (Path(os.environ["SLM_CACHE_DIR"]) / "decontam").mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("SLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(stream_reader, "RANGE_BYTES", 2 << 10)  # several jsonl units from a small file
 

@@ -189,13 +189,15 @@ class DataConfig:
     data.near_threshold); the first copy is kept. Empty: none. The dataset's meta.json records what was removed."""
     filters: list[str] = field(default_factory=list)
     """Quality filters while preparing: boilerplate, short, encoding, gopher, gopher-repetition, c4, fineweb
-    (`slm data clean --help` says what each does). Empty: none."""
+    (`slm data clean --help` says what each does). Empty: none. Stream mode applies them on the fly, per
+    document (all but boilerplate); data/removed/<rule> counts what they drop."""
     near_threshold: float = 0.7
     """Near-duplicate threshold: estimated Jaccard similarity of word 5-gram sets (data.dedup = near). FineWeb's
     MinHash (14 bands of 8) sits near 0.72; a 2% word edit rate alone brings a copy down to about 0.8."""
     contamination: str = "warn"
     """Documents sharing a 13-gram with an eval task (hellaswag, lambada, ...): warn (name task and count), remove
-    (drop those documents) or off (no check). Checked when a dataset is prepared."""
+    (drop those documents) or off (no check). Checked when a dataset is prepared, and in stream mode on the fly:
+    the first overlap with each task is logged and data/overlap/<task> counts the documents."""
     contamination_tasks: list[str] = field(default_factory=list)
     """Eval tasks to check against; empty: every task whose files are present under $SLM_DATA_DIR/eval."""
     stream: bool = False
@@ -221,11 +223,16 @@ class DataConfig:
         if self.stream and self.format != "text":
             raise ConfigError(f"data.stream reads pretraining text; data.format={self.format} needs prepared data "
                               "(drop data.stream)")  # fmt: skip
-        unused = [k for k, v in (("dir", self.dir), ("dedup", self.dedup), ("filters", self.filters),
-                                 ("align_to_docs", self.align_to_docs)) if v]  # fmt: skip
+        unused = [k for k, v in (("dir", self.dir), ("align_to_docs", self.align_to_docs)) if v]
         if self.stream and unused:
             raise ConfigError(f"data.{unused[0]} applies to prepared data, not to data.stream=true; drop it (or "
                               "prepare the data)")  # fmt: skip
+        if self.stream and (self.dedup or "boilerplate" in self.filters):
+            what = "data.dedup keeps the first copy of a document" if self.dedup else \
+                "the boilerplate filter learns repeated lines from the documents before"  # fmt: skip
+            raise ConfigError(f"{what}, which needs the corpus in order, not a shuffled stream: clean it once with "
+                              "`slm data clean SOURCE --out DIR` and stream DIR/corpus.jsonl (data.filters' other "
+                              "filters and data.contamination do work on the fly)")  # fmt: skip
         for entry in self.mix:
             weight = entry.rpartition("=")[2]
             try:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from slmkit.base.console import say
 from slmkit.base.tokenizer import Tokenizer
 from slmkit.data.fim import FimSpec, fim_window
 from slmkit.data.parallel import ordered_map
@@ -53,8 +54,7 @@ UNITS_SALT = 0x554E  # "UN"
 def make_executor(reader: Reader, tok: Tokenizer, workers: int) -> tuple[Executor, object]:
     """(executor, task function): `workers` spawned processes that load the tokenizer, or (0) one thread."""
     if workers <= 0:
-        bound = Reader(reader.tokenizer, reader.text_field, reader.val_fraction, reader.val_seed, reader.dtype)
-        return ThreadPoolExecutor(1), bound.bind(tok).run
+        return ThreadPoolExecutor(1), reader.unbound().bind(tok).run
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(reader,)), run_in_worker
 
@@ -87,6 +87,8 @@ class DocStream:
         self.step, self.phase = (1, 0) if self.split_units else (world_size, rank)
         self.records = self.bad = self.unknown_chars = 0
         self.first_bad = ""
+        self.removed: dict[str, int] = {}  # documents cleaning dropped, by rule (since this process started)
+        self.overlap: dict[str, int] = {}  # documents sharing a 13-gram with an eval task, by task
 
     def epoch_units(self, epoch: int) -> list[Unit]:
         order = list(range(len(self.units)))
@@ -139,6 +141,13 @@ class DocStream:
         self.first_bad = self.first_bad or res.first_bad
         self.unknown_chars += res.unknown_chars
         check_bad(self.bad, self.records, self.first_bad)
+        for rule, n in res.removed.items():
+            self.removed[rule] = self.removed.get(rule, 0) + n
+        for task, n in res.overlap.items():
+            if task not in self.overlap:
+                say(f"data: {self.name}: a training document shares 13-grams with {task} "
+                    f"(counted as data/overlap/{task}; data.contamination=remove drops such documents)")  # fmt: skip
+            self.overlap[task] = self.overlap.get(task, 0) + n
 
     def _empty(self) -> DataError:
         why = f" ({self.bad} bad records, first: {self.first_bad})" if self.bad else ""
@@ -286,13 +295,19 @@ class StreamLoader:
             yield self.next_batch()
 
     def metrics(self) -> dict[str, float]:
-        """data/epoch (of the first source), data/docs (documents passed, all sources), data/tokens/<name>."""
+        """data/epoch (of the first source), data/docs (documents passed, all sources), data/tokens/<name>; with
+        cleaning on the fly, data/removed/<rule> and data/overlap/<eval task> (documents read since this process
+        started, read-ahead included)."""
         out = {"data/epoch": self.packers[0].pos.epoch, "data/docs": sum(p.pos.docs for p in self.packers)}
         for s, p in zip(self.sources, self.packers):
             out[f"data/tokens/{s.name}"] = p.pos.windows * self.T
         skipped = sum(p.stream.unknown_chars for p in self.packers)
         if skipped:
             out["data/skipped_docs"] = skipped
+        for kind in ("removed", "overlap"):  # cleaning on the fly: documents by rule / by eval task
+            for p in self.packers:
+                for key, n in getattr(p.stream, kind).items():
+                    out[f"data/{kind}/{key}"] = out.get(f"data/{kind}/{key}", 0) + n
         return out
 
     # -- state -----------------------------------------------------------------------------------------------

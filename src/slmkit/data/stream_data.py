@@ -158,14 +158,14 @@ def val_tokens(sources: list[MixSource], reader: Reader, tok: Tokenizer, n_token
                seed: int, fraction: float) -> np.ndarray:  # fmt: skip
     """The held-out tokens of the run (cached; see the module docstring)."""
     key = _digest([[s.source, s.weight, s.identity] for s in sources], tok.fingerprint, n_tokens, seed, fraction,
-                  reader.text_field)  # fmt: skip
+                  reader.text_field, *([reader.cleaning()] if reader.cleaning() else []))  # fmt: skip
     path = cache_dir() / "stream-val" / f"{key}.npy"
     if path.is_file():
         try:
             return np.load(path)
         except (OSError, ValueError):  # a damaged cache file: build it again
             pass
-    bound = Reader(reader.tokenizer, reader.text_field, fraction, seed, reader.dtype).bind(tok)
+    bound = reader.unbound(val_fraction=fraction, val_seed=seed).bind(tok)
     total = sum(s.weight for s in sources)
     parts = [_held_out(s, bound, max(1, round(n_tokens * s.weight / total))) for s in sources]
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
@@ -252,6 +252,8 @@ class StreamData:
     sources: list[MixSource]
     tokenizer: Tokenizer
     tokenizer_ref: str
+    eval_index: str = ""
+    """A saved eval 13-gram index the workers check documents against (set by the engine: eval_index_file)."""
 
     @classmethod
     def open(cls, data_cfg, tokenizer_kind: str, tokenizer: Tokenizer | None = None, ref: str = "") -> StreamData:
@@ -263,12 +265,20 @@ class StreamData:
 
     def describe(self) -> str:
         units = ", ".join(f"{s.name} ({len(s.units)} units, weight {s.weight:g})" for s in self.sources)
-        return f"data: streaming {units}; tokenizer {self.tokenizer.name}"
+        d, clean = self.data_cfg, []
+        if d.filters:
+            clean.append(f"filters {', '.join(d.filters)}")
+        if self.eval_index and d.contamination != "off":
+            clean.append("documents overlapping an eval task " + ("dropped" if d.contamination == "remove" else
+                                                                  "counted"))  # fmt: skip
+        return (f"data: streaming {units}; tokenizer {self.tokenizer.name}"
+                + (f"; cleaning on the fly: {'; '.join(clean)}" if clean else ""))  # fmt: skip
 
     def reader(self) -> Reader:
         d = self.data_cfg
         dtype = "<u2" if self.tokenizer.vocab_size <= 1 << 16 else "<u4"
-        return Reader(self.tokenizer_ref, d.text_field, d.val_fraction, d.seed, dtype)
+        return Reader(self.tokenizer_ref, d.text_field, d.val_fraction, d.seed, dtype, tuple(d.filters),
+                      self.eval_index, d.contamination)  # fmt: skip
 
     def loaders(self, batch_size: int, block_size: int, rank: int, world_size: int, tokenizer: Tokenizer,
                 allow_changed: bool = False):  # fmt: skip

@@ -10,8 +10,11 @@ A unit is the smallest piece of a source that can be read on its own and whose o
 
 A task is (unit, first document, last document, step, phase): documents `d` of the unit with first <= d < last and
 d % step == phase (step > 1 splits one unit between ranks). `Reader.run` reads it, keeps the training or the held-out
-documents (a hash of the text, `is_held_out`) and tokenizes them; it runs in worker processes (`init_worker` /
-`run_in_worker`) or in a background thread.
+documents (a hash of the text, `is_held_out`), cleans them on the fly when asked (the stateless quality filters of
+`data.filters`; documents sharing a 13-gram with an eval task counted, or dropped with `data.contamination=remove`)
+and tokenizes them; it runs in worker processes (`init_worker` / `run_in_worker`) or in a background thread. Cleaning
+is per document, so a resumed stream reads the same documents; deduplication and the boilerplate filter need the
+corpus in order and are `slm data clean`'s (or preparing's) work.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from slmkit.base.tokenizer import Tokenizer, TokenizerError, build_tokenizer
 from slmkit.data.prepare import fast_encoder
+from slmkit.data.quality.decontam import EvalNGrams
+from slmkit.data.quality.filters import apply_filters, stateless_filters
 from slmkit.data.sources import JSONL_MAX_BAD, JSONL_MAX_BAD_FRACTION, DataError, resolve_files
 
 TASK_ROWS = 256  # parquet rows per task: small tasks make the first step come quickly
@@ -60,6 +65,8 @@ class TaskResult:
     bad: int = 0  # jsonl lines that are not JSON objects with a string text field
     first_bad: str = ""
     unknown_chars: int = 0  # documents skipped: characters the (sampled) char tokenizer does not know
+    removed: dict[str, int] = field(default_factory=dict)  # documents dropped by cleaning, by rule
+    overlap: dict[str, int] = field(default_factory=dict)  # documents sharing a 13-gram with an eval task, by task
 
 
 def file_kind(path: Path) -> str:
@@ -254,20 +261,40 @@ class Reader:
     val_fraction: float
     val_seed: int
     dtype: str = "<u4"
+    filters: tuple[str, ...] = ()  # stateless quality filters (data.filters)
+    eval_index: str = ""  # a saved EvalNGrams to check documents against ("": no check)
+    contamination: str = "off"  # warn: count overlapping documents; remove: drop them too
     _encode: object = field(default=None, repr=False)
 
+    def cleaning(self) -> dict:
+        """What this reader's cleaning removes (part of the val set's cache key); {} when it removes nothing."""
+        out: dict = {"filters": list(self.filters)} if self.filters else {}
+        if self.eval_index and self.contamination == "remove":
+            out["decontaminate"] = Path(self.eval_index).name  # the index file is named by its tasks' files
+        return out
+
+    def unbound(self, **changes) -> Reader:
+        """A copy with `changes`, not yet bound."""
+        return replace(self, _encode=None, **changes)
+
     def bind(self, tok: Tokenizer | None = None) -> Reader:
-        """Load the tokenizer (or use `tok`): called once per worker."""
+        """Load the tokenizer (or use `tok`), the filters and the eval index: called once per worker."""
         tok = tok if tok is not None else build_tokenizer(self.tokenizer)
         self._eot = tok.eot_id
         self._encode = fast_encoder(tok, np.dtype(self.dtype))
+        self._filters = stateless_filters(self.filters)
+        self._index = None
+        if self.eval_index and self.contamination != "off":
+            self._index = EvalNGrams.load(self.eval_index)
+            if self._index is None:
+                raise DataError(f"cannot read the eval 13-gram index {self.eval_index}; delete it to rebuild it")
         return self
 
     def run(self, task: tuple, held_out: bool = False) -> TaskResult:
         """Tokenize the training documents of `task` (or, `held_out`, the val ones)."""
         unit, lo, hi, step, phase = task[:5]
         texts = task[5] if unit.kind == "hf" else None  # hf texts are read in the main process
-        out = TaskResult()
+        out, kept = TaskResult(), []
         for d, text, where in self._documents(unit, lo, hi, texts):
             if d % step != phase:
                 continue
@@ -278,6 +305,8 @@ class Reader:
                 continue
             if not text or is_held_out(text, self.val_fraction, self.val_seed) != held_out:
                 continue
+            kept.append((d, text))
+        for d, text in self._clean(kept, out):
             try:
                 ids = self._encode(text)
             except TokenizerError:
@@ -288,6 +317,31 @@ class Reader:
             if len(tokens):
                 out.docs.append((d, tokens, len(text.encode("utf-8", errors="replace"))))
         return out
+
+    def _clean(self, docs: list[tuple[int, str]], out: TaskResult) -> list[tuple[int, str]]:
+        """`docs` (d, text) less those a filter drops (texts as the filters rewrote them) and, with
+        contamination=remove, those sharing a 13-gram with an eval task; counts both in `out`."""
+        if self._filters:
+            kept = []
+            for d, text in docs:
+                keep, rule, new = apply_filters(self._filters, text)
+                if keep:
+                    kept.append((d, text if new is None else new))
+                else:
+                    out.removed[rule] = out.removed.get(rule, 0) + 1
+            docs = kept
+        if self._index is None or not docs:
+            return docs
+        kept = []
+        for (d, text), hits in zip(docs, self._index.matches([t for _, t in docs])):
+            for t in hits:
+                name = self._index.tasks[t]
+                out.overlap[name] = out.overlap.get(name, 0) + 1
+            if hits and self.contamination == "remove":
+                out.removed["contamination"] = out.removed.get("contamination", 0) + 1
+            else:
+                kept.append((d, text))
+        return kept
 
     def _documents(self, unit: Unit, lo: int, hi: int, texts) -> Iterator[tuple[int, object, str]]:
         if unit.kind == "parquet":

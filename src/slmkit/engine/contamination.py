@@ -1,5 +1,5 @@
-"""The eval tasks as text for decontamination, and the verbs that need them: `slm data clean` (`clean_corpus`) and
-the overlap check of preparing a run's data (`eval_index_for`).
+"""The eval tasks as text for decontamination, and the verbs that need them: `slm data clean` (`clean_corpus`), the
+overlap check of preparing a run's data (`eval_index_for`) and of a stream run's workers (`eval_index_file`).
 
 `data/` cleans and checks corpora but cannot read eval tasks (they are engine code), so the engine reads each
 task's items (`tasks.load_items`: any task `tasks.py` knows, MMLU or STS included once they are there), turns them
@@ -73,9 +73,26 @@ def _cache_key(tasks: Sequence[str], root) -> str:
 def eval_index(names: Sequence[str] = (), root: str | Path | None = None) -> tuple[EvalNGrams | None, list[str]]:
     """(the 13-gram index of the tasks `names` whose files are present, or None when none are; notes on tasks
     skipped). Built once and cached (see the module docstring)."""
+    index, notes, _ = _cached_index(names, root)
+    return index, notes
+
+
+def eval_index_file(data_cfg) -> str:
+    """Stream mode: the cached index file of the run's data.contamination_tasks (built when missing), which the
+    stream's workers load to check documents on the fly; "" when data.contamination is off or no task files are
+    present. Notes on skipped tasks are logged."""
+    if data_cfg.contamination == "off":
+        return ""
+    index, notes, path = _cached_index(tuple(data_cfg.contamination_tasks))
+    for n in notes:
+        say(f"contamination check: {n}")
+    return str(path) if index is not None else ""
+
+
+def _cached_index(names: Sequence[str], root=None) -> tuple[EvalNGrams | None, list[str], Path | None]:
     tasks, notes = resolve_tasks(names, root)
     if not tasks:
-        return None, notes
+        return None, notes, None
     path = cache_dir() / "decontam" / f"{_cache_key(tasks, root)}.npz"
     index = EvalNGrams.load(path) if path.is_file() else None
     if index is None:
@@ -87,7 +104,7 @@ def eval_index(names: Sequence[str] = (), root: str | Path | None = None) -> tup
                 notes.append(f"{n}: its items could not be read ({type(e).__name__}: {e}), not checked")
         index = EvalNGrams.build(list(texts), ((k, i, t) for k, n in enumerate(texts) for i, t in texts[n]))
         index.save(path)
-    return index, notes
+    return index, notes, path
 
 
 def eval_index_provider(mode: str, tasks: Sequence[str] = ()) -> Callable[[], EvalNGrams | None] | None:

@@ -31,7 +31,7 @@ from slmkit.data.fim import ensure_fim_tokens
 from slmkit.data.pairs import load_pair_data
 from slmkit.data.prepare import ensure_prepared
 from slmkit.data.stream_data import StreamData
-from slmkit.engine.contamination import eval_index_for
+from slmkit.engine.contamination import eval_index_file, eval_index_for
 from slmkit.engine.distill import DistillObjective, load_teacher
 from slmkit.engine.distributed import agree, check_parallel, init_process_group, on_main, teardown
 from slmkit.engine.embedding import ContrastiveObjective, check_pooling
@@ -336,10 +336,13 @@ def _load_data(cfg: RunConfig, runtime: Runtime, run_dir: Path | None):
     if cfg.data.stream:
         if run_dir is not None:
             tok = ckpt_io.run_tokenizer(run_dir)
-            return None, StreamData.open(cfg.data, cfg.tokenizer.kind, tok, str(run_dir / TOKENIZER_DIR)), tok
-        if runtime.distributed:  # rank 0 learns (and caches) a char/bpe tokenizer first; the others then load it
-            on_main(runtime, lambda: StreamData.open(cfg.data, cfg.tokenizer.kind) and None)
-        stream = StreamData.open(cfg.data, cfg.tokenizer.kind)
+            stream = StreamData.open(cfg.data, cfg.tokenizer.kind, tok, str(run_dir / TOKENIZER_DIR))
+        else:
+            if runtime.distributed:  # rank 0 learns (and caches) a char/bpe tokenizer first; the others load it
+                on_main(runtime, lambda: StreamData.open(cfg.data, cfg.tokenizer.kind) and None)
+            stream = StreamData.open(cfg.data, cfg.tokenizer.kind)
+        # the eval 13-gram index for checking documents on the fly: rank 0 builds (caches) it, every rank gets its path
+        stream.eval_index = on_main(runtime, lambda: eval_index_file(cfg.data))
         return None, stream, stream.tokenizer
     if cfg.data.format == "text":
         data_cfg, kind = cfg.data, cfg.tokenizer.kind  # cleaning and the eval-overlap check apply when preparing
