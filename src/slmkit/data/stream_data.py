@@ -165,7 +165,9 @@ def val_tokens(sources: list[MixSource], reader: Reader, tok: Tokenizer, n_token
             return np.load(path)
         except (OSError, ValueError):  # a damaged cache file: build it again
             pass
-    bound = reader.unbound(val_fraction=fraction, val_seed=seed).bind(tok)
+    # the val set is cleaned as training is, but not checked where a check only counts (warn): no index held here
+    check = reader.contamination if reader.contamination == "remove" else "off"
+    bound = reader.unbound(val_fraction=fraction, val_seed=seed, contamination=check).bind(tok)
     total = sum(s.weight for s in sources)
     parts = [_held_out(s, bound, max(1, round(n_tokens * s.weight / total))) for s in sources]
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)

@@ -23,7 +23,7 @@ from slmkit.data.quality.ngrams import Words
 NGRAM = 13
 FORMAT = 1  # bump when the hashing or the file layout changes (old caches are then rebuilt)
 _BATCH_CHARS = 1 << 20
-_BLOOM_BITS = 25  # a 32 MB table: ~5% of its entries set by 1.7 M eval 13-grams
+_BLOOM_BITS = 25  # a table of 2^25 bits (4 MB): ~7% of them set by the 2.6 M eval 13-grams
 
 
 @dataclass
@@ -76,13 +76,16 @@ class EvalNGrams:
         short = [n_items[k] - len(long_items[k]) for k in range(len(tasks))]
         return cls(h[new], t[new], it[new], list(tasks), n_items, short)
 
-    def _bits(self) -> np.ndarray:
-        """A bool table over the top _BLOOM_BITS bits of the hashes: False means surely not an eval n-gram (a
-        random read in a sorted array of millions costs ~1 us; this one is ~20x cheaper)."""
+    def _maybe(self, h: np.ndarray) -> np.ndarray:
+        """Whether each hash may be an eval n-gram, from a bit table over the top _BLOOM_BITS bits of the hashes:
+        False means surely not (a random read in a sorted array of millions costs ~1 us; this is ~20x cheaper).
+        Packed 8 to a byte: every stream worker holds one."""
         if getattr(self, "_table", None) is None:
-            self._table = np.zeros(1 << _BLOOM_BITS, dtype=bool)
-            self._table[self.hashes >> np.uint64(64 - _BLOOM_BITS)] = True
-        return self._table
+            top = self.hashes >> np.uint64(64 - _BLOOM_BITS)
+            self._table = np.zeros(1 << (_BLOOM_BITS - 3), dtype=np.uint8)
+            np.bitwise_or.at(self._table, top >> np.uint64(3), (1 << (top & np.uint64(7))).astype(np.uint8))
+        top = h >> np.uint64(64 - _BLOOM_BITS)
+        return ((self._table[top >> np.uint64(3)] >> (top & np.uint64(7)).astype(np.uint8)) & 1).astype(bool)
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -109,7 +112,7 @@ class EvalNGrams:
             return out
         words = Words(texts)
         h, first = words.ngrams(NGRAM)
-        maybe = np.flatnonzero(self._bits()[h >> np.uint64(64 - _BLOOM_BITS)])  # cheap pre-check, ~5% false hits
+        maybe = np.flatnonzero(self._maybe(h))  # cheap pre-check, ~7% false hits
         pos = np.searchsorted(self.hashes, h[maybe])
         hit = maybe[self.hashes[np.minimum(pos, len(self.hashes) - 1)] == h[maybe]]
         if not len(hit):
