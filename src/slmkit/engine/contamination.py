@@ -83,17 +83,21 @@ def eval_index_file(data_cfg) -> str:
     present. Notes on skipped tasks are logged."""
     if data_cfg.contamination == "off":
         return ""
-    index, notes, path = _cached_index(tuple(data_cfg.contamination_tasks))
+    index, notes, path = _cached_index(tuple(data_cfg.contamination_tasks), load=False)
     for n in notes:
         say(f"contamination check: {n}")
-    return str(path) if index is not None else ""
+    return str(path) if path is not None else ""
 
 
-def _cached_index(names: Sequence[str], root=None) -> tuple[EvalNGrams | None, list[str], Path | None]:
+def _cached_index(names: Sequence[str], root=None, load: bool = True) -> tuple[EvalNGrams | None, list[str],
+                                                                              Path | None]:  # fmt: skip
+    """(index, notes, its cache file); `load` False: a valid cache file is not read (index None, path given)."""
     tasks, notes = resolve_tasks(names, root)
     if not tasks:
         return None, notes, None
     path = cache_dir() / "decontam" / f"{_cache_key(tasks, root)}.npz"
+    if not load and EvalNGrams.is_valid(path):
+        return None, notes, path
     index = EvalNGrams.load(path) if path.is_file() else None
     if index is None:
         texts: dict[str, list[tuple[int, str]]] = {}

@@ -93,6 +93,15 @@ class EvalNGrams:
             np.savez(f, format=FORMAT, tasks=np.array(self.tasks), items=np.array(self.items),
                      short=np.array(self.short_items), **arrays)  # fmt: skip
 
+    @staticmethod
+    def is_valid(path: str | Path) -> bool:
+        """Whether `path` is a saved index of this format (only its format field is read)."""
+        try:
+            with np.load(path) as z:
+                return int(z["format"]) == FORMAT
+        except (OSError, ValueError, KeyError):
+            return False
+
     @classmethod
     def load(cls, path: str | Path) -> EvalNGrams | None:
         """The saved index, or None when the file is unreadable or of another format (then it is rebuilt)."""
