@@ -1,6 +1,6 @@
 """Which eval sets the built-in corpora share text with: 13-gram overlap (the check `slm prepare` runs) of every
 built-in corpus against every eval task whose files are in $SLM_DATA_DIR (HellaSwag, ARC, PIQA, WinoGrande,
-LAMBADA, MMLU). The README quotes the result.
+LAMBADA, MMLU and the STS test sets). The README quotes the result.
 
     python benchmarks/contamination_builtins.py
 

@@ -22,7 +22,14 @@ from slmkit.data.quality.filters import Boilerplate, apply_filters, check_filter
 from slmkit.data.quality.ngrams import Words, ngram_hashes
 from slmkit.data.sources import DataError, Document
 from slmkit.data.stream_reader import Reader, plan_units, unit_tasks
-from slmkit.engine.contamination import eval_index, eval_index_file, eval_index_for, resolve_tasks, task_texts
+from slmkit.engine.contamination import (
+    DECONTAM_TASKS,
+    eval_index,
+    eval_index_file,
+    eval_index_for,
+    resolve_tasks,
+    task_texts,
+)
 from slmkit.engine.evaluate.tasks import TaskError
 
 PROSE = (
@@ -150,7 +157,9 @@ def test_tasks_resolve_and_unknown_or_absent_ones_are_handled(eval_root):
     with pytest.raises(TaskError, match="unknown task 'lambda'.*valid: all, hellaswag"):
         resolve_tasks(["lambda"])
     present, notes = resolve_tasks(["all"])
-    assert present == ["lambada"] and any(n.startswith("hellaswag: task files not found") for n in notes)
+    assert present == ["lambada"] and notes == [
+        f"{', '.join(n for n in DECONTAM_TASKS if n != 'lambada')}: task files not found, not checked"
+    ]  # one line for all
     assert [t for _, t in task_texts("lambada")][0] == STORY
     index, _ = eval_index()
     assert index.tasks == ["lambada"] and index.items == [2]
@@ -218,7 +227,7 @@ def test_prepare_warns_by_default_and_decontaminate_removes(tmp_path, eval_root,
     src = write_corpus(tmp_path / "in.jsonl", [article(i) for i in range(8)] + [f"{PROSE} {STORY} {PROSE}"])
     code, _, err = run_cli("prepare", src, "--tokenizer", "char", "--out", tmp_path / "d1")
     assert code == 0 and "prepare: warning: lambada: 1 training documents share 13-grams with 1 of its 2" in err
-    assert "hellaswag: task files not found" in err
+    assert "hellaswag, arc_easy" in err and "task files not found" in err
     assert read_meta(tmp_path / "d1")["documents"] == 9
     code, _, err = run_cli("prepare", src, "--tokenizer", "char", "--out", tmp_path / "d2", "--decontaminate")
     assert code == 0 and "prepare: removed: lambada" in err
@@ -241,6 +250,16 @@ def test_a_runs_data_config_cleans_into_its_own_dataset(tmp_path, eval_root, mon
     assert set(meta["cleaning"]["removed"]) == {"exact-duplicate", "short", "contamination"}
     plain = ensure_prepared(DataConfig(source=str(src), contamination="off"), "char")
     assert plain.name == "in-char" and read_meta(plain)["documents"] == len(texts)
+
+
+def test_the_sts_test_sets_are_decontamination_tasks(need_data):
+    root = need_data("embed/stsbenchmark/sts-test.csv")
+    first = [t for _, t in task_texts("sts-b", root)][:2]
+    assert first[0] and first[1] and "sts-b" in resolve_tasks(["all"], root)[0] and "sts-b-dev" not in DECONTAM_TASKS
+    long = next(t for _, t in task_texts("sts-b", root) if len(t.split()) >= 20)
+    index, _ = eval_index(["sts-b"], root)
+    assert index.tasks == ["sts-b"] and index.matches([f"{PROSE} {long} {MORE}", PROSE]) == [{0: index.matches(
+        [long])[0][0]}, {}]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

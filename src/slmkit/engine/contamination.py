@@ -2,11 +2,11 @@
 overlap check of preparing a run's data (`eval_index_for`) and of a stream run's workers (`eval_index_file`).
 
 `data/` cleans and checks corpora but cannot read eval tasks (they are engine code), so the engine reads each
-task's items (`tasks.load_items`: any task `tasks.py` knows, MMLU or STS included once they are there), turns them
-into texts (every context followed by every continuation, so a question, its answer choices and a LAMBADA passage
-with its last word are all covered) and builds the 13-gram index once per set of task files: it is cached under
-`$SLM_CACHE_DIR/decontam/` by the files' names, sizes and modification times, so later checks load it in
-milliseconds. Tasks whose files are absent are skipped with a note.
+task's items (`tasks.load_items`: any task `tasks.py` knows, MMLU, and the STS test sets), turns them into texts
+(every context followed by every continuation, so a question, its answer choices and a LAMBADA passage with its last
+word are all covered; each sentence of an STS pair) and builds the 13-gram index once per set of task files: it is
+cached under `$SLM_CACHE_DIR/decontam/` by the files' names, sizes and modification times, so later checks load it
+in milliseconds. Tasks whose files are absent are skipped with one note naming them.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from slmkit.base.console import say
 from slmkit.data.quality.clean import CleanSpec, clean
 from slmkit.data.quality.decontam import FORMAT, NGRAM, EvalNGrams
 from slmkit.data.sources import cache_dir
+from slmkit.engine.evaluate.embedding import EMBED_TASKS, EmbedTaskError, sts_items
 from slmkit.engine.evaluate.mmlu import MmluError, mmlu_dir, read_questions, subjects
 from slmkit.engine.evaluate.tasks import TASKS, TaskError, data_root, load_items, task_files
 
-DECONTAM_TASKS = (*TASKS, "mmlu")
-"""Every eval task with text a corpus could contain (mmlu_5shot's questions are mmlu's)."""
+STS_TASKS = tuple(n for n, spec in EMBED_TASKS.items() if spec.kind == "sts" and n != "sts-b-dev")
+DECONTAM_TASKS = (*TASKS, "mmlu", *STS_TASKS)
+"""Every eval task with text a corpus could contain (mmlu_5shot's questions are mmlu's; the STS test sets, not
+STS-B dev, which trains; not wiki-retrieval, whose documents are a Wikipedia file meant to be held out)."""
 
 
 def task_texts(name: str, root: str | Path | None = None) -> Iterator[tuple[int, str]]:
@@ -36,6 +39,11 @@ def task_texts(name: str, root: str | Path | None = None) -> Iterator[tuple[int,
                                                                                f"{s}_test.csv", s))  # fmt: skip
         for i, q in enumerate(questions):
             yield i, q.question + "\n" + "\n".join(q.choices)
+        return
+    if name in STS_TASKS:  # each sentence of a pair alone: a 13-gram does not span the two
+        for i, (a, b, _) in enumerate(sts_items(name, root)):
+            yield i, a
+            yield i, b
         return
     for i, item in enumerate(load_items(name, root)):
         for ctx, cont in item.requests():
@@ -51,14 +59,14 @@ def resolve_tasks(names: Sequence[str] = (), root: str | Path | None = None) -> 
     for n in names:
         if n not in DECONTAM_TASKS:
             raise TaskError(f"unknown task {n!r} to decontaminate against; valid: all, {', '.join(DECONTAM_TASKS)}")
-    present, notes = [], []
+    present, missing = [], []
     for n in names:
         try:
             task_files(n, root)
             present.append(n)
-        except (TaskError, MmluError):
-            notes.append(f"{n}: task files not found, not checked")
-    return present, notes
+        except (TaskError, MmluError, EmbedTaskError):
+            missing.append(n)
+    return present, [f"{', '.join(missing)}: task files not found, not checked"] if missing else []
 
 
 def _cache_key(tasks: Sequence[str], root) -> str:
