@@ -153,7 +153,7 @@ def build_corpus(work: Path, mix: str, seed: int = 0) -> dict:
             "heldout_bytes": (work / "heldout.txt").stat().st_size, "heldout_articles": len(heldout)}  # fmt: skip
 
 
-def train_run(name: str, data_dir: Path, work: Path, steps: int) -> tuple[Path, float]:
+def train_run(name: str, data_dir: Path, work: Path, steps: int, seed: int = 0) -> tuple[Path, float]:
     out = work / "runs"
     info = out / name / "run.json"
     if name != "probe" and info.is_file():  # --reuse: a run of this many steps that finished is kept
@@ -163,7 +163,8 @@ def train_run(name: str, data_dir: Path, work: Path, steps: int) -> tuple[Path, 
         shutil.rmtree(out / name)
     t0 = time.time()
     run([*SLM, "train", *MODEL, f"train.max_steps={steps}", f"train.eval_every={steps}", f"data.dir={data_dir}",
-         f"train.out_dir={out}", "--name", name, "--no-progress"])  # fmt: skip
+         f"train.out_dir={out}", *([f"train.seed={1337 + seed}"] if seed else []), "--name", name,
+         "--no-progress"])  # fmt: skip
     return out / name, time.time() - t0
 
 
@@ -232,6 +233,7 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--limit", type=int, default=1000, help="LAMBADA and HellaSwag items (the first ones)")
     ap.add_argument("--probe-tok-s", type=float, default=0, help="skip the speed probe: use this speed")
+    ap.add_argument("--seed", type=int, default=0, help="corpus and training seed (results named _sSEED when not 0)")
     ap.add_argument("--reuse", action="store_true", help="reuse the corpora and datasets of an earlier run in --work")
     args = ap.parse_args()
     work = Path(args.work or f"/tmp/slm-data-quality-{args.mix}")
@@ -240,13 +242,14 @@ def main() -> None:
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tiktoken_cache"))
     t0 = time.time()
     reuse = args.reuse and (work / "corpus.json").is_file()
-    if reuse and json.loads((work / "corpus.json").read_text()).get("mix", "light") != args.mix:
-        sys.exit(f"{work} holds another mix's corpus: pass another --work, or drop --reuse")
+    if reuse and [json.loads((work / "corpus.json").read_text()).get(k, d) for k, d in (("mix", "light"), ("seed", 0))
+                  ] != [args.mix, args.seed]:  # fmt: skip
+        sys.exit(f"{work} holds another mix's or seed's corpus: pass another --work, or drop --reuse")
     if not reuse:
         shutil.rmtree(work / "runs", ignore_errors=True)
     shutil.rmtree(work / "runs" / "probe", ignore_errors=True)
     if not reuse:  # the corpus, its cleaned copy, the tokenizer and both datasets
-        corpus = build_corpus(work, args.mix)
+        corpus = {**build_corpus(work, args.mix, args.seed), "seed": args.seed}
         run([*SLM, "data", "clean", work / "raw.jsonl", "--out", work / "clean", "--decontaminate", "all",
              "--overwrite", "--no-progress"])  # fmt: skip
         run([*SLM, "tokenizer", "train", work / "pool.txt", "--vocab-size", "8192", "--out", work / "tok"])
@@ -267,7 +270,7 @@ def main() -> None:
         r.pop("examples", None)
     for name in ("raw", "clean"):
         meta = json.loads((work / f"data-{name}" / "meta.json").read_text())
-        run_dir, wall = train_run(name, work / f"data-{name}", work, steps)
+        run_dir, wall = train_run(name, work / f"data-{name}", work, steps, args.seed)
         res[name] = {"train_tokens_available": meta["splits"]["train"]["tokens"], "wall_s": round(wall, 1),
                      **evaluate(run_dir, work / "heldout.txt", args.limit)}  # fmt: skip
         print(name, json.dumps(res[name]), flush=True)
@@ -276,7 +279,7 @@ def main() -> None:
     res["target_met"] = res["heldout_bpb_reduction"] >= 0.03
     res["elapsed_s"] = round(time.time() - t0)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"data_quality_{args.mix}"
+    name = f"data_quality_{args.mix}" + (f"_s{args.seed}" if args.seed else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     chart(res, RESULTS / f"{name}.png")
     (RESULTS / f"{name}.md").write_text(markdown(res, name))
@@ -288,7 +291,8 @@ def markdown(res: dict, name: str) -> str:
     cl = res["cleaning"]
     return "\n".join([
         "# Data quality: the same model and compute on a noisy crawl-like corpus, raw vs cleaned", "",
-        f"Corpus (mix `{res['corpus'].get('mix', 'light')}`): {res['corpus']['documents']:,} documents "
+        f"Corpus (mix `{res['corpus'].get('mix', 'light')}`, seed {res['corpus'].get('seed', 0)}): "
+        f"{res['corpus']['documents']:,} documents "
         f"({res['corpus']['raw_bytes'] / 1e6:.1f} MB jsonl): "
         f"{json.dumps(res['corpus']['kinds'])}. `slm data clean` kept {cl['documents_out']:,} of "
         f"{cl['documents_in']:,} documents ({cl['bytes_out'] / 1e6:.1f} of {cl['bytes_in'] / 1e6:.1f} MB, "
