@@ -37,6 +37,7 @@ from slmkit.base.config_sections import (
     _check_choice,
     _check_ranges,
     _fields,
+    check_stream_fields,
 )
 
 if sys.version_info >= (3, 11):
@@ -218,30 +219,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_ranges("data", self)
-        if self.mix and not self.stream:
-            raise ConfigError("data.mix needs data.stream=true (a prepared dataset reads one source)")
-        if self.stream and self.format != "text":
-            raise ConfigError(f"data.stream reads pretraining text; data.format={self.format} needs prepared data "
-                              "(drop data.stream)")  # fmt: skip
-        unused = [k for k, v in (("dir", self.dir), ("align_to_docs", self.align_to_docs)) if v]
-        if self.stream and unused:
-            raise ConfigError(f"data.{unused[0]} applies to prepared data, not to data.stream=true; drop it (or "
-                              "prepare the data)")  # fmt: skip
-        if self.stream and (self.dedup or "boilerplate" in self.filters):
-            what = "data.dedup keeps the first copy of a document" if self.dedup else \
-                "the boilerplate filter learns repeated lines from the documents before"  # fmt: skip
-            raise ConfigError(f"{what}, which needs the corpus in order, not a shuffled stream: clean it once with "
-                              "`slm data clean SOURCE --out DIR` and stream DIR/corpus.jsonl (data.filters' other "
-                              "filters and data.contamination do work on the fly)")  # fmt: skip
-        for entry in self.mix:
-            weight = entry.rpartition("=")[2]
-            try:
-                ok = "=" in entry and 0 < float(weight) < float("inf")
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"data.mix entry {entry!r} must be SOURCE=WEIGHT with a positive weight, e.g. "
-                                  "data.mix=[/data/wiki=0.7,python-stdlib=0.3]")  # fmt: skip
+        check_stream_fields(self)
         _check_choice("data", "format", self.format,
                       ("text", "auto", "alpaca", "messages", "prompt_completion", "pairs"))  # fmt: skip
         _check_choice("data", "chat_template", self.chat_template, ("auto", "slm", "model"))

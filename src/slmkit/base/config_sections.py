@@ -1,6 +1,7 @@
-"""The shared checks of the config tree (`ConfigError`, field ranges and choices) and its leaf sections: eval,
-log, lora, embed and distill, each a dataclass that owns its fields and their checks. `slmkit.base.config`
-assembles them with the model, data, optim and train sections into `RunConfig`; import them from there.
+"""The shared checks of the config tree (`ConfigError`, field ranges and choices, the data section's stream-mode
+rules) and its leaf sections: eval, log, lora, embed and distill, each a dataclass that owns its fields and their
+checks. `slmkit.base.config` assembles them with the model, data, optim and train sections into `RunConfig`;
+import them from there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,34 @@ class ConfigError(SlmError, ValueError):
 def _check_choice(section: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{section}.{name} = {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def check_stream_fields(data: Any) -> None:
+    """The data section's rules for stream mode (data.stream, data.mix): what it reads and what it cannot apply."""
+    if data.mix and not data.stream:
+        raise ConfigError("data.mix needs data.stream=true (a prepared dataset reads one source)")
+    if data.stream and data.format != "text":
+        raise ConfigError(f"data.stream reads pretraining text; data.format={data.format} needs prepared data "
+                          "(drop data.stream)")  # fmt: skip
+    unused = [k for k, v in (("dir", data.dir), ("align_to_docs", data.align_to_docs)) if v]
+    if data.stream and unused:
+        raise ConfigError(f"data.{unused[0]} applies to prepared data, not to data.stream=true; drop it (or "
+                          "prepare the data)")  # fmt: skip
+    if data.stream and (data.dedup or "boilerplate" in data.filters):
+        what = "data.dedup keeps the first copy of a document" if data.dedup else \
+            "the boilerplate filter learns repeated lines from the documents before"  # fmt: skip
+        raise ConfigError(f"{what}, which needs the corpus in order, not a shuffled stream: clean it once with "
+                          "`slm data clean SOURCE --out DIR` and stream DIR/corpus.jsonl (data.filters' other "
+                          "filters and data.contamination do work on the fly)")  # fmt: skip
+    for entry in data.mix:
+        weight = entry.rpartition("=")[2]
+        try:
+            ok = "=" in entry and 0 < float(weight) < float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"data.mix entry {entry!r} must be SOURCE=WEIGHT with a positive weight, e.g. "
+                              "data.mix=[/data/wiki=0.7,python-stdlib=0.3]")  # fmt: skip
 
 
 def _check_ranges(section: str, obj: Any) -> None:

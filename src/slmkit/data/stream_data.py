@@ -157,8 +157,9 @@ def _digest(*parts) -> str:
 def val_tokens(sources: list[MixSource], reader: Reader, tok: Tokenizer, n_tokens: int, min_tokens: int,
                seed: int, fraction: float) -> np.ndarray:  # fmt: skip
     """The held-out tokens of the run (cached; see the module docstring)."""
+    cleaning = reader.cleaning()  # only what removes documents: a run without it keeps its old cache key
     key = _digest([[s.source, s.weight, s.identity] for s in sources], tok.fingerprint, n_tokens, seed, fraction,
-                  reader.text_field, *([reader.cleaning()] if reader.cleaning() else []))  # fmt: skip
+                  reader.text_field, *([cleaning] if cleaning else []))  # fmt: skip
     path = cache_dir() / "stream-val" / f"{key}.npy"
     if path.is_file():
         try:

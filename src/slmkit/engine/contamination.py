@@ -91,7 +91,7 @@ def eval_index_file(data_cfg) -> str:
     present. Notes on skipped tasks are logged."""
     if data_cfg.contamination == "off":
         return ""
-    index, notes, path = _cached_index(tuple(data_cfg.contamination_tasks), load=False)
+    _, notes, path = _cached_index(tuple(data_cfg.contamination_tasks), load=False)
     for n in notes:
         say(f"contamination check: {n}")
     return str(path) if path is not None else ""
