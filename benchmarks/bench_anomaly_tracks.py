@@ -266,16 +266,19 @@ def main() -> None:
     model, tok, cfg, ckpt = load_model(run, args.checkpoint)
     state = read_state(ckpt)
 
-    n_tokens = 0
+    n_tokens, scored = 0, {}
 
-    def slm(texts: list[str]) -> np.ndarray:
+    def slm(texts: list[str], kind: str = "bpb") -> np.ndarray:
+        """The model's score of each text (scored once; both kinds come from the same pass)."""
         nonlocal n_tokens
-        rs = list(score_units(model, tok, texts, top_spans=0))
-        n_tokens += sum(r["tokens"] for r in rs)
-        return np.array([unit_score(r, "bpb") for r in rs], dtype=np.float64)
+        if id(texts) not in scored:
+            scored[id(texts)] = rs = list(score_units(model, tok, texts, top_spans=0))
+            n_tokens += sum(r["tokens"] for r in rs)
+        return np.array([unit_score(r, kind) for r in scored[id(texts)]], dtype=np.float64)
 
     dict_score = zlib_dict_scorer(domain)
-    detectors = {"slm": slm, "zlib": lambda ts: np.array([zlib_ratio(t) for t in ts]),
+    detectors = {"slm": slm, "slm loss": lambda ts: slm(ts, "loss"),
+                 "zlib": lambda ts: np.array([zlib_ratio(t) for t in ts]),
                  "zlib+dict": lambda ts: np.array([dict_score(t) for t in ts])}  # fmt: skip
     rows, times = {}, {}
     for name, fn in detectors.items():
@@ -312,19 +315,21 @@ def markdown(r: dict, kinds: dict, targets: list[str]) -> str:
              f"{r['val_loss'] if r['val_loss'] is None else round(r['val_loss'], 4)}). Normal test units "
              f"{r['n_normal']}, calibration units {r['n_calib']}; scoring ran at "
              f"{r['slm_tokens_per_s']:,.0f} tokens/s on {r['threads']} threads.", "",
-             "| kind | n | slm ROC-AUC | zlib ROC-AUC | zlib+dict ROC-AUC | slm PR-AUC | slm TPR @ thr | target |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "| kind | n | slm ROC-AUC | slm loss ROC-AUC | zlib ROC-AUC | zlib+dict ROC-AUC | slm PR-AUC "
+             "| slm TPR @ thr | target |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     d = r["detectors"]
     for k in kinds:
         s, z, zd = d["slm"]["kinds"][k], d["zlib"]["kinds"][k], d["zlib+dict"]["kinds"][k]
         v = r["verdict"][k]
         goal = ("≥0.95 " + ("met" if v["target_0.95"] else "MISSED") + "; ") if k in targets else ""
         goal += "> zlib " + ("met" if v["above_zlib"] else "MISSED")
-        lines.append(f"| {k} | {s['n']} | {s['roc_auc']:.4f} | {z['roc_auc']:.4f} | {zd['roc_auc']:.4f} | "
+        sl = d["slm loss"]["kinds"][k]["roc_auc"] if "slm loss" in d else float("nan")
+        lines.append(f"| {k} | {s['n']} | {s['roc_auc']:.4f} | {sl:.4f} | {z['roc_auc']:.4f} | {zd['roc_auc']:.4f} | "
                      f"{s['pr_auc']:.4f} | {s['tpr']:.3f} | {goal} |")  # fmt: skip
     lines += ["", "Test FPR at the calibrated threshold: " + ", ".join(f"{n} {d[n]['normal_fpr']:.3f}" for n in d)
               + ". zlib: compressed/raw size; zlib+dict: zlib primed with 32 KB of in-domain text (both one-class, "
-              "higher = anomalous).", ""]  # fmt: skip
+              "higher = anomalous). slm: bits per byte (`slm anomaly fit`'s default score); slm loss: nats per token "
+              "(`--score loss`), from the same scoring pass; the verdict reads slm.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
