@@ -95,13 +95,15 @@ EMBEDDING_SCALE = (
     "Spearman x 100 between the cosine of two sentences' vectors and human similarity: 0 is unrelated. For scale: "
     "TF-IDF word overlap scores 70 on STS-B test and 59 on SICK-R here; a 3M-parameter LM pretrained 15 minutes on "
     "Wikipedia, mean-pooled and never trained for similarity, 26 (STS-B); after 600 steps of `slm embed-train` 44, "
-    "or 52 with embed.cosent_weight=1 on the STS-B and SICK scores (benchmarks/results/embed_cosent.md); trained "
-    "sentence encoders such as all-MiniLM-L6-v2 score about 82 on STS-B."
+    "or 52 with embed.cosent_weight=1 on the STS-B and SICK scores (benchmarks/results/embed_cosent.md); pretrained "
+    "35 minutes and fine-tuned in two stages (InfoNCE, then CoSENT on STS-B train), 58 (embed_two_stage.md); "
+    "trained sentence encoders such as all-MiniLM-L6-v2 score about 82 on STS-B."
 )
 RETRIEVAL_SCALE = (
     "nDCG@10 x 100: 100 puts every query's own passage first; chance is near 1. For scale: TF-IDF scores 88 on "
-    "wiki-retrieval here, a small pretrained LM 28, the same after `slm embed-train` 50 (benchmarks/results/"
-    "embed_lr4.md). Below TF-IDF, ship TF-IDF (or train the encoder longer on in-domain pairs)."
+    "wiki-retrieval here, a small pretrained LM 28, the same after `slm embed-train` 50, 57 from a parent pretrained "
+    "35 minutes (benchmarks/results/embed_lr4.md, embed_1h.md). Below TF-IDF, ship TF-IDF (or train the encoder "
+    "longer on in-domain pairs)."
 )
 CODE_SCALE = (
     "exact match: the share of held-out lines reproduced character for character (edit_similarity gives partial "
