@@ -3,6 +3,9 @@
   slm classify   `slm classify train` child of the shared Wikipedia model (label-likelihood, loss on the label)
   linear probe   logistic regression on the Wikipedia model's frozen hidden states, mean-pooled over the passage
   tfidf+logreg   the baseline: word 1-2-gram TF-IDF (sublinear tf) + logistic regression (scikit-learn)
+  author LMs     one child run of the Wikipedia model per author, trained (the one training loop) on that author's
+                 train passages for --lm-steps steps; a test passage goes to the author whose model gives it the
+                 lowest loss (a generative classifier: class-conditional language models)
 
 Each author's books are drawn (seeded) into train and test books, about a quarter of them (at least one) to test,
 so no test passage comes from a book seen in training. Passages: whitespace-normalized book text cut into pieces
@@ -13,13 +16,14 @@ calibration error. The fine-tune is capped by --steps (the issue allows <= 15 mi
 
     nice -n 5 python benchmarks/bench_authorship.py [--run /work/bench/runs/wiki-4x256] [--steps 300]
 
-Writes benchmarks/results/authorship.json and authorship.md.
+Writes benchmarks/results/NAME.json and NAME.md (--name, default authorship).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import re
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path("/work/shared/data/gutenberg/gutenberg-12-authors.parquet")
+DATA = Path(os.environ.get("SLM_DATA_DIR", "/work/shared/data")) / "gutenberg" / "gutenberg-12-authors.parquet"
 SKIP_TOKENS = 2000  # the start of a book: title page, contents, preface
 
 
@@ -123,6 +127,38 @@ def probe(run, checkpoint, train, test, labels) -> dict:
     return {**summary([r["label"] for r in test], list(pred), labels), "seconds": time.time() - t0}
 
 
+def author_lms(run, checkpoint, train, test, labels, out: Path, steps: int, lr: float, threads: int) -> dict:
+    """Per-author language models: each a child run of `run` on that author's train passages; argmin of the loss."""
+    import shutil
+
+    from slmkit.base.config_files import load_config
+    from slmkit.data.prepare import prepare
+    from slmkit.engine.train import train as train_run
+    from slmkit.runs.checkpoint import load_model, resolve_checkpoint
+    from slmkit.ship.score import score_units
+
+    t0 = time.time()
+    parent = resolve_checkpoint(run, checkpoint)
+    texts = [r["text"] for r in test]
+    losses = np.zeros((len(test), len(labels)))
+    for j, author in enumerate(labels):
+        name = re.sub(r"\W+", "_", author)
+        src = out / "lm-data" / f"{name}.jsonl"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in train if r["label"] == author))
+        data = prepare(str(src), tokenizer=str(run), out=out / "lm-data" / name, progress=False)
+        ov = [f"data.dir={data}", f"train.init_from={parent}", f"train.max_steps={steps}", f"optim.lr={lr}",
+              f"optim.min_lr={lr / 10}", "optim.warmup=4", f"train.eval_every={steps}", f"train.name={name}",
+              f"train.out_dir={out / 'lm-runs'}", "train.doctor=false", "train.batch_size=16",
+              f"train.threads={threads}", "train.keep_last=1"]  # fmt: skip
+        shutil.rmtree(out / "lm-runs" / name, ignore_errors=True)
+        train_run(load_config(str(Path(run) / "config.toml"), ov), overrides=ov, progress=False)
+        model, tok, _, _ = load_model(out / "lm-runs" / name, "latest")
+        losses[:, j] = [r["loss"] for r in score_units(model, tok, texts, top_spans=0)]
+    pred = [labels[i] for i in losses.argmin(1)]
+    return {**summary([r["label"] for r in test], pred, labels), "seconds": time.time() - t0, "steps": steps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="/work/bench/runs/wiki-4x256")
@@ -132,6 +168,7 @@ def main() -> None:
     ap.add_argument("--test-per-author", type=int, default=50)
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of slm classify")
     ap.add_argument("--lr", default="3e-4")
+    ap.add_argument("--lm-steps", type=int, default=40, help="training steps of each author's LM (0: skip them)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="/tmp/bench-authorship")
     ap.add_argument("--name", default="authorship", help="results file name (a smoke run: another name)")
@@ -173,6 +210,9 @@ def main() -> None:
     results["slm classify"] = {"accuracy": m["accuracy"], "accuracy_ci95": m["accuracy_ci95"], "n": m["n"],
                                "macro_f1": m["macro_f1"], "ece": m["ece"], "train_seconds": train_s,
                                "eval_seconds": time.time() - t0, "run": str(child)}  # fmt: skip
+    if args.lm_steps:
+        results["author LMs"] = author_lms(args.run, args.checkpoint, train, test, labels, out, args.lm_steps,
+                                           float(args.lr), args.threads)  # fmt: skip
     result = {"parent": args.run, "parent_checkpoint": str(parent_ckpt), "parent_step": parent_state.get("step"),
               "parent_val_loss": parent_state.get("val_loss"), "authors": labels, "test_books": len(test_books),
               "train_books": len(rows) - len(test_books), "n_train": len(train), "n_test": len(test),
@@ -195,7 +235,8 @@ def markdown(r: dict, tag: str = "authorship") -> str:
     for name, v in r["results"].items():
         lo, hi = v["accuracy_ci95"]
         note = (f"ECE {v['ece']:.3f}; fine-tune {v['train_seconds'] / 60:.1f} min, eval {v['eval_seconds']:.0f} s"
-                if "ece" in v else f"{v['seconds']:.0f} s")  # fmt: skip
+                if "ece" in v else f"{v['steps']} steps each, {v['seconds'] / 60:.1f} min" if "steps" in v
+                else f"{v['seconds']:.0f} s")  # fmt: skip
         lines.append(f"| {name} | {v['accuracy']:.3f} | {lo:.3f}-{hi:.3f} | {v['macro_f1']:.3f} | {note} |")
     lines += ["", f"Chance is 1/12 = 0.083. The confusion matrix of slm classify: {tag}_confusion.png.", ""]
     return "\n".join(lines)
