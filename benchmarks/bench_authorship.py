@@ -131,10 +131,10 @@ def author_lms(run, checkpoint, train, test, labels, out: Path, steps: int, lr: 
     """Per-author language models: each a child run of `run` on that author's train passages; argmin of the loss."""
     import shutil
 
-    from slmkit.base.config_files import load_config
     from slmkit.data.prepare import prepare
     from slmkit.engine.train import train as train_run
     from slmkit.runs.checkpoint import load_model, resolve_checkpoint
+    from slmkit.ship.finetune import init_from_config
     from slmkit.ship.score import score_units
 
     t0 = time.time()
@@ -147,12 +147,12 @@ def author_lms(run, checkpoint, train, test, labels, out: Path, steps: int, lr: 
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in train if r["label"] == author))
         data = prepare(str(src), tokenizer=str(run), out=out / "lm-data" / name, progress=False)
-        ov = [f"data.dir={data}", f"train.init_from={parent}", f"train.max_steps={steps}", f"optim.lr={lr}",
+        ov = [f"data.dir={data}", f"train.max_steps={steps}", f"optim.lr={lr}",
               f"optim.min_lr={lr / 10}", "optim.warmup=4", f"train.eval_every={steps}", f"train.name={name}",
               f"train.out_dir={out / 'lm-runs'}", "train.doctor=false", "train.batch_size=16",
               f"train.threads={threads}", "train.keep_last=1"]  # fmt: skip
         shutil.rmtree(out / "lm-runs" / name, ignore_errors=True)
-        train_run(load_config(str(Path(run) / "config.toml"), ov), overrides=ov, progress=False)
+        train_run(init_from_config(parent, overrides=ov), overrides=ov, progress=False)  # continued pretraining
         model, tok, _, _ = load_model(out / "lm-runs" / name, "latest")
         losses[:, j] = [r["loss"] for r in score_units(model, tok, texts, top_spans=0)]
     pred = [labels[i] for i in losses.argmin(1)]

@@ -242,8 +242,8 @@ def main() -> None:
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA / "tiktoken_cache"))
     t0 = time.time()
     reuse = args.reuse and (work / "corpus.json").is_file()
-    if reuse and [json.loads((work / "corpus.json").read_text()).get(k, d) for k, d in (("mix", "light"), ("seed", 0))
-                  ] != [args.mix, args.seed]:  # fmt: skip
+    prior = json.loads((work / "corpus.json").read_text()) if reuse else {}
+    if reuse and (prior.get("mix", "light"), prior.get("seed", 0)) != (args.mix, args.seed):
         sys.exit(f"{work} holds another mix's or seed's corpus: pass another --work, or drop --reuse")
     if not reuse:
         shutil.rmtree(work / "runs", ignore_errors=True)
