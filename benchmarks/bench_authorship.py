@@ -1,17 +1,18 @@
 """Authorship attribution on the 12 authors of the shared Gutenberg file, split BY BOOK, three ways:
 
-  slm classify   `slm classify train` child of the shared Wikipedia model (label-likelihood, loss on the label)
-  linear probe   logistic regression on the Wikipedia model's frozen hidden states, mean-pooled over the passage
-  tfidf+logreg   the baseline: word 1-2-gram TF-IDF (sublinear tf) + logistic regression (scikit-learn)
-  author LMs     one child run of the Wikipedia model per author, trained (the one training loop) on that author's
-                 train passages for --lm-steps steps; a test passage goes to the author whose model gives it the
-                 lowest loss (a generative classifier: class-conditional language models)
+  slm classify (tail)  `slm classify train` child of the Wikipedia model (label-likelihood, loss on the label)
+  linear probe         logistic regression on the Wikipedia model's frozen hidden states, mean-pooled over a passage
+  tfidf+logreg         the baseline: word 1-2-gram TF-IDF (sublinear tf) + logistic regression (scikit-learn)
+  slm classify (lm)    `slm classify train --method lm`: one child run of the Wikipedia model per author, trained
+                       (the one training loop) on that author's train passages (the verb's default: 5 passes, or
+                       --lm-steps); a test passage goes to the author whose model finds it likeliest (a generative
+                       classifier: class-conditional language models), probabilities tempered on 10% held out
 
 Each author's books are drawn (seeded) into train and test books, about a quarter of them (at least one) to test,
 so no test passage comes from a book seen in training. Passages: whitespace-normalized book text cut into pieces
 of --tokens tokens of the Wikipedia model's tokenizer (the classifier's prompt and label must fit beside them in
 its 256-token block), --train-per-author and --test-per-author of them per author, spread evenly over the books.
-All three methods see the same passages. Accuracy with 95% Wilson intervals, macro-F1, and for slm classify the
+All four methods see the same passages. Accuracy with 95% Wilson intervals, macro-F1, and for slm classify the
 calibration error. The fine-tune is capped by --steps (the issue allows <= 15 minutes).
 
     nice -n 5 python benchmarks/bench_authorship.py [--run /work/bench/runs/wiki-4x256] [--steps 300]
@@ -127,36 +128,27 @@ def probe(run, checkpoint, train, test, labels) -> dict:
     return {**summary([r["label"] for r in test], list(pred), labels), "seconds": time.time() - t0}
 
 
-def author_lms(run, checkpoint, train, test, labels, out: Path, steps: int, lr: float, threads: int) -> dict:
-    """Per-author language models: each a child run of `run` on that author's train passages; argmin of the loss."""
-    import shutil
-
-    from slmkit.data.prepare import prepare
-    from slmkit.engine.train import train as train_run
-    from slmkit.runs.checkpoint import load_model, resolve_checkpoint
-    from slmkit.ship.finetune import init_from_config
-    from slmkit.ship.score import score_units
+def slm_classify(method: str, run, checkpoint, out: Path, overrides: list[str], tag: str) -> dict:
+    """`slm classify train` (method tail or lm) on train.jsonl, then `slm classify eval` on test.jsonl."""
+    from slmkit.ship import classify
 
     t0 = time.time()
-    parent = resolve_checkpoint(run, checkpoint)
-    texts = [r["text"] for r in test]
-    losses = np.zeros((len(test), len(labels)))
-    for j, author in enumerate(labels):
-        name = re.sub(r"\W+", "_", author)
-        src = out / "lm-data" / f"{name}.jsonl"
-        src.parent.mkdir(parents=True, exist_ok=True)
-        src.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in train if r["label"] == author))
-        data = prepare(str(src), tokenizer=str(run), out=out / "lm-data" / name, progress=False)
-        ov = [f"data.dir={data}", f"train.max_steps={steps}", f"optim.lr={lr}",
-              f"optim.min_lr={lr / 10}", "optim.warmup=4", f"train.eval_every={steps}", f"train.name={name}",
-              f"train.out_dir={out / 'lm-runs'}", "train.doctor=false", "train.batch_size=16",
-              f"train.threads={threads}", "train.keep_last=1"]  # fmt: skip
-        shutil.rmtree(out / "lm-runs" / name, ignore_errors=True)
-        train_run(init_from_config(parent, overrides=ov), overrides=ov, progress=False)  # continued pretraining
-        model, tok, _, _ = load_model(out / "lm-runs" / name, "latest")
-        losses[:, j] = [r["loss"] for r in score_units(model, tok, texts, top_spans=0)]
-    pred = [labels[i] for i in losses.argmin(1)]
-    return {**summary([r["label"] for r in test], pred, labels), "seconds": time.time() - t0, "steps": steps}
+    clf = classify.train(
+        run,
+        out / "train.jsonl",
+        checkpoint=checkpoint,
+        name=f"authorship-{method}-{int(t0)}",
+        progress=False,
+        method=method,
+        overrides=[f"train.out_dir={out / 'runs'}", *overrides],
+    )
+    train_s = time.time() - t0
+    t0 = time.time()
+    m = classify.evaluate(clf, out / "test.jsonl", plot=RESULTS / f"{tag}_confusion.png",
+                          predictions=out / f"predictions-{method}.jsonl")  # fmt: skip
+    return {"accuracy": m["accuracy"], "accuracy_ci95": m["accuracy_ci95"], "n": m["n"], "macro_f1": m["macro_f1"],
+            "ece": m["ece"], "train_seconds": train_s, "eval_seconds": time.time() - t0, "run": str(clf),
+            "plot": f"{tag}_confusion.png"}  # fmt: skip
 
 
 def main() -> None:
@@ -168,7 +160,9 @@ def main() -> None:
     ap.add_argument("--test-per-author", type=int, default=50)
     ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of slm classify")
     ap.add_argument("--lr", default="3e-4")
-    ap.add_argument("--lm-steps", type=int, default=40, help="training steps of each author's LM (0: skip them)")
+    ap.add_argument("--lm-steps", type=int, default=0, help="training steps of each author's LM (0: the verb's "
+                    "default, 5 passes over the author's passages)")  # fmt: skip
+    ap.add_argument("--no-lm", action="store_true", help="skip slm classify --method lm")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="/tmp/bench-authorship")
     ap.add_argument("--name", default="authorship", help="results file name (a smoke run: another name)")
@@ -178,7 +172,6 @@ def main() -> None:
     import torch
 
     from slmkit.runs.checkpoint import read_state, resolve_checkpoint, run_tokenizer
-    from slmkit.ship import classify
 
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
@@ -196,23 +189,16 @@ def main() -> None:
 
     results = {"tfidf+logreg": tfidf_baseline(train, test, labels)}
     results["linear probe"] = probe(args.run, args.checkpoint, train, test, labels)
-    t0 = time.time()
-    name = f"authorship-{int(time.time())}"
-    child = classify.train(args.run, out / "train.jsonl", checkpoint=args.checkpoint, name=name, progress=False,
-                           overrides=[f"train.out_dir={out / 'runs'}", f"train.max_steps={args.steps}",
-                                      f"train.eval_every={max(args.steps // 4, 1)}", f"optim.lr={args.lr}",
-                                      f"optim.min_lr={float(args.lr) / 10}", f"train.threads={args.threads}",
-                                      "train.batch_size=16", "train.doctor=false"])  # fmt: skip
-    train_s = time.time() - t0
-    t0 = time.time()
-    m = classify.evaluate(child, out / "test.jsonl", plot=RESULTS / f"{args.name}_confusion.png",
-                          predictions=out / "predictions.jsonl")  # fmt: skip
-    results["slm classify"] = {"accuracy": m["accuracy"], "accuracy_ci95": m["accuracy_ci95"], "n": m["n"],
-                               "macro_f1": m["macro_f1"], "ece": m["ece"], "train_seconds": train_s,
-                               "eval_seconds": time.time() - t0, "run": str(child)}  # fmt: skip
-    if args.lm_steps:
-        results["author LMs"] = author_lms(args.run, args.checkpoint, train, test, labels, out, args.lm_steps,
-                                           float(args.lr), args.threads)  # fmt: skip
+    common = [f"train.threads={args.threads}", "train.batch_size=16", "train.doctor=false"]
+    results["slm classify (tail)"] = slm_classify(
+        "tail", args.run, args.checkpoint, out, [f"train.max_steps={args.steps}", f"train.eval_every="
+        f"{max(args.steps // 4, 1)}", f"optim.lr={args.lr}", f"optim.min_lr={float(args.lr) / 10}", *common],
+        args.name)  # fmt: skip
+    if not args.no_lm:
+        steps = [f"train.max_steps={args.lm_steps}"] if args.lm_steps else []
+        results["slm classify (lm)"] = slm_classify("lm", args.run, args.checkpoint, out, [*steps, *common],
+                                                    f"{args.name}_lm")  # fmt: skip
+        results["slm classify (lm)"].update(_label_runs(Path(results["slm classify (lm)"]["run"])))
     result = {"parent": args.run, "parent_checkpoint": str(parent_ckpt), "parent_step": parent_state.get("step"),
               "parent_val_loss": parent_state.get("val_loss"), "authors": labels, "test_books": len(test_books),
               "train_books": len(rows) - len(test_books), "n_train": len(train), "n_test": len(test),
@@ -225,20 +211,32 @@ def main() -> None:
     print(md)
 
 
+def _label_runs(clf: Path) -> dict:
+    """The temperature and each author's run steps of a --method lm classifier."""
+    from slmkit.runs.checkpoint import read_run_info
+
+    meta = json.loads((clf / "classify.json").read_text())
+    steps = [read_run_info(clf / meta["runs"][lab]).get("step") for lab in meta["labels"]]
+    return {"temperature": meta["temperature"], "label_steps": steps}
+
+
 def markdown(r: dict, tag: str = "authorship") -> str:
     lines = [f"# Authorship attribution: {len(r['authors'])} Gutenberg authors, split by book", "",
              f"{r['n_train']} train passages from {r['train_books']} books, {r['n_test']} test passages from "
              f"{r['test_books']} other books; {r['passage_tokens']} tokens a passage. Model: {r['parent']} at step "
-             f"{r['parent_step']} (val loss {r['parent_val_loss']}); slm classify fine-tuned {r['steps']} steps "
-             f"(lr {r['lr']}) on {r['threads']} threads.", "",
+             f"{r['parent_step']} (val loss {r['parent_val_loss']}); slm classify (tail) fine-tuned {r['steps']} "
+             f"steps (lr {r['lr']}); {r['threads']} threads.", "",
              "| method | accuracy | 95% CI | macro-F1 | notes |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, v in r["results"].items():
         lo, hi = v["accuracy_ci95"]
-        note = (f"ECE {v['ece']:.3f}; fine-tune {v['train_seconds'] / 60:.1f} min, eval {v['eval_seconds']:.0f} s"
-                if "ece" in v else f"{v['steps']} steps each, {v['seconds'] / 60:.1f} min" if "steps" in v
-                else f"{v['seconds']:.0f} s")  # fmt: skip
+        note = f"{v['seconds']:.0f} s" if "seconds" in v else ""
+        if "ece" in v:
+            note = f"ECE {v['ece']:.3f}; train {v['train_seconds'] / 60:.1f} min, eval {v['eval_seconds']:.0f} s"
+        if "label_steps" in v:
+            note += f"; {min(v['label_steps'])}-{max(v['label_steps'])} steps per author, T {v['temperature']:.2f}"
         lines.append(f"| {name} | {v['accuracy']:.3f} | {lo:.3f}-{hi:.3f} | {v['macro_f1']:.3f} | {note} |")
-    lines += ["", f"Chance is 1/12 = 0.083. The confusion matrix of slm classify: {tag}_confusion.png.", ""]
+    plots = ", ".join(f"{n}: {v['plot']}" for n, v in r["results"].items() if "plot" in v)
+    lines += ["", f"Chance is 1/12 = 0.083. Confusion matrices: {plots}.", ""]
     return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from slmkit.engine.evaluate.scoring import Scorer
 from slmkit.model.gpt import GPT
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.parents import parent_config
+from slmkit.ship import classify_lm
 from slmkit.ship.classify_data import (
     ClassifyError,
     Example,
@@ -49,6 +50,7 @@ BUDGET_MARGIN = 2  # tokens kept free: re-encoding a cut text can merge differen
 MIN_TEXT_TOKENS = 8
 CLASSIFY_DEFAULTS = ["train.max_steps=300", "train.eval_every=50"]
 _OWNED = ("data.format", "data.source")  # overrides classify sets itself
+METHODS = ("tail", "lm")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,16 +110,22 @@ def _given(overrides: list[str], key: str) -> str | None:
 
 def train(parent: str | Path, data: str | Path, *, text_field: str = "text", label_field: str = "label",
           overrides: Iterable[str] = (), checkpoint: str = "best", name: str | None = None,
-          progress: bool = True) -> Path:  # fmt: skip
+          progress: bool = True, method: str = "tail") -> Path:  # fmt: skip
     """Fine-tune `parent` to classify the records of `data` (.jsonl, `text_field` and `label_field`); returns the
-    child run dir, which holds `classify.json` (labels, template, text budget, tokenizer fingerprint). The
-    prompt/completion file it trains on is written beside the child run as <child>.classify.jsonl (its config's
-    data.source, so the run can be resumed)."""
+    classifier's dir, which holds `classify.json`. Method "tail": one child run that answers "<text>\nLabel:" with
+    the label (labels, template, text budget and tokenizer fingerprint in classify.json; the prompt/completion file
+    it trains on is written beside the child run as <child>.classify.jsonl, its config's data.source, so the run
+    can be resumed). Method "lm": one child run per label on that label's texts (`ship.classify_lm`)."""
+    if method not in METHODS:
+        raise ClassifyError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     overrides = list(overrides)
-    _check_overrides(overrides)
     examples = read_examples(data, text_field, label_field)
     labels = label_set(examples, data)
     run = ckpt_io.check_run_dir(parent)
+    if method == "lm":
+        return _train_lms(run, data, examples, labels, overrides, checkpoint, name, progress,
+                          {"text_field": text_field, "label_field": label_field})  # fmt: skip
+    _check_overrides(overrides)
     ckpt = ckpt_io.resolve_checkpoint(run, checkpoint)
     pcfg = parent_config(ckpt)
     add_chat = _given(overrides, "data.add_chat_tokens")
@@ -149,6 +157,22 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
     return child
 
 
+def _train_lms(run: Path, data, examples: list[Example], labels: list[str], overrides: list[str], checkpoint: str,
+               name: str | None, progress: bool, fields: dict) -> Path:  # fmt: skip
+    out_dir = Path(_given(overrides, "train.out_dir") or run.parent)
+    name = name or _given(overrides, "train.name") or _free(out_dir, f"{run.name}-classify-lm")
+    overrides = [
+        o for o in overrides if o.partition("=")[0].strip().removeprefix("--") not in ("train.out_dir", "train.name")
+    ]
+    if (out_dir / name).exists():
+        raise ClassifyError(f"{out_dir / name} already exists; pick another --name")
+    counts = {lab: sum(ex.label == lab for ex in examples) for lab in labels}
+    meta = {"format": FORMAT, "version": VERSION, "labels": labels, **fields, "data": str(Path(data).resolve()),
+            "examples": len(examples), "label_counts": counts, "parent": str(run.resolve())}  # fmt: skip
+    return classify_lm.train(run, examples, labels, out_dir / name, overrides=overrides, checkpoint=checkpoint,
+                             progress=progress, meta=meta)  # fmt: skip
+
+
 def _free(out_dir: Path, base: str) -> str:
     """A run name free in out_dir whose data file <name>.classify.jsonl is free too."""
     name, i = base, 2
@@ -162,8 +186,11 @@ def _free(out_dir: Path, base: str) -> str:
 
 
 def read_meta(run: str | Path) -> dict:
-    """The classify.json of a classifier run; ClassifyError when the run is not one."""
-    path = Path(ckpt_io.check_run_dir(run)) / META_FILE
+    """The classify.json of a classifier (a run, or the folder of a label-lms classifier); ClassifyError when the
+    folder is not one."""
+    path = Path(run) / META_FILE
+    if not path.is_file():
+        path = Path(ckpt_io.check_run_dir(run)) / META_FILE
     if not path.is_file():
         raise ClassifyError(f"{run} is not a classifier run ({META_FILE} missing); make one with "
                             "`slm classify train PARENT --data FILE`")  # fmt: skip
@@ -219,8 +246,10 @@ class Classifier:
             bar.close()
 
 
-def load_classifier(run: str | Path, checkpoint: str = "best") -> Classifier:
+def load_classifier(run: str | Path, checkpoint: str = "best") -> Classifier | classify_lm.LabelLMClassifier:
     meta = read_meta(run)
+    if meta.get("method") == classify_lm.METHOD:
+        return classify_lm.LabelLMClassifier(run, meta, checkpoint)
     model, tokenizer, _cfg, _ckpt = ckpt_io.load_model(run, checkpoint)
     return Classifier(model, tokenizer, meta)
 
