@@ -3,7 +3,15 @@
 import pytest
 import tomllib
 
-from slmkit.base.config import ConfigError, RunConfig, describe, diff_configs, field_docs, from_dict
+from slmkit.base.config import (
+    ConfigError,
+    RunConfig,
+    describe,
+    diff_configs,
+    field_docs,
+    from_dict,
+    override_value,
+)
 from slmkit.base.config_files import PRESETS_DIR, load_config, preset_names, to_toml
 
 
@@ -35,6 +43,13 @@ def test_overrides_are_typed():
     assert cfg.data.include == ["*.py", "*.md"]
     assert cfg.log.backends == ["tensorboard"]
     assert cfg.preset == "shakespeare-char"
+
+
+def test_override_value_is_the_last_given():
+    ov = ["optim.lr=1e-3", "--train.name= a ", "optim.lr=3e-4", "train.out_dir"]
+    assert override_value(ov, "optim.lr") == "3e-4" and override_value(ov, "train.name") == "a"
+    assert override_value(ov, "optim.min_lr") is None and override_value(ov, "train.out_dir") is None
+    assert override_value(["train.name="], "train.name") == ""
 
 
 def test_an_lr_override_scales_min_lr_unless_min_lr_is_given():

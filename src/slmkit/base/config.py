@@ -562,6 +562,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def override_value(overrides: list[str], key: str) -> str | None:
+    """The value the last `key=value` of `overrides` gives (stripped), or None when none names `key`."""
+    for item in reversed(overrides):
+        k, sep, v = item.partition("=")
+        if sep and k.strip().removeprefix("--") == key:
+            return v.strip()
+    return None
+
+
 def scaled_min_lr(lr: Any, old_lr: Any, old_min_lr: Any) -> float | None:
     """The min_lr that keeps old_min_lr / old_lr at a new `lr` (the schedule's shape); None when a value is not a
     positive number's string or float (the caller's check names it)."""

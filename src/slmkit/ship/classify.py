@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
+from slmkit.base.config import override_value
 from slmkit.base.console import progress
 from slmkit.base.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer
 from slmkit.data.chat import ensure_chat_tokens, render
@@ -100,14 +101,6 @@ def _check_overrides(overrides: list[str]) -> None:
                                 "drop that override")  # fmt: skip
 
 
-def _given(overrides: list[str], key: str) -> str | None:
-    for o in reversed(overrides):
-        k, _, v = o.partition("=")
-        if k.strip().removeprefix("--") == key:
-            return v.strip()
-    return None
-
-
 def train(parent: str | Path, data: str | Path, *, text_field: str = "text", label_field: str = "label",
           overrides: Iterable[str] = (), checkpoint: str = "best", name: str | None = None,
           progress: bool = True, method: str = "tail") -> Path:  # fmt: skip
@@ -128,12 +121,12 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
     _check_overrides(overrides)
     ckpt = ckpt_io.resolve_checkpoint(run, checkpoint)
     pcfg = parent_config(ckpt)
-    add_chat = _given(overrides, "data.add_chat_tokens")
+    add_chat = override_value(overrides, "data.add_chat_tokens")
     add_chat = pcfg.data.add_chat_tokens if add_chat is None else add_chat.lower() == "true"
     tokenizer = ensure_chat_tokens(load_tokenizer(ckpt / ckpt_io.TOKENIZER_DIR), add_chat)
     budget = text_budget(tokenizer, pcfg.model.block_size, labels)
-    out_dir = Path(_given(overrides, "train.out_dir") or run.parent)
-    name = name or _given(overrides, "train.name") or _free(out_dir, f"{run.name}-classify")
+    out_dir = Path(override_value(overrides, "train.out_dir") or run.parent)
+    name = name or override_value(overrides, "train.name") or _free(out_dir, f"{run.name}-classify")
     if (out_dir / name).exists():
         raise ClassifyError(f"run {out_dir / name} already exists; pick another --name")
     pairs = out_dir / f"{name}.classify.jsonl"
@@ -159,8 +152,8 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
 
 def _train_lms(run: Path, data, examples: list[Example], labels: list[str], overrides: list[str], checkpoint: str,
                name: str | None, progress: bool, fields: dict) -> Path:  # fmt: skip
-    out_dir = Path(_given(overrides, "train.out_dir") or run.parent)
-    name = name or _given(overrides, "train.name") or _free(out_dir, f"{run.name}-classify-lm")
+    out_dir = Path(override_value(overrides, "train.out_dir") or run.parent)
+    name = name or override_value(overrides, "train.name") or _free(out_dir, f"{run.name}-classify-lm")
     overrides = [
         o for o in overrides if o.partition("=")[0].strip().removeprefix("--") not in ("train.out_dir", "train.name")
     ]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
+from slmkit.base.config import override_value
 from slmkit.base.console import progress, say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train as train_run
@@ -46,14 +47,6 @@ MIN_CALIBRATION = 10  # held-out records needed to fit the temperature (fewer: T
 _OWNED = ("data.source", "data.dir", "data.format", "train.name", "train.out_dir", "train.init_from")
 MIN_WINDOWS = 5  # a label's text must fill this many blocks (and twice its val split)
 SEPARATOR = "\n\n"  # between a label's records in its training text
-
-
-def _given(overrides: list[str], key: str) -> str | None:
-    for o in reversed(overrides):
-        k, _, v = o.partition("=")
-        if k.strip().removeprefix("--") == key:
-            return v.strip()
-    return None
 
 
 def calibration_split(examples: list[Example], labels: list[str], share: float, seed: int) -> tuple[list, list]:
@@ -135,7 +128,7 @@ def _train_label(ckpt: Path, out: Path, k: int, label: str, texts: list[str], n_
     with atomic_path(src) as tmp:
         Path(tmp).write_text(SEPARATOR.join(texts) + "\n", encoding="utf-8")
     val = max(0.05, val_tokens / n_tokens)  # the split falls between lines: a whole record's margin
-    steps = int(_given(overrides, "train.max_steps") or default_steps(n_tokens, tokens_per_step))
+    steps = int(override_value(overrides, "train.max_steps") or default_steps(n_tokens, tokens_per_step))
     batches = max(1, math.ceil(val * n_tokens / tokens_per_step))  # the val split about once over, not 20 times
     ov = [*LM_DEFAULTS, f"train.max_steps={steps}", f"train.eval_every={steps}", f"data.val_fraction={val:.4f}",
           f"train.eval_batches={batches}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict
+from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict, override_value
 from slmkit.base.console import say
 from slmkit.engine.evaluate.embedding import EmbedTaskError, embed_task_files
 from slmkit.engine.train import train
@@ -43,10 +43,6 @@ pairs give each anchor 63 in-batch negatives; the learning rate is about 1/10-1/
 DEV_TASK = "sts-b-dev"
 
 
-def _given(overrides: list[str], key: str) -> bool:
-    return any(o.split("=", 1)[0].strip().removeprefix("--") == key for o in overrides)
-
-
 def _dev_task_available() -> bool:
     try:
         embed_task_files(DEV_TASK)
@@ -69,9 +65,9 @@ def embed_train_config(parent_run: str | Path, data: str | Path, overrides: list
     else:
         say(f"{DEV_TASK} files not found under $SLM_DATA_DIR: no in-loop STS-B dev score (set eval.tasks to add one)")
     cfg = from_dict(apply_overrides(child_start(ckpt), base + overrides))
-    if not _given(overrides, "eval.every"):
+    if override_value(overrides, "eval.every") is None:
         cfg = cfg.replace(**{"eval.every": cfg.train.eval_every})
-    if not _given(overrides, "train.name"):
+    if override_value(overrides, "train.name") is None:
         cfg = cfg.replace(**{"train.name": ckpt_io.free_name(Path(cfg.train.out_dir), f"{run.name}-embed")})
     if cfg.data.format != "pairs":
         raise ConfigError(f"data.format={cfg.data.format} is not contrastive training; embed-train needs pairs")

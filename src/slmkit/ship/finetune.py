@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict
+from slmkit.base.config import ConfigError, RunConfig, apply_overrides, from_dict, override_value
 from slmkit.base.config_files import load_config
 from slmkit.base.console import say
 from slmkit.base.errors import SlmError
@@ -44,10 +44,6 @@ LORA_LR = "optim.lr=1e-3"  # adapters start at zero and take a larger learning r
 # Configs of child runs.
 
 
-def _given(overrides: list[str], key: str) -> bool:
-    return any(o.split("=", 1)[0].strip().removeprefix("--") == key for o in overrides)
-
-
 def sft_config(
     parent_run: str | Path, data: str | Path, overrides: list[str] = (), checkpoint: str = "best"
 ) -> RunConfig:
@@ -59,11 +55,11 @@ def sft_config(
                   for o in overrides)  # fmt: skip
     base = [*SFT_DEFAULTS, f"data.source={data}", f"tokenizer.kind={ckpt / ckpt_io.TOKENIZER_DIR}",
             f"train.init_from={ckpt}", f"train.out_dir={run.parent}"]  # fmt: skip
-    if lora_on and not _given(overrides, "optim.lr"):
+    if lora_on and override_value(overrides, "optim.lr") is None:
         base.append(LORA_LR)
     # two layers: the user's overrides apply to the SFT defaults, so an optim.lr alone keeps their min_lr/lr ratio
     cfg = from_dict(apply_overrides(apply_overrides(child_start(ckpt), base), overrides))
-    if not _given(overrides, "train.name"):
+    if override_value(overrides, "train.name") is None:
         suffix = "lora" if cfg.lora.rank else "sft"
         cfg = cfg.replace(**{"train.name": ckpt_io.free_name(Path(cfg.train.out_dir), f"{run.name}-{suffix}")})
     if cfg.data.format == "text":
@@ -96,7 +92,7 @@ def init_from_config(parent_run: str | Path, config: str | None = None, override
     run, ckpt = resolve_parent(parent_run)
     overrides = list(overrides)
     base = [f"train.init_from={ckpt}", "train.name=", "data.dir="]
-    if not _given(overrides, "tokenizer.kind"):
+    if override_value(overrides, "tokenizer.kind") is None:
         base.append(f"tokenizer.kind={ckpt / ckpt_io.TOKENIZER_DIR}")
     start = load_config(config).to_dict() if config else child_start(ckpt)
     cfg = from_dict(apply_overrides(start, base + overrides))
