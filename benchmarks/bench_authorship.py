@@ -28,6 +28,7 @@ import os
 import platform
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def main() -> None:
                                                     f"{args.name}_lm")  # fmt: skip
         results["slm classify (lm)"].update(_label_runs(Path(results["slm classify (lm)"]["run"])))
     result = {"parent": args.run, "parent_checkpoint": str(parent_ckpt), "parent_step": parent_state.get("step"),
-              "parent_val_loss": parent_state.get("val_loss"), "authors": labels, "test_books": len(test_books),
+              "parent_val_loss": parent_state.get("val_loss"), "parent_train_seconds": parent_state.get("elapsed"),
+              "command": "python " + " ".join(sys.argv), "authors": labels, "test_books": len(test_books),
               "train_books": len(rows) - len(test_books), "n_train": len(train), "n_test": len(test),
               "passage_tokens": args.tokens, "steps": args.steps, "lr": args.lr, "threads": args.threads,
               "results": results, "machine": platform.processor() or platform.machine()}  # fmt: skip
@@ -220,12 +222,17 @@ def _label_runs(clf: Path) -> dict:
     return {"temperature": meta["temperature"], "label_steps": steps}
 
 
+def _minutes(seconds: float | None) -> str:
+    return "? min" if seconds is None else f"{seconds / 60:.0f} min"
+
+
 def markdown(r: dict, tag: str = "authorship") -> str:
     lines = [f"# Authorship attribution: {len(r['authors'])} Gutenberg authors, split by book", "",
              f"{r['n_train']} train passages from {r['train_books']} books, {r['n_test']} test passages from "
              f"{r['test_books']} other books; {r['passage_tokens']} tokens a passage. Model: {r['parent']} at step "
-             f"{r['parent_step']} (val loss {r['parent_val_loss']}); slm classify (tail) fine-tuned {r['steps']} "
-             f"steps (lr {r['lr']}); {r['threads']} threads.", "",
+             f"{r['parent_step']} (val loss {r['parent_val_loss']:.4f}, {_minutes(r.get('parent_train_seconds'))} of "
+             f"training); slm classify (tail) fine-tuned {r['steps']} steps (lr {r['lr']}); {r['threads']} threads.",
+             "", f"Command: `{r.get('command', 'python benchmarks/bench_authorship.py')}`", "",
              "| method | accuracy | 95% CI | macro-F1 | notes |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, v in r["results"].items():
         lo, hi = v["accuracy_ci95"]
