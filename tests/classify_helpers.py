@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from sft_helpers import base_run, make_corpus
 
 ENGLISH = """The harbour was quiet in the early morning and the fishermen had not yet come down to their boats. A thin
 mist lay over the water so that the far side of the bay could only be guessed at from the sound of the bells. Anna
@@ -33,3 +36,10 @@ def records(stdlib_dir, n: int, offset: int = 0) -> list[dict]:
 def write_jsonl(path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def classifier_inputs(root: Path, stdlib_dir: Path, n_train: int) -> tuple[Path, str, str]:
+    """A tiny pretrained base run, and labelled train (n_train records a label) and test (12 a label) files."""
+    base = base_run(root, make_corpus(root, stdlib_dir))
+    train_file = write_jsonl(root / "train.jsonl", records(stdlib_dir, n_train))
+    return base, train_file, write_jsonl(root / "test.jsonl", records(stdlib_dir, 12, offset=170))

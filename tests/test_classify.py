@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from classify_helpers import records, write_jsonl
-from sft_helpers import base_run, make_corpus
+from classify_helpers import classifier_inputs, records, write_jsonl
 
 from slmkit.data.chat import render, to_example
 from slmkit.model.linear_ce import IGNORE_INDEX
@@ -23,9 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, stdlib_dir):
     root = tmp_path_factory.mktemp("classify")
-    base = base_run(root, make_corpus(root, stdlib_dir))
-    train_file = write_jsonl(root / "train.jsonl", records(stdlib_dir, 40))
-    test_file = write_jsonl(root / "test.jsonl", records(stdlib_dir, 12, offset=170))
+    base, train_file, test_file = classifier_inputs(root, stdlib_dir, 40)
     ov = ["train.max_steps=300", "train.eval_every=100", "optim.lr=3e-3", "train.batch_size=8", "train.eval_batches=2"]
     child = classify.train(base, train_file, text_field="body", label_field="kind", progress=False, overrides=ov)
     return root, base, child, train_file, test_file

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from classify_helpers import records, write_jsonl
-from sft_helpers import base_run, make_corpus
+from classify_helpers import classifier_inputs, records, write_jsonl
 
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.ship import classify, classify_lm
@@ -21,9 +20,7 @@ LM_OV = ["train.max_steps=40", "optim.lr=3e-3", "train.batch_size=8", "train.eva
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, stdlib_dir):
     root = tmp_path_factory.mktemp("classify-lm")
-    base = base_run(root, make_corpus(root, stdlib_dir))
-    train_file = write_jsonl(root / "train.jsonl", records(stdlib_dir, 60))
-    test_file = write_jsonl(root / "test.jsonl", records(stdlib_dir, 12, offset=170))
+    base, train_file, test_file = classifier_inputs(root, stdlib_dir, 60)
     clf = classify.train(base, train_file, text_field="body", label_field="kind", progress=False, overrides=LM_OV,
                          method="lm")  # fmt: skip
     return root, base, clf, train_file, test_file
@@ -110,6 +107,9 @@ def test_bad_inputs_are_one_line_and_leave_nothing(setup, run_cli, tmp_path, std
     (broken / "classify.json").write_text(json.dumps({**meta, "runs": {"code": "labels/label-00"}}))
     code, _, err = run_cli("classify", "predict", broken, "--input", train_file, "--no-progress")
     assert code == 2 and "does not name a run for every label" in err, err
+    (broken / "classify.json").write_text(json.dumps({**meta, "priors": {"code": 1.0}}))
+    code, _, err = run_cli("classify", "predict", broken, "--input", train_file, "--no-progress")
+    assert code == 2 and "does not give a prior for every label" in err, err
     (broken / "classify.json").write_text(json.dumps(meta))
     code, _, err = run_cli("classify", "predict", broken, "--input", train_file, "--no-progress")
     assert code == 2 and "the run of label 'code' cannot be read" in err, err

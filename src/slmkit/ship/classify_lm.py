@@ -191,6 +191,9 @@ class LabelLMClassifier:
         runs = meta.get("runs")
         if not isinstance(runs, dict) or set(runs) != set(self.labels):
             raise ClassifyError(f"{self.root / 'classify.json'} does not name a run for every label; train again")
+        priors = meta.get("priors")
+        if not isinstance(priors, dict) or set(priors) != set(self.labels):
+            raise ClassifyError(f"{self.root / 'classify.json'} does not give a prior for every label; train again")
         self.runs = runs
         for lab in self.labels:
             try:
@@ -202,7 +205,7 @@ class LabelLMClassifier:
                 raise ClassifyError(f"the run of label {lab!r} has tokenizer {tok.fingerprint}, not the one the "
                                     f"classifier was trained with ({meta['tokenizer_fingerprint']})")  # fmt: skip
         self.checkpoint = checkpoint or meta.get("checkpoint", "latest")
-        self.log_prior = np.log([float(meta["priors"][lab]) for lab in self.labels])
+        self.log_prior = np.log([float(priors[lab]) for lab in self.labels])
         self.temperature = float(meta.get("temperature", 1.0))
 
     def probabilities(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
