@@ -547,8 +547,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value (e.g. optim.lr=3e-4)")
-        key, value = item.split("=", 1)
-        key = key.strip().removeprefix("--")
+        key, value = override_key(item), item.split("=", 1)[1]
         if key not in keys:
             raise _unknown(key, sorted(keys))
         if "." in key:
@@ -556,18 +555,22 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             data.setdefault(sec, {})[name] = value
         else:
             data[key] = value
-    given = {item.split("=", 1)[0].strip().removeprefix("--") for item in overrides}
+    given = {override_key(item) for item in overrides}
     if "optim.lr" in given and "optim.min_lr" not in given:
         _scale_min_lr(data, before)
     return data
 
 
+def override_key(item: str) -> str:
+    """The dotted key of one `key=value` override (`--key=value` too)."""
+    return item.split("=", 1)[0].strip().removeprefix("--")
+
+
 def override_value(overrides: list[str], key: str) -> str | None:
     """The value the last `key=value` of `overrides` gives (stripped), or None when none names `key`."""
     for item in reversed(overrides):
-        k, sep, v = item.partition("=")
-        if sep and k.strip().removeprefix("--") == key:
-            return v.strip()
+        if "=" in item and override_key(item) == key:
+            return item.split("=", 1)[1].strip()
     return None
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from slmkit.base.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict
+from slmkit.base.config import ConfigError, RunConfig, apply_overrides, diff_configs, from_dict, override_value
 from slmkit.base.config_files import load_config, save_config
 from slmkit.base.console import enable, say
 from slmkit.base.errors import SlmError
@@ -101,7 +101,7 @@ def train(cfg: RunConfig | None = None, *, overrides: list[str] = (), resume: st
     check_parallel(cfg, runtime)
     enable(runtime.is_main)  # one process prints
     parent = None
-    explicit_tokenizer = any(o.split("=", 1)[0].strip().removeprefix("--") == "tokenizer.kind" for o in overrides)
+    explicit_tokenizer = override_value(overrides, "tokenizer.kind") is not None
     dataset_dir, chat, tokenizer = _load_data(cfg, runtime, run_dir if resume is not None else None)
     stream = chat if isinstance(chat, StreamData) else None  # stream mode: no dataset dir, batches read as it trains
     chat = None if stream is not None else chat

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
-from slmkit.base.config import override_value
+from slmkit.base.config import override_key, override_value
 from slmkit.base.console import progress
 from slmkit.base.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer
 from slmkit.data.chat import ensure_chat_tokens, render
@@ -95,7 +95,7 @@ def prompt(text: str) -> str:
 
 def _check_overrides(overrides: list[str]) -> None:
     for o in overrides:
-        key = o.split("=", 1)[0].strip().removeprefix("--")
+        key = override_key(o)
         if key in _OWNED:
             raise ClassifyError(f"{key} is set by `slm classify train` (prompt/completion pairs made from --data); "
                                 "drop that override")  # fmt: skip
@@ -154,9 +154,7 @@ def _train_lms(run: Path, data, examples: list[Example], labels: list[str], over
                name: str | None, progress: bool, fields: dict) -> Path:  # fmt: skip
     out_dir = Path(override_value(overrides, "train.out_dir") or run.parent)
     name = name or override_value(overrides, "train.name") or _free(out_dir, f"{run.name}-classify-lm")
-    overrides = [
-        o for o in overrides if o.partition("=")[0].strip().removeprefix("--") not in ("train.out_dir", "train.name")
-    ]
+    overrides = [o for o in overrides if override_key(o) not in ("train.out_dir", "train.name")]
     if (out_dir / name).exists():
         raise ClassifyError(f"{out_dir / name} already exists; pick another --name")
     counts = {lab: sum(ex.label == lab for ex in examples) for lab in labels}

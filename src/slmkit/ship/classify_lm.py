@@ -14,7 +14,8 @@ tail of the default method (`ship.classify`) has too little signal per example t
 
 The classifier is a directory, not a run: classify.json (method "label-lms": labels, each label's run, the
 temperature, the tokenizer fingerprint) and `labels/label-NN/`, each an ordinary child run (its parent recorded;
-`slm runs`, `slm eval` and `slm sample` read it). Each label's training text is `data/label-NN.jsonl` beside it.
+`slm runs`, `slm eval` and `slm sample` read it). Each label's training text is one file, `data/label-NN.txt` (its
+records joined by blank lines; its last share, 1.5 blocks and the longest record, is the run's val split).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
-from slmkit.base.config import override_value
+from slmkit.base.config import override_key, override_value
 from slmkit.base.console import progress, say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train as train_run
@@ -74,9 +75,9 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
           overrides: list[str], checkpoint: str, calibration: float = CALIBRATION_SHARE, seed: int = 1337,
           progress: bool = True, meta: dict) -> Path:  # fmt: skip
     """Train one child run of `parent` per label under `out`, fit the temperature on the held-out records, write
-    out/classify.json (`meta` plus this method's fields); returns `out`."""
+    out/classify.json (`meta`, which holds label_counts, plus this method's fields); returns `out`."""
     for o in overrides:
-        key = o.split("=", 1)[0].strip().removeprefix("--")
+        key = override_key(o)
         if key in _OWNED:
             raise ClassifyError(f"{key} is set by `slm classify train --method lm` (one run per label, under the "
                                 "classifier's folder); drop that override")  # fmt: skip
@@ -103,7 +104,7 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
         runs = {lab: _train_label(ckpt, out, k, lab, texts[lab], n_tokens[lab], val_tokens[lab], tokens_per_step,
                                   overrides, len(labels), progress) for k, lab in enumerate(labels)}  # fmt: skip
         temperature, cal_nll = 1.0, None
-        priors = {lab: sum(ex.label == lab for ex in examples) / len(examples) for lab in labels}
+        priors = {lab: meta["label_counts"][lab] / len(examples) for lab in labels}
         if held:
             nll = label_nlls(out, runs, labels, [ex.text for ex in held], "best", show_progress=progress)
             y = np.array([labels.index(ex.label) for ex in held])
