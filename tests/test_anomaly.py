@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 from conftest import tiny_overrides
 
 from slmkit.base.config_files import load_config
+from slmkit.data.dataset import split_shards
 from slmkit.data.prepare import prepare
+from slmkit.data.sources import DataError
+from slmkit.data.unigram import Unigram, count_split
 from slmkit.engine.train import train
 from slmkit.runs.checkpoint import run_tokenizer
 from slmkit.ship.anomaly import DetectorError, evaluate, read_detector, read_labels
@@ -140,3 +144,93 @@ def test_a_detector_refuses_another_runs_tokenizer(run, run_cli, sources, tmp_pa
     assert code == 2 and len(err.strip().splitlines()) == 1 and recorded in err and theirs in err, err
     code, out, err = run_cli("anomaly", "detect", det, "--input", test, "--run", run, "--no-progress")
     assert code == 0 and len(out.splitlines()) > 10, err  # the detector's own run, named explicitly
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --score ratio: loss minus a unigram model's loss
+
+
+def test_unigram_losses_and_leave_out():
+    uni = Unigram([3, 1, 0])  # add-0.5: probabilities 3.5/5.5, 1.5/5.5, 0.5/5.5
+    assert uni.loss(np.array([0, 1])) == pytest.approx(-(np.log(3.5 / 5.5) + np.log(1.5 / 5.5)) / 2)
+    # leave_out: as if [0, 1] had not been counted: counts [2, 0, 0], total 2
+    assert uni.loss(np.array([0, 1]), leave_out=True) == pytest.approx(-(np.log(2.5 / 3.5) + np.log(0.5 / 3.5)) / 2)
+    with pytest.raises(DataError, match="outside"):
+        uni.loss(np.array([3]))
+    with pytest.raises(DataError, match="not all counted"):
+        uni.loss(np.array([2]), leave_out=True)
+    with pytest.raises(DataError, match="non-empty"):
+        Unigram([])
+
+
+def test_training_split_counts_match_its_shards(run):
+    dataset = json.loads((run / "run.json").read_text())["dataset"]
+    tok = run_tokenizer(run)
+    counts, tokens = count_split(dataset, "train", tok.vocab_size)
+    want = np.concatenate([np.fromfile(p, dtype="<u2") for p, _ in split_shards(dataset, "train")])
+    assert tokens == len(want) and (counts == np.bincount(want, minlength=tok.vocab_size)).all()
+    _, head = count_split(dataset, "train", tok.vocab_size, limit=1000)
+    assert head == 1000
+
+
+def test_ratio_detector_from_training_counts(run, run_cli, sources, tmp_path):
+    normal, test, labels, rows = sources
+    det = tmp_path / "ratio.json"
+    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, "--unit", "window", "--fpr", "0.05",
+                             "--score", "ratio", "--out", det, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    d = json.loads(det.read_text())
+    ref = d["reference"]
+    assert d["score"] == "ratio" and d["version"] == 3 and ref["kind"] == "train" and "unigram reference" in out
+    assert len(ref["counts"]) == run_tokenizer(run).vocab_size and sum(ref["counts"]) == ref["tokens"] > 100_000
+    flags, report = tmp_path / "flags.jsonl", tmp_path / "report.json"
+    code, _, err = run_cli("anomaly", "detect", det, "--input", test, "--unit", "doc", "--labels", labels,
+                           "--out", flags, "--plot", tmp_path / "h.png", "--report", report,
+                           "--no-progress")  # fmt: skip
+    assert code == 0, err
+    got = [json.loads(x) for x in flags.read_text().splitlines()]
+    uni = Unigram(ref["counts"])
+    tok = run_tokenizer(run)
+    for g, r in zip(got[:3], rows[:3], strict=True):  # the score is the loss minus the unigram's loss
+        assert g["ref_loss"] == pytest.approx(uni.loss(np.array(tok.encode(r["text"])[1:])))
+        assert g["score"] == pytest.approx(g["loss"] - g["ref_loss"])
+    assert json.loads(report.read_text())["roc_auc"] > 0.75
+
+
+def test_ratio_detector_from_the_calibration_text(run, run_cli, sources, tmp_path):
+    normal, _test, _labels, _rows = sources
+    det = tmp_path / "ratio.json"
+    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, "--score", "ratio", "--reference", "normal",
+                             "--out", det, "--no-progress")  # fmt: skip
+    assert code == 0, err
+    d = json.loads(det.read_text())
+    tok = run_tokenizer(run)
+    texts = [p.read_text(encoding="utf-8") for p in sorted(normal.iterdir())]
+    assert d["reference"]["kind"] == "normal" and d["reference"]["tokens"] == sum(len(tok.encode(t)) for t in texts)
+    # each calibration unit is scored against the counts without its own tokens, so neither file's rare tokens
+    # make it look ordinary: the leave-one-out ratio is above the one with the unit counted
+    uni = Unigram(d["reference"]["counts"])
+    ids = np.array(tok.encode(texts[0])[1:])
+    assert uni.loss(ids, leave_out=True) > uni.loss(ids)
+
+
+def test_ratio_refusals(run, run_cli, sources, tmp_path):
+    normal, test, _labels, _rows = sources
+    code, _, err = run_cli("anomaly", "fit", run, "--normal", normal, "--reference", "normal", "--out",
+                           tmp_path / "d.json")  # fmt: skip
+    assert code == 2 and "--score ratio" in err and len(err.strip().splitlines()) == 1
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    info = json.loads((moved / "run.json").read_text())
+    (moved / "run.json").write_text(json.dumps({**info, "dataset": str(tmp_path / "gone")}))
+    code, _, err = run_cli("anomaly", "fit", moved, "--normal", normal, "--score", "ratio", "--reference", "train",
+                           "--out", tmp_path / "d.json")  # fmt: skip
+    assert code == 2 and "--reference normal" in err and not (tmp_path / "d.json").exists(), err
+    code, _, err = run_cli("anomaly", "fit", moved, "--normal", normal, "--score", "ratio", "--out",
+                           tmp_path / "d.json", "--no-progress")  # fmt: skip
+    assert code == 0 and json.loads((tmp_path / "d.json").read_text())["reference"]["kind"] == "normal", err
+    d = json.loads((tmp_path / "d.json").read_text())
+    del d["reference"]["counts"]
+    (tmp_path / "d.json").write_text(json.dumps(d))
+    code, _, err = run_cli("anomaly", "detect", tmp_path / "d.json", "--input", test)
+    assert code == 2 and "reference" in err and len(err.strip().splitlines()) == 1, err

@@ -168,7 +168,12 @@ def register_ship(sub) -> None:
         help="share of in-domain units to flag: the threshold is the (1 - fpr) quantile of their scores",
     )
     p.add_argument("--out", required=True, help="detector file to write, e.g. detector.json")
-    p.add_argument("--score", default="bpb", choices=("bpb", "loss"), help="bpb: bits per byte; loss: nats per token")
+    p.add_argument("--score", default="bpb", choices=("bpb", "loss", "ratio"), help="bpb: bits per byte; loss: nats "
+                   "per token; ratio: loss minus the loss of a unigram model of the domain (discounts in-domain text "
+                   "that is merely full of rare words)")  # fmt: skip
+    p.add_argument("--reference", choices=("auto", "train", "normal"), help="--score ratio only: where the unigram "
+                   "counts come from: the run's prepared training data (train), the --normal text (normal), or "
+                   "train when the run has it, else normal (auto, the default)")  # fmt: skip
     p.add_argument("--unit", default="doc", choices=("doc", "line", "window"), help="what one decision is about")
     p.add_argument("--text-field", default="text", help=".jsonl input: the field holding the text")
     p.add_argument("--stride", type=count(0, note="0: block size"), default=0, help="sliding-window stride in tokens "
@@ -434,8 +439,9 @@ examples:
 
 ANOMALY_FIT_HELP = """calibrate an out-of-domain detector: score in-domain held-out units (bits per byte by default)
 and set the threshold so that about --fpr of them are flagged; writes run, checkpoint, score, threshold and
-calibration statistics to --out.
+calibration statistics to --out. --score ratio also stores the unigram counts it divides by.
 
 examples:
   slm anomaly fit runs/x --normal heldout/ --fpr 0.01 --out detector.json
+  slm anomaly fit runs/x --normal heldout/ --score ratio --out detector.json
   slm anomaly detect detector.json --input new.jsonl --labels labels.txt --plot hist.png"""

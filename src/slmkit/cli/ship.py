@@ -148,9 +148,12 @@ def cmd_score(args) -> None:
 
 def cmd_anomaly_fit(args) -> None:
     d = anomaly.fit(args.run, args.normal, args.out, fpr=args.fpr, checkpoint=args.checkpoint, score=args.score,
-                    unit=args.unit, text_field=args.text_field, stride=args.stride,
+                    unit=args.unit, text_field=args.text_field, stride=args.stride, reference=args.reference,
                     show_progress=not args.no_progress)  # fmt: skip
     c = d["calibration"]
+    if "reference" in d:
+        r = d["reference"]
+        print(f"unigram reference: {r['tokens']:,} tokens of {r['kind']} text ({r['source']})")
     print(f"threshold {d['threshold']:.4f} {d['score']} (fpr {d['fpr']}) from {c['scored']} in-domain {d['unit']} "
           f"units: mean {c['mean']:.4f}, std {c['std']:.4f}; wrote {args.out}")  # fmt: skip
 

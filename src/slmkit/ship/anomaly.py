@@ -1,12 +1,20 @@
 """Out-of-domain text detection with a language model: text the model finds surprising is flagged.
 
-`fit` scores in-domain held-out text (`ship.score`), per unit, with a length-normalized score (bits per byte by
-default: comparable across unit lengths and tokenizers) and sets the threshold at the (1 - fpr) quantile of those
-scores, so about `fpr` of in-domain units are flagged. The detector is a small JSON file (run, checkpoint, score
-kind, unit, stride, threshold and calibration statistics) written atomically. `detect` scores new units and flags
+`fit` scores in-domain held-out text (`ship.score`), per unit, with a length-normalized score and sets the
+threshold at the (1 - fpr) quantile of those scores, so about `fpr` of in-domain units are flagged. The detector is
+a small JSON file (run, checkpoint, score kind, unit, stride, threshold, calibration statistics, and for the ratio
+score its unigram counts) written atomically. `detect` scores new units and flags
 those above the threshold; given labels it measures ROC-AUC, PR-AUC (average precision), the true- and
 false-positive rates at the threshold, and draws both classes' score histograms. A unit the tokenizer cannot encode
 (a character a char model never saw) gets an infinite score: it is flagged.
+
+Scores (`SCORES`): bpb, bits per byte (the default: comparable across unit lengths and tokenizers); loss, nats per
+token; ratio, the unit's loss minus its loss under a unigram model of the domain (`data.unigram`), a per-token
+log-likelihood ratio that discounts text that is merely full of rare words (names, numbers) yet in domain. Its
+counts come from the run's prepared training data when the run has it, else from the calibration text itself (each
+unit scored with its own tokens left out of the counts); they are stored in the detector. On the prose track of
+benchmarks/bench_anomaly_tracks.py (a Wikipedia model), ratio lifts Gutenberg-vs-Wikipedia ROC-AUC over bpb; see
+benchmarks/results/anomaly_prose.md.
 """
 
 from __future__ import annotations
@@ -20,12 +28,20 @@ import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
 from slmkit.base.errors import SlmError
-from slmkit.runs.checkpoint import check_run_dir, load_model, run_tokenizer
-from slmkit.ship.score import UNITS, check_input, score_source
+from slmkit.base.tokenizer import Tokenizer, TokenizerError
+from slmkit.data.dataset import read_meta
+from slmkit.data.sources import DataError
+from slmkit.data.unigram import Unigram, count_split, count_texts
+from slmkit.runs.checkpoint import check_run_dir, load_model, read_run_info, run_tokenizer
+from slmkit.ship.score import UNITS, Unit, check_input, read_documents, score_source, split_units
 
 FORMAT = "slm-anomaly-detector"
-VERSION = 2  # 2: the tokenizer fingerprint is recorded and checked
-SCORES = ("bpb", "loss")
+VERSION = 3  # 2: the tokenizer fingerprint is recorded and checked; 3: the ratio score and its unigram reference
+SCORES = ("bpb", "loss", "ratio")
+REFERENCES = ("auto", "train", "normal")
+"""Where --score ratio's unigram counts come from: the run's prepared training data (train), the calibration text
+(normal), or train when the run has it, else normal (auto)."""
+LABELS = {"bpb": "bits per byte", "loss": "loss (nats/token)", "ratio": "loss minus unigram loss (nats/token)"}
 POSITIVE = {"1", "true", "anomaly", "anomalous", "ood", "out", "positive", "yes"}
 NEGATIVE = {"0", "false", "normal", "in", "id", "negative", "no"}
 
@@ -39,25 +55,93 @@ def unit_score(result: dict, kind: str) -> float | None:
     with nothing predicted (fewer than 2 tokens), else its bpb or loss."""
     if result.get("error"):
         return math.inf
+    if kind == "ratio":
+        return None if result.get("loss") is None else result["loss"] - result["ref_loss"]
     return result.get(kind)
+
+
+def _training_counts(run: str | Path, tokenizer: Tokenizer) -> tuple[np.ndarray, int, str] | str:
+    """(counts, tokens, dataset) of the run's prepared training split, or why there are none."""
+    dataset = read_run_info(run).get("dataset")
+    if not dataset or not (Path(dataset) / "meta.json").is_file():
+        return f"{run} records no prepared training data on this machine (dataset: {dataset or 'none'})"
+    try:
+        recorded = read_meta(dataset)["tokenizer"].get("fingerprint")
+        if recorded != tokenizer.fingerprint:
+            return f"its training data {dataset} has tokenizer {recorded}, not the run's {tokenizer.fingerprint}"
+        counts, tokens = count_split(dataset, "train", tokenizer.vocab_size)
+    except DataError as e:
+        return f"its training data cannot be read: {e}"
+    return counts, tokens, str(Path(dataset).resolve())
+
+
+def _unit_ids(tokenizer: Tokenizer, unit: Unit) -> np.ndarray:
+    if unit.ids is not None:
+        return unit.ids
+    try:
+        return np.asarray(tokenizer.encode(unit.text), dtype=np.int64)
+    except TokenizerError:
+        return np.zeros(0, np.int64)  # scored as unencodable (an infinite score), not counted
+
+
+def build_reference(run: str | Path, tokenizer: Tokenizer, normal: str | Path, choice: str, *, unit: str = "doc",
+                    text_field: str = "text", block_size: int = 0) -> tuple[Unigram, dict]:  # fmt: skip
+    """The unigram reference of --score ratio (`REFERENCES`) and what the detector records of it."""
+    if choice not in REFERENCES:
+        raise DetectorError(f"unknown reference {choice!r}; pick one of {', '.join(REFERENCES)}")
+    found = _training_counts(run, tokenizer) if choice in ("auto", "train") else "--reference normal"
+    if isinstance(found, str) and choice == "train":
+        raise DetectorError(f"--reference train: {found}; use --reference normal to count the calibration text")
+    if isinstance(found, tuple):
+        counts, tokens, source = found
+        kind = "train"
+    else:
+        units = split_units(read_documents(normal, text_field), unit, tokenizer, block_size)
+        counts, tokens = count_texts((_unit_ids(tokenizer, u) for u in units), tokenizer.vocab_size)
+        source, kind = str(normal), "normal"
+    uni = Unigram(counts)
+    return uni, {"kind": kind, "source": source, "tokens": tokens, "alpha": uni.alpha, "counts": counts.tolist()}
+
+
+def detector_reference(detector: dict) -> Unigram | None:
+    """The unigram a ratio detector scores against (None for other scores); DetectorError when it is damaged."""
+    if detector["score"] != "ratio":
+        return None
+    ref = detector.get("reference")
+    try:
+        return Unigram(ref["counts"], ref.get("alpha", 0.5))
+    except (TypeError, KeyError, ValueError, DataError):
+        raise DetectorError("the detector's unigram reference (score ratio) is missing or damaged; fit it again "
+                            "with `slm anomaly fit --score ratio`") from None  # fmt: skip
 
 
 def fit(run: str | Path, normal: str | Path, out: str | Path, *, fpr: float = 0.01, checkpoint: str = "best",
         score: str = "bpb", unit: str = "doc", text_field: str = "text", stride: int = 0,
-        show_progress: bool = False) -> dict:  # fmt: skip
-    """Calibrate a detector on in-domain held-out text and write it to `out`; returns it."""
+        reference: str | None = None, show_progress: bool = False) -> dict:  # fmt: skip
+    """Calibrate a detector on in-domain held-out text and write it to `out`; returns it. `reference`: where the
+    ratio score's unigram counts come from (`REFERENCES`, default auto; only with score ratio)."""
     if not (isinstance(fpr, (int, float)) and 0 < fpr < 1):
         raise DetectorError(f"--fpr must be a number between 0 and 1 (exclusive), got {fpr!r}")
     if score not in SCORES:
         raise DetectorError(f"unknown score {score!r}; pick one of {', '.join(SCORES)}")
     if unit not in UNITS:
         raise DetectorError(f"unknown unit {unit!r}; pick one of {', '.join(UNITS)}")
+    if reference is not None and score != "ratio":
+        raise DetectorError(f"--reference sets the unigram of --score ratio; it means nothing with --score {score}")
+    if reference is not None and reference not in REFERENCES:
+        raise DetectorError(f"unknown reference {reference!r}; pick one of {', '.join(REFERENCES)}")
     if Path(out).is_dir():
         raise DetectorError(f"{out} is a directory; --out names the detector file to write, e.g. {out}/detector.json")
     check_input(normal)
     model, tokenizer, _cfg, ckpt = load_model(run, checkpoint)
+    ref, ref_info = None, None
+    if score == "ratio":
+        uni, ref_info = build_reference(run, tokenizer, normal, reference or "auto", unit=unit, text_field=text_field,
+                                        block_size=model.config.block_size)  # fmt: skip
+        leave_out = ref_info["kind"] == "normal"  # a unit is not scored against counts of itself
+        ref = lambda ids: uni.loss(ids, leave_out=leave_out)  # noqa: E731
     results = list(score_source(model, tokenizer, normal, unit=unit, text_field=text_field, stride=stride,
-                                top_spans=0, show_progress=show_progress))  # fmt: skip
+                                top_spans=0, show_progress=show_progress, reference=ref))  # fmt: skip
     values = [unit_score(r, score) for r in results]
     unencodable = sum(1 for v in values if v == math.inf)
     vals = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
@@ -89,6 +173,7 @@ def fit(run: str | Path, normal: str | Path, out: str | Path, *, fpr: float = 0.
             "quantiles": {str(q): float(np.quantile(vals, q)) for q in (0.5, 0.9, 0.95, 0.99)},
             "flagged_fraction": float((vals > threshold).mean()),
         },
+        **({"reference": ref_info} if ref_info else {}),
     }
     atomic_write_json(out, detector)
     return detector
@@ -111,6 +196,7 @@ def read_detector(path: str | Path) -> dict:
     if missing or d["score"] not in SCORES or d["unit"] not in UNITS:
         raise DetectorError(f"{path} is a damaged detector file ({', '.join(missing) or 'score/unit'} missing or "
                             "unknown); fit it again with `slm anomaly fit`")  # fmt: skip
+    detector_reference(d)
     return d
 
 
@@ -119,16 +205,18 @@ def detect(detector: dict, source: str | Path, *, unit: str | None = None, text_
     """Per unit of `source`: id, score, flagged (score > threshold), and the unit's tokens, loss, bpb. `run` scores
     with another run dir than the detector's (a moved copy): its tokenizer must have the detector's fingerprint."""
     check_input(source)
+    uni = detector_reference(detector)
     model, tokenizer = load_detector_model(detector, run)
     kind, threshold = detector["score"], float(detector["threshold"])
     for r in score_source(model, tokenizer, source, unit=unit or detector["unit"],
                           text_field=text_field or detector.get("text_field", "text"),
-                          stride=int(detector.get("stride", 0)), top_spans=1,
-                          show_progress=show_progress):  # fmt: skip
+                          stride=int(detector.get("stride", 0)), top_spans=1, show_progress=show_progress,
+                          reference=None if uni is None else uni.loss):  # fmt: skip
         s = unit_score(r, kind)
         yield {"id": r["id"], "score": None if s is None else (s if math.isfinite(s) else "inf"),
                "flagged": None if s is None else bool(s > threshold), "tokens": r["tokens"], "loss": r["loss"],
-               "bpb": r["bpb"], **({"error": r["error"]} if r.get("error") else {}),
+               "bpb": r["bpb"], **({"ref_loss": r["ref_loss"]} if "ref_loss" in r else {}),
+               **({"error": r["error"]} if r.get("error") else {}),
                "top_span": r["top_spans"][0] if r["top_spans"] else None}  # fmt: skip
 
 
@@ -222,7 +310,7 @@ def plot_histograms(scores: list[float | None], labels: np.ndarray, threshold: f
     for cls, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
         ax.hist([s for s, y in pairs if y == cls], bins=bins, alpha=0.6, label=name, color=color)
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    ax.set_xlabel({"bpb": "bits per byte", "loss": "loss (nats/token)"}[kind])
+    ax.set_xlabel(LABELS[kind])
     ax.set_ylabel("units")
     ax.legend()
     fig.tight_layout()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,8 @@ UNITS = ("doc", "line", "window")
 DEFAULT_TOP_SPANS = 3
 BATCH_TOKENS = 4096  # tokens per forward pass: block 128 gives 32 windows a batch (benchmarks/bench_score.py)
 GROUP_TOKENS = 32_768  # tokens of units gathered before they are scored (bounds memory and output latency)
+Reference = Callable[[np.ndarray], float]
+"""A reference model's loss (nats per token) of a unit's predicted token ids, e.g. `data.unigram.Unigram.loss`."""
 
 
 class ScoreError(SlmError):
@@ -145,7 +147,8 @@ def token_char_offsets(tokenizer: Tokenizer, ids: np.ndarray, text: str) -> list
     return offsets
 
 
-def _result(tokenizer: Tokenizer, unit: Unit, ids: np.ndarray, nll: np.ndarray, top_spans: int, stride: int) -> dict:
+def _result(tokenizer: Tokenizer, unit: Unit, ids: np.ndarray, nll: np.ndarray, top_spans: int, stride: int,
+            reference: Reference | None = None) -> dict:  # fmt: skip
     n = len(ids) - 1
     out = {"id": unit.id, "chars": len(unit.text)}
     if unit.error:
@@ -164,6 +167,8 @@ def _result(tokenizer: Tokenizer, unit: Unit, ids: np.ndarray, nll: np.ndarray, 
             c1 = max(starts[p + 1], min(c0 + 1, len(unit.text)))  # a part of a character: that character
             spans.append({"start": c0, "end": c1, "text": unit.text[c0:c1], "token_index": p,
                           "surprisal_bits": float(nll[k]) / math.log(2)})  # fmt: skip
+    if reference is not None:
+        metrics["ref_loss"] = reference(ids[1:])
     return {**out, **metrics, "stride": stride, "top_spans": spans}
 
 
@@ -174,14 +179,15 @@ def batch_windows(block_size: int) -> int:
 
 
 def score_units(model: GPT, tokenizer: Tokenizer, units: Iterable[Unit | str], *, stride: int = 0,
-                top_spans: int = DEFAULT_TOP_SPANS, batch_size: int | None = None,
-                show_progress: bool = False, total: int | None = None) -> Iterator[dict]:  # fmt: skip
+                top_spans: int = DEFAULT_TOP_SPANS, batch_size: int | None = None, show_progress: bool = False,
+                total: int | None = None, reference: Reference | None = None) -> Iterator[dict]:  # fmt: skip
     """For each unit, in order: id, chars, tokens (predicted), loss (nats/token), ppl, bpb, bytes, stride and
     top_spans (the `top_spans` most surprising tokens: start/end character offsets into the unit's text, the text,
     token_index and surprisal in bits). Units are gathered up to GROUP_TOKENS tokens and scored together, so
     results stream; `batch_size` windows go through the model at once (default: BATCH_TOKENS // block_size, at
     least 1). A unit of fewer than 2 tokens has loss None (nothing is predicted); one the tokenizer cannot
-    encode (a character a char model never saw) has loss None and `error` saying why."""
+    encode (a character a char model never saw) has loss None and `error` saying why. With `reference`, each
+    scored unit also has ref_loss: the reference's loss of the same predicted tokens."""
     check_stride(stride)
     if isinstance(top_spans, bool) or not isinstance(top_spans, int) or top_spans < 0:
         raise ScoreError(f"top_spans must be a whole number >= 0, got {top_spans!r}")
@@ -195,7 +201,7 @@ def score_units(model: GPT, tokenizer: Tokenizer, units: Iterable[Unit | str], *
     def flush() -> Iterator[dict]:
         nlls = token_nlls(model, [ids for _, ids in group], stride, batch_size)
         for (unit, ids), nll in zip(group, nlls, strict=True):
-            yield _result(tokenizer, unit, ids, nll, top_spans, stride_used)
+            yield _result(tokenizer, unit, ids, nll, top_spans, stride_used, reference)
             bar.update(1)
         group.clear()
 
