@@ -12,6 +12,9 @@ end-of-middle, so its token count is reported).
 
     nice -n 5 python benchmarks/bench_fim.py [--work /tmp/slm-bench-fim] [--steps 400] [--items 300] [--set K=V ...]
 
+    nice -n 5 python benchmarks/bench_fim.py --work W --steps 3000 --set model.pos_emb=rope \
+        --fim-set data.fim_line_rate=0.5 --name fim_rope_lines --skip-latency     # a variant of the FIM model only
+
 Runs and data are kept in --work and reused by a second call. Writes benchmarks/results/fim.json and fim.md
 (fim_4x128.* keep the figures of the default 4 x 128 pair; fim.* now hold --set model.n_embd=256 --set
 train.dtype=bf16 --steps 3500).
@@ -77,23 +80,26 @@ def trained(work: Path, name: str, preset: str, overrides: list[str]) -> tuple[P
     return run, time.time() - t0
 
 
-def quality(work: Path, data: Path, steps: int, items: int, extra: list[str]) -> dict:
+def quality(work: Path, data: Path, steps: int, items: int, extra: list[str], fim_extra: list[str]) -> dict:
     from slmkit.base.config_files import load_config
     from slmkit.engine.evaluate import evaluate_run
 
     cfg = load_config("default", [*QUALITY, *extra])
     m = cfg.model
     size = f"{m.n_layer} x {m.n_embd}, block {m.block_size}, {cfg.train.dtype}"
-    out = {"load_avg_start": os.getloadavg(), "overrides": extra, "model": size}
+    out = {"load_avg_start": os.getloadavg(), "overrides": extra, "fim_overrides": fim_extra, "model": size}
+    fim_name = "fim50" + "".join("-" + x.split(".")[-1].replace("=", "") for x in fim_extra)  # its own run dir
     for name, rate in (("fim0", 0.0), ("fim50", 0.5)):
-        run, seconds = trained(work, name, "default", [*QUALITY, *extra, f"data.dir={data}", f"data.fim_rate={rate}",
-                                                      f"train.max_steps={steps}"])  # fmt: skip
+        own = fim_extra if rate else []
+        run, seconds = trained(work, fim_name if rate else name, "default",
+                               [*QUALITY, *extra, f"data.dir={data}", f"data.fim_rate={rate}",
+                                f"train.max_steps={steps}", *own])  # fmt: skip
         res = evaluate_run(run, ["val", "fim-line", "next-line"], limit=items, progress=False)
         out[name] = {"fim_rate": rate, "train_seconds": seconds, "val_loss": res["val"]["metrics"]["loss"],
                      **{f"{t}/{m}": v for t in ("fim-line", "next-line") for m, v in res[t]["metrics"].items()},
                      "fim_line_mode": res["fim-line"]["mode"], "items": res["fim-line"]["n"]}  # fmt: skip
-    for name in ("fim0", "fim50"):
-        out[name]["middle_loss"] = middle_losses(work / "runs" / name, data)
+    for name, run_name in (("fim0", "fim0"), ("fim50", fim_name)):
+        out[name]["middle_loss"] = middle_losses(work / "runs" / run_name, data)
     base, fim = out["fim0"], out["fim50"]
     ratio = fim["fim-line/exact_match"] / base["fim-line/exact_match"] if base["fim-line/exact_match"] else None
     worse = 100 * (fim["val_loss"] - base["val_loss"]) / base["val_loss"]
@@ -249,6 +255,8 @@ def markdown(res: dict) -> str:
         size = q.get("model", "4 x 128, block 256")
         lines += [
             f"- FIM for free ({size}, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
+            + (f"both with {' '.join(q['overrides'])}; " if q.get("overrides") else "")
+            + (f"the FIM model with {' '.join(q['fim_overrides'])}; " if q.get("fim_overrides") else "")
             + (
                 "runs reused from --work"
                 if a["train_seconds"] is None
@@ -294,6 +302,10 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override of both quality models after the 4 x 128 defaults (repeatable), e.g. "
                          "--set model.n_embd=256 --set train.dtype=bf16")  # fmt: skip
+    ap.add_argument("--fim-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of the FIM model only (repeatable), e.g. --fim-set data.fim_line_rate=0.5; "
+                         "it gets its own run dir, the FIM-less model is reused")  # fmt: skip
+    ap.add_argument("--name", default="fim", help="results file name: benchmarks/results/NAME.json and .md")
     ap.add_argument("--repeats", type=int, default=50, help="timed completions per latency path")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the latency paths")
     ap.add_argument("--skip-quality", action="store_true")
@@ -311,15 +323,16 @@ def main() -> None:
         res = {**res, "quality": old["quality"]}
         args.skip_latency = True
     elif not args.skip_quality:
-        res["quality"] = quality(work, data, args.steps, args.items, args.set)
+        res["quality"] = quality(work, data, args.steps, args.items, args.set, args.fim_set)
     if not args.skip_latency:
         res["latency"] = latency(work, data, args.repeats, args.threads)
     res["load_avg_end"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    old = json.loads((RESULTS / "fim.json").read_text()) if (RESULTS / "fim.json").is_file() else {}
+    js, md = RESULTS / f"{args.name}.json", RESULTS / f"{args.name}.md"
+    old = json.loads(js.read_text()) if js.is_file() else {}
     res = {**old, **res}  # a partial run (--skip-...) keeps the other part's last figures
-    (RESULTS / "fim.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / "fim.md").write_text(markdown(res))
+    js.write_text(json.dumps(res, indent=1))
+    md.write_text(markdown(res))
     print(markdown(res))
 
 

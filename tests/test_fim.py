@@ -37,6 +37,7 @@ from slmkit.data.fim import (
     finish,
     heal,
     infill_order,
+    line_start_tokens,
     permute,
 )
 from slmkit.data.loader import TokenLoader
@@ -123,6 +124,34 @@ def test_permute_rearranges_and_loses_nothing(spm):
         assert (out[1] == spec.suffix_id) == (spm == 1.0)
     off = SPEC.__class__(**{**SPEC.__dict__, "rate": 0.0})
     assert np.array_equal(permute(content, np.random.default_rng(0), off), content)
+
+
+def test_line_middles_are_one_whole_line_and_line_rate_0_keeps_the_draws(stdlib_dir):
+    tok = ensure_fim_tokens(train_bpe([(stdlib_dir / "textwrap.py").read_text(encoding="utf-8")], 400))
+    starts = line_start_tokens(tok)
+    assert starts[tok.encode("\n")[0]] and not starts[tok.encode("x")[0]]
+    content = np.array(tok.encode(SOURCE), dtype=np.int64)
+    spec = FimSpec.from_tokenizer(tok, 1.0, 0.0, line_rate=1.0)  # PSM: <pre> prefix <suf> suffix <mid> middle
+    middles = set()
+    for seed in range(30):
+        s = permute(content, np.random.default_rng(seed), spec).tolist()
+        p, q, m = s.index(spec.prefix_id), s.index(spec.suffix_id), s.index(spec.middle_id)
+        prefix, suffix, middle = tok.decode(s[p + 1 : q]), tok.decode(s[q + 1 : m]), tok.decode(s[m + 1 :])
+        assert prefix + middle + suffix == SOURCE  # nothing lost
+        assert middle.startswith("\n") and suffix.startswith("\n")  # cut where lines start ...
+        assert "\n" not in middle.lstrip("\n")  # ... around one line
+        middles.add(middle.strip())
+    assert len(middles) > 4  # different lines are drawn
+    plain = FimSpec.from_tokenizer(tok, 1.0, 1.0)
+    assert plain.line_starts is None
+    for seed in range(5):  # line_rate 0 makes no extra draw: the cuts of older runs are unchanged
+        rng = np.random.default_rng(seed)
+        rng.random(2)
+        lo, hi = np.sort(rng.integers(0, len(content) + 1, size=2))
+        want = [plain.prefix_id, plain.suffix_id, *content[hi:], plain.middle_id, *content[:lo], *content[lo:hi]]
+        assert permute(content, np.random.default_rng(seed), plain).tolist() == want
+    with pytest.raises(SlmError, match="data.fim_rate is 0"):
+        DataConfig(fim_line_rate=0.5)
 
 
 def test_fim_window_is_a_pure_function_of_seed_document_and_offset():
@@ -244,7 +273,7 @@ def _train(ds, out, name, *extra):
 
 @pytest.fixture(scope="module")
 def fim_run(tiny_dataset, tmp_path_factory):
-    return _train(tiny_dataset(), tmp_path_factory.mktemp("runs"), "fim", "data.fim_rate=0.5")
+    return _train(tiny_dataset(), tmp_path_factory.mktemp("runs"), "fim", "data.fim_rate=0.5", "data.fim_line_rate=0.5")
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +284,11 @@ def plain_run(tiny_dataset, tmp_path_factory):
 def test_fim_run_has_the_tokens_and_resumes_exactly(fim_run, tiny_dataset, tmp_path):
     model, tok, cfg, _ = load_model(fim_run)
     assert tok.has_fim_tokens and cfg.data.fim_rate == 0.5 and model.config.vocab_size >= tok.vocab_size
+    assert cfg.data.fim_line_rate == 0.5
     assert tok.vocab_size == load_dataset_tokenizer(tiny_dataset()).vocab_size + 3  # appended to char
-    whole = _train(tiny_dataset(), tmp_path, "whole", "data.fim_rate=0.5")
-    cut = _train(tiny_dataset(), tmp_path, "cut", "data.fim_rate=0.5", "train.ckpt_every=3")
+    lines = "data.fim_line_rate=0.5"  # line middles resume exactly too
+    whole = _train(tiny_dataset(), tmp_path, "whole", "data.fim_rate=0.5", lines)
+    cut = _train(tiny_dataset(), tmp_path, "cut", "data.fim_rate=0.5", lines, "train.ckpt_every=3")
     train(overrides=["train.max_steps=6"], resume=cut, progress=False)
 
     def losses(run):

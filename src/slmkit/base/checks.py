@@ -82,6 +82,7 @@ RANGES: dict[str, Range] = {
     "data.near_threshold": Range(0, 1, low_open=True),
     "data.fim_rate": Range(0, 1, note="0 = no fill-in-the-middle"),
     "data.fim_spm_rate": Range(0, 1),
+    "data.fim_line_rate": Range(0, 1),
     "data.shuffle_buffer": _POS._replace(note="documents; 1 = no document shuffle"),
     "data.val_tokens": _POS,
     "data.stream_workers": _nat("0 = one background thread"),

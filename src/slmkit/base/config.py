@@ -170,6 +170,10 @@ class DataConfig:
     which records that the weights can infill."""
     fim_spm_rate: float = 0.5
     """Of the FIM documents, the share in suffix-prefix-middle order instead of prefix-suffix-middle."""
+    fim_line_rate: float = 0.0
+    """Of the FIM documents, the share whose middle is one whole line (cut where a token starts a new line) instead
+    of a span between two random positions: the case of an editor completing the line at the cursor, which random
+    spans seldom give (`slmkit.data.fim`). Needs data.fim_rate > 0."""
     format: str = "text"
     """text (pretraining on prepared token shards) | auto | alpaca | messages | prompt_completion (supervised
     fine-tuning: chat examples read from data.source, loss only on the assistant's replies) | pairs (contrastive
@@ -228,6 +232,10 @@ class DataConfig:
         for name in self.filters:
             _check_choice("data", "filters", name, QUALITY_FILTERS)
         _check_choice("data", "contamination", self.contamination, CONTAMINATION_MODES)
+        if self.fim_line_rate > 0 and self.fim_rate <= 0:
+            raise ConfigError("data.fim_line_rate shapes the middles of fill-in-the-middle documents, but "
+                              "data.fim_rate is 0; set data.fim_rate > 0 (e.g. 0.5) or leave data.fim_line_rate at "
+                              "0")  # fmt: skip
 
 
 @dataclass

@@ -8,7 +8,11 @@ prefix, middle and suffix and rearranged:
     PSM  <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle
     SPM  <|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix middle      (share `spm_rate`)
 
-(SPM is the paper's appendix variant that StarCoder uses: the prefix runs straight into the middle.) The middle is
+(SPM is the paper's appendix variant that StarCoder uses: the prefix runs straight into the middle.) With
+`line_rate` (data.fim_line_rate), that share of the FIM pieces instead cut their middle at two consecutive line
+starts (tokens that begin with a newline): the middle is one whole line, "\n" and indentation first, and the suffix
+starts at the next line's newline, exactly what an editor's line completion asks for (`fim_prompt` holds the
+prefix's trailing newline back, see `heal`). Uniform random cuts rarely make such a middle. The middle is
 followed by whatever comes next in the window, usually the next document's end-of-text, so a model learns to end a
 middle with end-of-text. Each rearranged piece is 3 tokens longer; the window is cut back to its length at the end.
 This is the paper's context-level FIM (applied after windows are cut, per document piece), which it found better
@@ -36,7 +40,7 @@ generated text's leading whitespace).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,7 +61,8 @@ class FimError(SlmError, ValueError):
 
 @dataclass(frozen=True)
 class FimSpec:
-    """What the transform needs: the rates and the token ids of the sentinels and end-of-text."""
+    """What the transform needs: the rates, the token ids of the sentinels and end-of-text, and (for line middles)
+    which token ids start a new line."""
 
     rate: float
     spm_rate: float
@@ -65,13 +70,22 @@ class FimSpec:
     suffix_id: int
     middle_id: int
     eot_id: int
+    line_rate: float = 0.0
+    line_starts: np.ndarray | None = field(default=None, compare=False)
+    """(vocab,) bool: the token's text begins with a newline. Needed when line_rate > 0."""
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer, rate: float, spm_rate: float) -> FimSpec:
+    def from_tokenizer(cls, tokenizer: Tokenizer, rate: float, spm_rate: float, line_rate: float = 0.0) -> FimSpec:
         if not tokenizer.has_fim_tokens:
             raise TokenizerError(f"the {tokenizer.name} tokenizer has no FIM tokens ({', '.join(FIM_TOKENS)})")
         tid = tokenizer.token_id
-        return cls(rate, spm_rate, tid(FIM_PREFIX), tid(FIM_SUFFIX), tid(FIM_MIDDLE), tid(EOT))
+        starts = line_start_tokens(tokenizer) if line_rate > 0 else None
+        return cls(rate, spm_rate, tid(FIM_PREFIX), tid(FIM_SUFFIX), tid(FIM_MIDDLE), tid(EOT), line_rate, starts)
+
+
+def line_start_tokens(tokenizer: Tokenizer) -> np.ndarray:
+    """(vocab_size,) bool: which token ids decode to text that begins with a newline."""
+    return np.array([tokenizer.decode([i]).startswith("\n") for i in range(tokenizer.vocab_size)], dtype=bool)
 
 
 def ensure_fim_tokens(tokenizer: Tokenizer) -> Tokenizer:
@@ -91,11 +105,17 @@ def ensure_fim_tokens(tokenizer: Tokenizer) -> Tokenizer:
 
 def permute(content: np.ndarray, rng: np.random.Generator, spec: FimSpec) -> np.ndarray:
     """`content` (n,) rearranged into PSM or SPM (n + 3,) with probability spec.rate, else returned as is. The draws
-    are always made in the same order (fim?, spm?, two cuts), so they depend on nothing but the generator."""
+    are always made in the same order (fim?, spm?, two cuts, then for a FIM piece line middle? and which line), so
+    they depend on nothing but the generator."""
     u_fim, u_spm = rng.random(2)
     lo, hi = np.sort(rng.integers(0, len(content) + 1, size=2))
     if u_fim >= spec.rate or len(content) == 0:
         return content
+    if spec.line_rate > 0 and rng.random() < spec.line_rate:  # drawn last: line_rate 0 keeps the draws above
+        starts = np.flatnonzero(spec.line_starts[content])
+        if len(starts) >= 2:  # a whole line lies in the piece: it is the middle
+            k = int(rng.integers(len(starts) - 1))
+            lo, hi = starts[k], starts[k + 1]
     prefix, middle, suffix = content[:lo], content[lo:hi], content[hi:]
     pre, suf, mid = (np.array([t], dtype=content.dtype) for t in (spec.prefix_id, spec.suffix_id, spec.middle_id))
     if u_spm < spec.spm_rate:
