@@ -61,6 +61,28 @@ def test_probabilities_are_the_tempered_posterior_of_each_label_models_likelihoo
     assert [r["label"] for r in clf.predict(enumerate(texts))] == ["code", "prose"]
 
 
+def test_predict_streams_in_chunks_with_the_same_answers(setup, monkeypatch):
+    _, _, clf_dir, _, _ = setup
+    clf = classify.load_classifier(clf_dir)
+    texts = ["def f(x):\n    return x + 1", "She walked along the harbour wall.", "import os\nos.getcwd()"]
+    whole = list(clf.predict(enumerate(texts)))
+    monkeypatch.setattr(classify_lm, "PREDICT_CHUNK", 2)
+    read = []
+
+    def items():
+        for i, t in enumerate(texts):
+            read.append(i)
+            yield i, t
+
+    stream = clf.predict(items())
+    first = next(stream)
+    assert read == [0, 1]  # the first record comes before the third text is read
+    got = [first, *stream]  # the same answers (batches of other sizes round differently in the last digits)
+    assert [(r["id"], r["label"]) for r in got] == [(r["id"], r["label"]) for r in whole]
+    for a, b in zip(got, whole, strict=True):
+        assert a["probs"] == pytest.approx(b["probs"], rel=1e-4, abs=1e-9)
+
+
 def test_predict_and_eval_cli(setup, run_cli, tmp_path):
     _, _, clf, _, test_file = setup
     out = tmp_path / "pred.jsonl"

@@ -20,6 +20,7 @@ records joined by blank lines; its last share, 1.5 blocks and the longest record
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import shutil
@@ -48,6 +49,7 @@ MIN_CALIBRATION = 10  # held-out records needed to fit the temperature (fewer: T
 _OWNED = ("data.source", "data.dir", "data.format", "train.name", "train.out_dir", "train.init_from")
 MIN_WINDOWS = 5  # a label's text must fill this many blocks (and twice its val split)
 SEPARATOR = "\n\n"  # between a label's records in its training text
+PREDICT_CHUNK = 1024  # texts every label's model reads before their predictions are yielded
 
 
 def calibration_split(examples: list[Example], labels: list[str], share: float, seed: int) -> tuple[list, list]:
@@ -215,11 +217,13 @@ class LabelLMClassifier:
 
     def predict(self, items: Iterable[tuple[str, str]], show_progress: bool = False,
                 total: int | None = None) -> Iterator[dict]:  # fmt: skip
-        """Per (id, text): id, label, probability, probs. Every label's model reads all texts before the first
-        record (one model in memory at a time)."""
-        items = list(items)
-        probs = self.probabilities([t for _, t in items], show_progress)
-        for (id_, _), p in zip(items, probs, strict=True):
-            k = int(p.argmax())
-            yield {"id": id_, "label": self.labels[k], "probability": float(p[k]),
-                   "probs": {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}}  # fmt: skip
+        """Per (id, text): id, label, probability, probs. Items are read PREDICT_CHUNK at a time: every label's model
+        reads a chunk (one model in memory at a time) before its records are yielded, so output streams and memory
+        stays bounded on any input size."""
+        it = iter(items)
+        while chunk := list(itertools.islice(it, PREDICT_CHUNK)):
+            probs = self.probabilities([t for _, t in chunk], show_progress)
+            for (id_, _), p in zip(chunk, probs, strict=True):
+                k = int(p.argmax())
+                yield {"id": id_, "label": self.labels[k], "probability": float(p[k]),
+                       "probs": {lab: float(v) for lab, v in zip(self.labels, p, strict=True)}}  # fmt: skip
