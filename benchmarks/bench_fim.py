@@ -88,7 +88,7 @@ def quality(work: Path, data: Path, steps: int, items: int, extra: list[str], fi
     m = cfg.model
     size = f"{m.n_layer} x {m.n_embd}, block {m.block_size}, {cfg.train.dtype}"
     out = {"load_avg_start": os.getloadavg(), "overrides": extra, "fim_overrides": fim_extra, "model": size}
-    fim_name = "fim50" + "".join("-" + x.split(".")[-1].replace("=", "") for x in fim_extra)  # its own run dir
+    fim_name = "fim50" + "".join("-" + x.partition("=")[0].split(".")[-1] + x.partition("=")[2] for x in fim_extra)
     for name, rate in (("fim0", 0.0), ("fim50", 0.5)):
         own = fim_extra if rate else []
         run, seconds = trained(work, fim_name if rate else name, "default",

@@ -12,7 +12,9 @@ prefix, middle and suffix and rearranged:
 `line_rate` (data.fim_line_rate), that share of the FIM pieces instead cut their middle at two consecutive line
 starts (tokens that begin with a newline): the middle is one whole line, "\n" and indentation first, and the suffix
 starts at the next line's newline, exactly what an editor's line completion asks for (`fim_prompt` holds the
-prefix's trailing newline back, see `heal`). Uniform random cuts rarely make such a middle. The middle is
+prefix's trailing newline back, see `heal`). Uniform random cuts rarely make such a middle; with half the middles
+whole lines, a 4 x 128 modern-block model's fim-line exact match is 0.053 against a FIM-less model's 0.040
+(benchmarks/results/fim_modern_lines.md). The middle is
 followed by whatever comes next in the window, usually the next document's end-of-text, so a model learns to end a
 middle with end-of-text. Each rearranged piece is 3 tokens longer; the window is cut back to its length at the end.
 This is the paper's context-level FIM (applied after windows are cut, per document piece), which it found better
