@@ -74,13 +74,17 @@ def sources(tmp_path, stdlib_dir):
     return normal, test, labels, rows
 
 
+def fit_detector(run_cli, run, normal, det, *extra) -> tuple[dict, str]:
+    """`slm anomaly fit` that must succeed: (the detector it wrote, its stdout)."""
+    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, *extra, "--out", det, "--no-progress")
+    assert code == 0, err
+    return json.loads(det.read_text()), out
+
+
 def test_fit_then_detect_separates_prose_from_python(run, run_cli, sources, tmp_path):
     normal, test, labels, rows = sources
     det = tmp_path / "detector.json"
-    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, "--unit", "window", "--fpr", "0.05",
-                             "--out", det, "--no-progress")  # fmt: skip
-    assert code == 0, err
-    d = json.loads(det.read_text())
+    d, out = fit_detector(run_cli, run, normal, det, "--unit", "window", "--fpr", "0.05")
     assert d["score"] == "bpb" and d["unit"] == "window" and d["fpr"] == 0.05 and d["run"] == str(run.resolve())
     assert d["calibration"]["scored"] >= 20 and d["calibration"]["flagged_fraction"] <= 0.05
     assert d["calibration"]["min"] <= d["threshold"] <= d["calibration"]["max"]
@@ -176,10 +180,7 @@ def test_training_split_counts_match_its_shards(run):
 def test_ratio_detector_from_training_counts(run, run_cli, sources, tmp_path):
     normal, test, labels, rows = sources
     det = tmp_path / "ratio.json"
-    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, "--unit", "window", "--fpr", "0.05",
-                             "--score", "ratio", "--out", det, "--no-progress")  # fmt: skip
-    assert code == 0, err
-    d = json.loads(det.read_text())
+    d, out = fit_detector(run_cli, run, normal, det, "--unit", "window", "--fpr", "0.05", "--score", "ratio")
     ref = d["reference"]
     assert d["score"] == "ratio" and d["version"] == 3 and ref["kind"] == "train" and "unigram reference" in out
     assert len(ref["counts"]) == run_tokenizer(run).vocab_size and sum(ref["counts"]) == ref["tokens"] > 100_000
@@ -199,11 +200,7 @@ def test_ratio_detector_from_training_counts(run, run_cli, sources, tmp_path):
 
 def test_ratio_detector_from_the_calibration_text(run, run_cli, sources, tmp_path):
     normal, _test, _labels, _rows = sources
-    det = tmp_path / "ratio.json"
-    code, out, err = run_cli("anomaly", "fit", run, "--normal", normal, "--score", "ratio", "--reference", "normal",
-                             "--out", det, "--no-progress")  # fmt: skip
-    assert code == 0, err
-    d = json.loads(det.read_text())
+    d, _ = fit_detector(run_cli, run, normal, tmp_path / "ratio.json", "--score", "ratio", "--reference", "normal")
     tok = run_tokenizer(run)
     texts = [p.read_text(encoding="utf-8") for p in sorted(normal.iterdir())]
     assert d["reference"]["kind"] == "normal" and d["reference"]["tokens"] == sum(len(tok.encode(t)) for t in texts)
@@ -226,10 +223,8 @@ def test_ratio_refusals(run, run_cli, sources, tmp_path):
     code, _, err = run_cli("anomaly", "fit", moved, "--normal", normal, "--score", "ratio", "--reference", "train",
                            "--out", tmp_path / "d.json")  # fmt: skip
     assert code == 2 and "--reference normal" in err and not (tmp_path / "d.json").exists(), err
-    code, _, err = run_cli("anomaly", "fit", moved, "--normal", normal, "--score", "ratio", "--out",
-                           tmp_path / "d.json", "--no-progress")  # fmt: skip
-    assert code == 0 and json.loads((tmp_path / "d.json").read_text())["reference"]["kind"] == "normal", err
-    d = json.loads((tmp_path / "d.json").read_text())
+    d, _ = fit_detector(run_cli, moved, normal, tmp_path / "d.json", "--score", "ratio")  # auto: falls back
+    assert d["reference"]["kind"] == "normal"
     del d["reference"]["counts"]
     (tmp_path / "d.json").write_text(json.dumps(d))
     code, _, err = run_cli("anomaly", "detect", tmp_path / "d.json", "--input", test)
