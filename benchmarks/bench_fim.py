@@ -77,6 +77,9 @@ def trained(work: Path, name: str, preset: str, overrides: list[str]) -> tuple[P
         shutil.rmtree(run)
     t0 = time.time()
     train(cfg, overrides=overrides, progress=False)
+    status = json.loads((run / "run.json").read_text()).get("status")
+    if status != "finished":  # Ctrl-C / SIGTERM stop training cleanly (a checkpoint): stop the benchmark too
+        raise SystemExit(f"{run} did not finish (status {status}); the benchmark stops")
     return run, time.time() - t0
 
 
