@@ -106,6 +106,9 @@ def test_quantize_writes_a_loadable_artifact_and_a_report(run, method, tmp_path)
     assert abs(r["quality"]["loss_delta_pct"]) < 2.0, r["quality"]  # a tiny barely-trained model: generous
     assert r["agreement"]["prompts"] > 0
     assert "decode tok/s" in format_report(r)
+    slow = {**r, "speed": {**r["speed"], "decode_speedup": 0.25}}  # as int8 on a CPU without VNNI
+    assert "decodes 4.0x slower than fp32" in format_report(slow)
+    assert "slower than fp32" not in format_report({**r, "speed": {**r["speed"], "decode_speedup": 1.5}})
 
     model, tok, cfg, path = load_model(out)  # every consumer loads through load_model
     fp32, *_ = load_model(run)

@@ -160,6 +160,10 @@ def format_report(r: dict) -> str:
               "first difference (mean)."]  # fmt: skip
     if not q:
         lines.append("Val loss: no dataset found (pass --data DATASET_DIR).")
+    if sp["decode_speedup"] < 1:
+        lines.append(f"On this CPU {m} decodes {1 / sp['decode_speedup']:.1f}x slower than fp32 (fast int8 needs "
+                     "AVX-512 VNNI or AVX-VNNI, fast bf16 AVX512-BF16 or AMX): serve the fp32 run when speed matters; "
+                     "the smaller file stays.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
