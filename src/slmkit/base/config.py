@@ -8,18 +8,14 @@ Validation lives in each section's `__post_init__` and names the field to change
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import os
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from slmkit.base import config_sections
 from slmkit.base.checks import (
     CONTAMINATION_MODES,
     DEDUP_METHODS,
@@ -27,6 +23,7 @@ from slmkit.base.checks import (
     show,
     suggest,
 )
+from slmkit.base.config_docs import field_docs
 from slmkit.base.config_sections import (
     ConfigError,
     DistillConfig,
@@ -375,33 +372,7 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Field help: the docstring under each field, read from the source once.
-
-
-@functools.cache
-def _docs_by_class() -> dict[str, dict[str, str]]:
-    """Class name -> {field name -> the docstring written right under it}, for every class of this module (one
-    parse of this file: `inspect.getsource` per class is several times slower, and `slm --help` reads them)."""
-    classes = []
-    for source in (Path(__file__), Path(config_sections.__file__)):  # the tree and its leaf sections
-        try:
-            classes += [n for n in ast.parse(source.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)]
-        except OSError:  # pragma: no cover - source not available (frozen app)
-            continue
-    out = {}
-    for cls in classes:
-        docs = out.setdefault(cls.name, {})
-        for node, nxt in zip(cls.body, cls.body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else None
-                if isinstance(doc, str):
-                    docs[node.target.id] = " ".join(doc.split())
-    return out
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Map field name -> the docstring written right under it in the class body."""
-    return _docs_by_class().get(cls.__name__, {})
+# Field help: the docstring under each field (`config_docs`), by dotted key.
 
 
 def _section_of(key: str) -> tuple[type, str]:
