@@ -545,6 +545,11 @@ def override_key(item: str) -> str:
     return item.split("=", 1)[0].strip().removeprefix("--")
 
 
+def owned_override(overrides: list[str], owned: tuple[str, ...]) -> str | None:
+    """The first key of `overrides` that is in `owned` (fields a verb sets itself, so a user may not), or None."""
+    return next((k for k in map(override_key, overrides) if k in owned), None)
+
+
 def override_value(overrides: list[str], key: str) -> str | None:
     """The value the last `key=value` of `overrides` gives (stripped), or None when none names `key`."""
     for item in reversed(overrides):

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from slmkit.base.config import DataConfig
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import EOT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FIM_TOKENS, Tokenizer, TokenizerError
 from slmkit.model.generate import generate
@@ -83,6 +84,13 @@ class FimSpec:
         tid = tokenizer.token_id
         starts = line_start_tokens(tokenizer) if line_rate > 0 else None
         return cls(rate, spm_rate, tid(FIM_PREFIX), tid(FIM_SUFFIX), tid(FIM_MIDDLE), tid(EOT), line_rate, starts)
+
+    @classmethod
+    def from_config(cls, tokenizer: Tokenizer, data: DataConfig) -> FimSpec | None:
+        """The transform a run's data section asks for (data.fim_rate, fim_spm_rate, fim_line_rate); None at rate 0."""
+        if data.fim_rate <= 0:
+            return None
+        return cls.from_tokenizer(tokenizer, data.fim_rate, data.fim_spm_rate, data.fim_line_rate)
 
 
 def line_start_tokens(tokenizer: Tokenizer) -> np.ndarray:

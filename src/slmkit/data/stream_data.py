@@ -288,9 +288,7 @@ class StreamData:
         """loaders(split, seed) for the Trainer: one StreamLoader for "train", the fixed val windows for "val"
         (built once, on first use). `tokenizer` is the run's (with FIM tokens when data.fim_rate > 0)."""
         d, val = self.data_cfg, []
-        fim = None
-        if d.fim_rate > 0:
-            fim = FimSpec.from_tokenizer(tokenizer, d.fim_rate, d.fim_spm_rate, d.fim_line_rate)
+        fim = FimSpec.from_config(tokenizer, d)
         identity = {"mix": [[s.name, s.weight] for s in self.sources], "tokenizer": tokenizer.fingerprint,
                     "shuffle_buffer": d.shuffle_buffer}  # fmt: skip
 

@@ -227,9 +227,7 @@ class Trainer:
         if split == "val":
             return TokenLoader(self.dataset_dir, "val", t.batch_size, block, seed=seed)
         d = self.cfg.data  # fill-in-the-middle rearranges training windows only: the val loss stays left-to-right
-        fim = None
-        if d.fim_rate > 0:
-            fim = FimSpec.from_tokenizer(self.tokenizer, d.fim_rate, d.fim_spm_rate, d.fim_line_rate)
+        fim = FimSpec.from_config(self.tokenizer, d)
         return TokenLoader(self.dataset_dir, "train", t.batch_size, block, seed=seed,
                            align_to_docs=self.cfg.data.align_to_docs, rank=self.rt.rank,
                            world_size=self.rt.world_size, shard="batches", fim=fim,

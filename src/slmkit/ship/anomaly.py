@@ -29,7 +29,7 @@ import numpy as np
 from slmkit.base.atomic import atomic_path, atomic_write_json
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import Tokenizer, TokenizerError
-from slmkit.data.dataset import read_meta
+from slmkit.data.dataset import check_tokenizer
 from slmkit.data.sources import DataError
 from slmkit.data.unigram import Unigram, count_split, count_texts
 from slmkit.runs.checkpoint import check_run_dir, load_model, read_run_info, run_tokenizer
@@ -66,13 +66,18 @@ def _training_counts(run: str | Path, tokenizer: Tokenizer) -> tuple[np.ndarray,
     if not dataset or not (Path(dataset) / "meta.json").is_file():
         return f"{run} records no prepared training data on this machine (dataset: {dataset or 'none'})"
     try:
-        recorded = read_meta(dataset)["tokenizer"].get("fingerprint")
-        if recorded != tokenizer.fingerprint:
-            return f"its training data {dataset} has tokenizer {recorded}, not the run's {tokenizer.fingerprint}"
+        check_tokenizer(dataset, tokenizer)
         counts, tokens = count_split(dataset, "train", tokenizer.vocab_size)
-    except DataError as e:
-        return f"its training data cannot be read: {e}"
+    except (DataError, TokenizerError) as e:
+        return f"its training data {dataset} cannot be used: {e}"
     return counts, tokens, str(Path(dataset).resolve())
+
+
+def _check_reference(choice: str, score: str) -> None:
+    if score != "ratio":
+        raise DetectorError(f"--reference sets the unigram of --score ratio; it means nothing with --score {score}")
+    if choice not in REFERENCES:
+        raise DetectorError(f"unknown reference {choice!r}; pick one of {', '.join(REFERENCES)}")
 
 
 def _unit_ids(tokenizer: Tokenizer, unit: Unit) -> np.ndarray:
@@ -87,8 +92,7 @@ def _unit_ids(tokenizer: Tokenizer, unit: Unit) -> np.ndarray:
 def build_reference(run: str | Path, tokenizer: Tokenizer, normal: str | Path, choice: str, *, unit: str = "doc",
                     text_field: str = "text", block_size: int = 0) -> tuple[Unigram, dict]:  # fmt: skip
     """The unigram reference of --score ratio (`REFERENCES`) and what the detector records of it."""
-    if choice not in REFERENCES:
-        raise DetectorError(f"unknown reference {choice!r}; pick one of {', '.join(REFERENCES)}")
+    _check_reference(choice, "ratio")
     found = _training_counts(run, tokenizer) if choice in ("auto", "train") else "--reference normal"
     if isinstance(found, str) and choice == "train":
         raise DetectorError(f"--reference train: {found}; use --reference normal to count the calibration text")
@@ -126,10 +130,8 @@ def fit(run: str | Path, normal: str | Path, out: str | Path, *, fpr: float = 0.
         raise DetectorError(f"unknown score {score!r}; pick one of {', '.join(SCORES)}")
     if unit not in UNITS:
         raise DetectorError(f"unknown unit {unit!r}; pick one of {', '.join(UNITS)}")
-    if reference is not None and score != "ratio":
-        raise DetectorError(f"--reference sets the unigram of --score ratio; it means nothing with --score {score}")
-    if reference is not None and reference not in REFERENCES:
-        raise DetectorError(f"unknown reference {reference!r}; pick one of {', '.join(REFERENCES)}")
+    if reference is not None:
+        _check_reference(reference, score)
     if Path(out).is_dir():
         raise DetectorError(f"{out} is a directory; --out names the detector file to write, e.g. {out}/detector.json")
     check_input(normal)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
-from slmkit.base.config import override_key, override_value
+from slmkit.base.config import override_key, override_value, owned_override
 from slmkit.base.console import progress
 from slmkit.base.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer
 from slmkit.data.chat import ensure_chat_tokens, render
@@ -94,11 +94,10 @@ def prompt(text: str) -> str:
 
 
 def _check_overrides(overrides: list[str]) -> None:
-    for o in overrides:
-        key = override_key(o)
-        if key in _OWNED:
-            raise ClassifyError(f"{key} is set by `slm classify train` (prompt/completion pairs made from --data); "
-                                "drop that override")  # fmt: skip
+    key = owned_override(overrides, _OWNED)
+    if key:
+        raise ClassifyError(f"{key} is set by `slm classify train` (prompt/completion pairs made from --data); "
+                            "drop that override")  # fmt: skip
 
 
 def train(parent: str | Path, data: str | Path, *, text_field: str = "text", label_field: str = "label",

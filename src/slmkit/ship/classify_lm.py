@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.base.atomic import atomic_path, atomic_write_json
-from slmkit.base.config import override_key, override_value
+from slmkit.base.config import override_value, owned_override
 from slmkit.base.console import progress, say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train as train_run
@@ -78,11 +78,10 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
           progress: bool = True, meta: dict) -> Path:  # fmt: skip
     """Train one child run of `parent` per label under `out`, fit the temperature on the held-out records, write
     out/classify.json (`meta`, which holds label_counts, plus this method's fields); returns `out`."""
-    for o in overrides:
-        key = override_key(o)
-        if key in _OWNED:
-            raise ClassifyError(f"{key} is set by `slm classify train --method lm` (one run per label, under the "
-                                "classifier's folder); drop that override")  # fmt: skip
+    key = owned_override(overrides, _OWNED)
+    if key:
+        raise ClassifyError(f"{key} is set by `slm classify train --method lm` (one run per label, under the "
+                            "classifier's folder); drop that override")  # fmt: skip
     run = ckpt_io.check_run_dir(parent)
     ckpt = ckpt_io.resolve_checkpoint(run, checkpoint)
     tokenizer = ckpt_io.run_tokenizer(run)
