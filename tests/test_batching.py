@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from slmkit.base.config import ModelConfig
 from slmkit.base.tokenizer import train_bpe
+from slmkit.model import int8mm
 from slmkit.model.generate import generate
-from slmkit.model.gpt import GPT, int8_rows
+from slmkit.model.gpt import GPT
+from slmkit.model.int8mm import EXACT_K, int8_rows
 from slmkit.model.qweights import _swap_linears, int8_state_dict
 from slmkit.ship.serve.engine import Engine, EngineBusy, Job
 
@@ -259,3 +261,20 @@ def test_cli_serve_batch_flags():
     assert parse(["serve", "runs/x", "--slots", "3"]).max_batch == 3  # the former name
     with pytest.raises(SystemExit):
         parse(["serve", "runs/x", "--max-batch", "0"])
+
+
+@pytest.mark.parametrize("k", [7, EXACT_K, EXACT_K + 1, 2 * EXACT_K + 300])
+def test_int_mm_without_int8_units_is_exact(monkeypatch, k):
+    """The fp32 fallback of `int_mm` (CPUs without VNNI/AMX) gives torch._int_mm's integers exactly, also past
+    EXACT_K columns and at the extreme values, where one fp32 sum would round."""
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-128, 128, (9, k), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (k, 24), dtype=torch.int8, generator=g)
+    a[0], b[:, 0] = -128, -127  # every product at its largest: 16,256 per term
+    want = torch.mm(a.long(), b.long())  # int64: the true sums
+    monkeypatch.setattr(int8mm, "INT8_UNITS", False)
+    got = int8mm.int_mm(a, b)
+    assert got.dtype == torch.int32 and torch.equal(got.long(), want)
+    assert int(want[0, 0]) == k * 128 * 127  # the extreme row really is there
+    monkeypatch.setattr(int8mm, "INT8_UNITS", True)
+    assert torch.equal(int8mm.int_mm(a, b), got)  # torch._int_mm, whatever this CPU runs it with

@@ -30,7 +30,8 @@ from slmkit.base.config import ConfigError, from_dict
 from slmkit.base.config_files import read_toml, save_config
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import load_tokenizer
-from slmkit.model.gpt import GPT, int8_rows
+from slmkit.model.gpt import GPT
+from slmkit.model.int8mm import int8_rows
 
 METHODS = ("int8-dynamic", "int8-weight", "bf16")
 QUANT_FILE, WEIGHTS_FILE, CONFIG_FILE = "quantization.json", "model.safetensors", "config.toml"
@@ -81,7 +82,7 @@ class DynamicInt8Linear(nn.Module):
     never makes it, and it is never copied (a deep copy packs again). `weight` dequantizes on demand, so code that
     asks a Linear for its weight, device or dtype keeps working.
 
-    Several rows (prefill, scoring) go through `gpt.int8_rows` instead: fbgemm scales a whole call's activations
+    Several rows (prefill, scoring) go through `int8mm.int8_rows` instead: fbgemm scales a whole call's activations
     by one number, and models with outlier channels (SmolLM2's down projections: one token's activations are
     hundreds of times the rest) lose every other row's precision to it (WikiText-2 loss +12.5% against +0.6% with
     a scale per row); `torch._int_mm` also runs prefill faster where the CPU has int8 matrix units."""
@@ -139,7 +140,7 @@ class DynamicInt8Linear(nn.Module):
         return dequantize_rows(self.qweight, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > x.size(-1):  # several rows: each quantized with its own scale (`gpt.int8_rows`)
+        if x.numel() > x.size(-1):  # several rows: each quantized with its own scale (`int8mm.int8_rows`)
             return int8_rows(self, x)
         if self._run is None:
             self._run = self._kernel()

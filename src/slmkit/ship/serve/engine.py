@@ -11,7 +11,7 @@ gives each its next token. Finished requests leave at once; the rest never wait 
 (temperature, top-p, seed, stop ids, logprobs) is each request's own `Decoding`, with its own random generator, and
 the batched forward computes each row as it would alone (`gpt.project`), so a request's reply does not depend on
 what else is being served; a request's text is decoded by its own `TextStream`, so streams never mix. (A greedy reply
-is also `generate`'s for float models; int8 models decode in batches with per-row activation scales, `gpt.int8_rows`,
+is also `generate`'s for float models; int8 models decode in batches with per-row activation scales, `int8mm.int8_rows`,
 which round differently from fbgemm's batch-1 kernel that `generate` and `--max-batch 1` use.)
 
 A request's events (text pieces, then `done` with the finish reason and token counts, or `error`) are handed to
