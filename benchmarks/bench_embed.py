@@ -168,7 +168,7 @@ def main() -> None:
     ap.add_argument("--wiki-pairs", type=int, default=1500, help="first-sentence -> rest pairs from wiki-00")
     ap.add_argument("--cosent", type=float, default=0.0, help="weight of CoSENT on every scored STS-B / SICK train "
                     "pair (0: InfoNCE on positives only)")  # fmt: skip
-    ap.add_argument("--pooling", default="mean", choices=("mean", "last", "eos"))
+    ap.add_argument("--pooling", default="mean", choices=("mean", "weighted", "last", "eos"))
     ap.add_argument("--max-len", type=int, default=64, help="tokens per training text (wiki documents are cut)")
     ap.add_argument("--dev-limit", type=int, default=500, help="STS-B dev pairs scored at each eval of the fine-tune")
     ap.add_argument("--limit", type=int, default=0, help="items per task (0: all)")

@@ -28,7 +28,7 @@ def encoder(run):
     return model, tokenizer
 
 
-@pytest.mark.parametrize("pooling", ["mean", "last", "eos"])
+@pytest.mark.parametrize("pooling", ["mean", "weighted", "last", "eos"])
 def test_a_texts_vector_is_the_same_alone_and_in_a_ragged_batch(encoder, pooling):
     model, tok = encoder
     together, stats = embed_texts(model, tok, TEXTS, pooling=pooling, batch_size=4)
@@ -53,6 +53,11 @@ def test_pooling_reads_only_the_real_tokens(encoder):
     hidden = torch.arange(24.0).reshape(2, 3, 4)  # padded rows: only the first `length` positions count
     assert torch.equal(pool(hidden, torch.tensor([1, 3]), "mean")[0], hidden[0, 0])
     assert torch.equal(pool(hidden, torch.tensor([2, 3]), "last")[0], hidden[0, 1])
+    # weighted: token i (1-based) weighs i, padding nothing: row 0 of length 2 is (1 h0 + 2 h1) / 3
+    assert torch.allclose(pool(hidden, torch.tensor([2, 3]), "weighted")[0], (hidden[0, 0] + 2 * hidden[0, 1]) / 3)
+    assert torch.allclose(
+        pool(hidden, torch.tensor([1, 3]), "weighted")[1], (hidden[1] * torch.tensor([1.0, 2, 3])[:, None]).sum(0) / 6
+    )
 
 
 def test_long_texts_are_cut_and_counted(encoder):

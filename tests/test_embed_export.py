@@ -19,7 +19,7 @@ def setup(tmp_path_factory, stdlib_dir):
     return root, base_run(root, make_corpus(root, stdlib_dir)), write_pairs(root / "pairs.tsv", 40)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "eos"])
+@pytest.mark.parametrize("pooling", ["mean", "weighted", "eos"])
 def test_sentence_transformers_gives_our_vectors(setup, run_cli, pooling, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root, base, pairs = setup

@@ -15,6 +15,9 @@ from typing import Any
 from slmkit.base.checks import RANGES, number_problem
 from slmkit.base.errors import SlmError
 
+POOLINGS = ("mean", "weighted", "last", "eos")
+"""How token states become one sentence vector (`embed.pooling`, `slm embed --pooling`); see EmbedConfig.pooling."""
+
 
 class ConfigError(SlmError, ValueError):
     """A user mistake in a config file or override; the message says what to change."""
@@ -134,8 +137,9 @@ class EmbedConfig:
     objective of an embedding run (data.format = pairs, `slm embed-train`)."""
 
     pooling: str = "mean"
-    """How token states become one vector: mean (over the text's tokens) | last (the last token's state) | eos (an
-    end-of-text token is appended and its state taken)."""
+    """How token states become one vector: mean (over the text's tokens) | weighted (a mean weighting token i by i, so
+    later tokens, which have read more of the text, count more: SGPT's position-weighted mean) | last (the last
+    token's state) | eos (an end-of-text token is appended and its state taken)."""
     instruction: str = ""
     """Prefix put before queries: the anchors of training pairs and the queries of retrieval tasks (e.g. "query: ")."""
     pairs: str = "auto"
@@ -165,7 +169,7 @@ class EmbedConfig:
 
     def __post_init__(self) -> None:
         _check_ranges("embed", self)
-        _check_choice("embed", "pooling", self.pooling, ("mean", "last", "eos"))
+        _check_choice("embed", "pooling", self.pooling, POOLINGS)
         _check_choice("embed", "pairs", self.pairs, ("auto", "pairs", "sts-b", "sick", "simcse"))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from slmkit.base.checks import Range
+from slmkit.base.config_sections import POOLINGS
 from slmkit.cli.base import (
     add,
     add_checkpoint,
@@ -55,7 +56,7 @@ def register_ship(sub) -> None:
     p.add_argument("run", type=run_dir, help="run directory (pretrained, sft, lora or embed-train)")
     p.add_argument("--input", required=True, help="a text file (one text a line; empty lines skipped) or .jsonl")
     p.add_argument("--out", help="vectors.npy (float32 matrix) or vectors.jsonl (default: JSON lines on stdout)")
-    p.add_argument("--pooling", choices=("mean", "last", "eos"), help="how token states become one vector "
+    p.add_argument("--pooling", choices=POOLINGS, help="how token states become one vector "
                    "(default: the run's embed.pooling)")  # fmt: skip
     p.add_argument("--instruction", default="", help="prefix put before every text (e.g. the run's "
                    "embed.instruction, for queries)")  # fmt: skip
@@ -71,7 +72,7 @@ def register_ship(sub) -> None:
     p.add_argument("run", type=run_dir, help="run directory (pretrained, sft, lora or embed-train)")
     p.add_argument("--input", required=True, help="documents: a text file, .jsonl, .parquet or a directory of them")
     p.add_argument("--out", required=True, type=out_dir, help="index directory to write")
-    p.add_argument("--pooling", choices=("mean", "last", "eos"), help="how token states become one vector "
+    p.add_argument("--pooling", choices=POOLINGS, help="how token states become one vector "
                    "(default: the run's embed.pooling)")  # fmt: skip
     p.add_argument("--instruction", help="prefix put before each query at search time (default: the run's "
                    "embed.instruction); documents get none")  # fmt: skip

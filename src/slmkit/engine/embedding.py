@@ -8,9 +8,11 @@ Pooling reads `GPT.hidden` (B, T, C). Rows are right-padded: attention is causal
 see its padding and pooling over them needs no attention mask; a text's vector does not depend on its batch (up to
 float rounding of different matmul shapes). Texts are sorted by length before batching, so little is padded.
 
-    mean  the mean of the text's token states (instruction tokens included, as sentence-transformers does)
-    last  the state of the text's last token
-    eos   an end-of-text token is appended and its state taken (the tokenizer must have one)
+    mean      the mean of the text's token states (instruction tokens included, as sentence-transformers does)
+    weighted  the mean with token i (1-based) weighted by i (SGPT's position-weighted mean, Muennighoff 2022): in a
+              causal model only later tokens have read the whole text (sentence-transformers' weightedmean)
+    last      the state of the text's last token
+    eos       an end-of-text token is appended and its state taken (the tokenizer must have one)
 
 Texts longer than the context are cut (the start kept) and counted. `ContrastiveObjective` is the loss a training
 run uses instead of next-token prediction (`Trainer(objective=...)`): its batches are `PairLoader`'s
@@ -29,13 +31,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slmkit.base.config import EmbedConfig
+from slmkit.base.config_sections import POOLINGS
 from slmkit.base.console import progress as progress_bar
 from slmkit.base.errors import SlmError
 from slmkit.base.tokenizer import EOT, Tokenizer
 from slmkit.data.pairs import pad_batch
 from slmkit.model.gpt import GPT
 
-POOLINGS = ("mean", "last", "eos")
 MAX_LOGIT_SCALE = 100.0  # a learned 1/temperature is capped here (CLIP's bound), so logits cannot run away
 COSENT_SCALE = 20.0  # CoSENT's fixed 1/temperature (Su 2022, and sentence-transformers' CoSENTLoss default)
 
@@ -68,9 +70,12 @@ def text_ids(tokenizer: Tokenizer, text: str, pooling: str, max_len: int) -> tup
 def pool(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Tensor:
     """(B, T, C) states of right-padded rows with `lengths` (B,) real tokens -> (B, C) vectors, in fp32."""
     hidden = hidden.float()
-    if pooling == "mean":
-        keep = torch.arange(hidden.size(1), device=hidden.device)[None, :] < lengths[:, None]  # (B, T)
-        return (hidden * keep[..., None]).sum(1) / lengths[:, None].clamp(min=1)
+    if pooling in ("mean", "weighted"):
+        pos = torch.arange(hidden.size(1), device=hidden.device)[None, :]  # (1, T)
+        weight = (pos < lengths[:, None]).float()  # (B, T): 1 on the text's tokens, 0 on padding
+        if pooling == "weighted":
+            weight = weight * (pos + 1)  # token i (1-based) weighs i
+        return (hidden * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)
     return hidden[torch.arange(hidden.size(0), device=hidden.device), lengths - 1]  # last / eos: (B, C)
 
 

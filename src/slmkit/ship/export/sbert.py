@@ -3,11 +3,11 @@ the vectors `slm embed` gives (cosine >= 0.9999, tests/test_embed_export.py).
 
 The layout is sentence-transformers' own: the Hugging Face export (`export_hf`: config, weights, tokenizer) at the
 top as module 0 (`Transformer`, loaded with AutoModel: the decoder without its head, whose last hidden state is our
-final-norm residual stream), then `1_Pooling` (mean tokens, or the last token for last and eos pooling) and
-`2_Normalize`. Padding is on the right with end-of-text as the pad token; attention is causal, so padding never
-changes a text's vector, as in `slmkit.engine.embedding`. For eos pooling the tokenizer's post-processor appends
-end-of-text to every text. The run's embed.instruction becomes the "query" prompt (`model.encode(q,
-prompt_name="query")`).
+final-norm residual stream), then `1_Pooling` (mean tokens; weightedmean tokens for weighted pooling, the same
+position weights 1..n; the last token for last and eos pooling) and `2_Normalize`. Padding is on the right with
+end-of-text as the pad token; attention is causal, so padding never changes a text's vector, as in
+`slmkit.engine.embedding`. For eos pooling the tokenizer's post-processor appends end-of-text to every text. The
+run's embed.instruction becomes the "query" prompt (`model.encode(q, prompt_name="query")`).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def export_sentence_transformers(model, tokenizer: Tokenizer, cfg, out: Path) ->
         "pooling_mode_mean_tokens": pooling == "mean",
         "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_weightedmean_tokens": pooling == "weighted",
         "pooling_mode_lasttoken": pooling in ("last", "eos"),
         "include_prompt": True,
     })  # fmt: skip
