@@ -13,7 +13,7 @@ from classify_helpers import classifier_inputs, records, write_jsonl
 from slmkit.data.chat import render, to_example
 from slmkit.model.linear_ce import IGNORE_INDEX
 from slmkit.runs import checkpoint as ckpt_io
-from slmkit.ship import classify
+from slmkit.ship import classify, finetune
 from slmkit.ship.classify_data import ClassifyError, classification_metrics, expected_calibration_error, wilson
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,6 +132,35 @@ def test_bad_inputs_are_one_line_and_make_no_run(setup, run_cli, tmp_path, stdli
     _one_line_exit_2(run_cli, "classify", "predict", base, "--input", train_file, match="not a classifier run")
     with pytest.raises(ClassifyError, match="empty .zero documents."):
         classify.read_examples(tmp_path / "empty.jsonl", "body")
+
+
+def test_a_stopped_training_is_resumed(setup, run_cli, monkeypatch):
+    """The child's training stops part-way (a checkpoint, status interrupted, as Ctrl-C or SIGTERM leave it): no
+    classify.json is written and the error says --resume; the same command with --resume finishes the run."""
+    root, base, _, train_file, test_file = setup
+    real = finetune.train
+    monkeypatch.setattr(finetune, "train", lambda cfg, **kw: real(cfg, **kw, stop_after=4))
+    args = ["classify", "train", base, "--data", train_file, "--text-field", "body", "--label-field", "kind",
+            "--name", "halted", "--no-progress", "train.max_steps=12", "train.batch_size=8",
+            "train.eval_batches=2"]  # fmt: skip
+    code, _, err = run_cli(*args)
+    assert code == 2 and "stopped (interrupted)" in err and "--resume" in err, err
+    child = root / "runs" / "halted"
+    assert not (child / "classify.json").exists() and ckpt_io.read_run_info(child)["step"] == 4
+    monkeypatch.setattr(finetune, "train", real)
+    code, _, err = run_cli("classify", "predict", child, "--input", test_file, "--no-progress")
+    assert code == 2 and "unfinished classifier" in err, err
+    code, _, err = run_cli(*args)
+    assert code == 2 and "already exists" in err and "--resume" in err, err
+    code, _, err = run_cli(*[a for a in args if a != "--name" and a != "halted"], "--name", "other", "--resume")
+    assert code == 2 and "nothing to resume" in err, err
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    info = ckpt_io.read_run_info(child)
+    assert info["status"] == "finished" and info["step"] == 12 and info["resumed_from"]
+    assert json.loads((child / "classify.json").read_text())["labels"] == ["code", "prose"]
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 2 and "finished classifier; nothing to resume" in err, err
 
 
 def test_metrics_against_references():

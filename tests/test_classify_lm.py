@@ -161,3 +161,45 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
     assert classify_lm.fit_temperature(separable, np.log([0.5, 0.5]), np.array([0, 1] * 10))[0] == pytest.approx(0.1)
     assert classify_lm.default_steps(10**9, 4096) == classify_lm.MAX_STEPS
     assert classify_lm.default_steps(30_000, 4096) == 37 and classify_lm.default_steps(10, 4096) == 10
+
+
+def test_a_stopped_training_is_resumed_keeping_the_finished_labels(setup, run_cli, monkeypatch, tmp_path, stdlib_dir):
+    """Label 1's training stops part-way (as Ctrl-C or SIGTERM would: a checkpoint, status interrupted): the
+    classifier is left unfinished and said so; --resume keeps label 0's run, continues label 1's and finishes."""
+    root, base, _, train_file, test_file = setup
+    real = classify_lm.train_run
+
+    def stop_label_1(cfg=None, **kw):
+        if cfg is not None and cfg.train.name == "label-01":
+            kw["stop_after"] = 5
+        return real(cfg, **kw)
+
+    args = ["classify", "train", base, "--data", train_file, "--text-field", "body", "--label-field", "kind",
+            "--method", "lm", "--name", "stopped", "--no-progress", *LM_OV]  # fmt: skip
+    monkeypatch.setattr(classify_lm, "train_run", stop_label_1)
+    code, _, err = run_cli(*args)
+    assert code == 2 and "training of label 'prose' stopped (interrupted)" in err and "--resume" in err, err
+    clf = root / "runs" / "stopped"
+    assert not (clf / "classify.json").exists() and (clf / classify_lm.JOB_FILE).is_file()
+    assert ckpt_io.read_run_info(clf / "labels" / "label-01")["step"] == 5
+    monkeypatch.setattr(classify_lm, "train_run", real)
+    code, _, err = run_cli("classify", "predict", clf, "--input", test_file, "--no-progress")
+    assert code == 2 and "unfinished classifier" in err and "--resume" in err, err
+    code, _, err = run_cli(*args)
+    assert code == 2 and "already exists" in err and "--resume" in err, err
+    other = write_jsonl(tmp_path / "other.jsonl", records(stdlib_dir, 60)[::-1])  # the same records, reordered
+    code, _, err = run_cli(*[other if a == train_file else a for a in args], "--resume")
+    assert code == 2 and "cannot resume" in err and "examples_sha256" in err, err
+
+    label_0 = (clf / "labels" / "label-00" / "metrics.jsonl").read_text()
+    code, out, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert "label 1/2 'code': trained already" in err and "label 2/2 'prose': resuming" in err
+    assert (clf / "labels" / "label-00" / "metrics.jsonl").read_text() == label_0  # not trained again
+    info = ckpt_io.read_run_info(clf / "labels" / "label-01")
+    assert info["status"] == "finished" and info["step"] == 40 and info["resumed_from"]
+    assert json.loads((clf / "classify.json").read_text())["runs"]["prose"] == "labels/label-01"
+    code, _, err = run_cli("classify", "predict", clf, "--input", test_file, "--no-progress")
+    assert code == 0, err
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 2 and "finished classifier; nothing to resume" in err, err

@@ -320,6 +320,8 @@ def register_classify(sub) -> None:
     p.add_argument("--checkpoint", default="best", help="parent checkpoint: best | latest | STEP")
     p.add_argument("--name", help="classifier name, beside the parent (default: <parent>-classify, or "
                    "<parent>-classify-lm with --method lm)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue a classifier whose training was stopped (Ctrl-C, "
+                   "SIGTERM, a crash): the same command again plus --resume; finished runs are kept")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
     p = add(cl, "predict", "ship:cmd_classify_predict", "label each document: every label's likelihood is scored (no "

@@ -191,7 +191,7 @@ def cmd_anomaly_detect(args) -> None:
 def cmd_classify_train(args) -> None:
     run = classify.train(args.parent, args.data, text_field=args.text_field, label_field=args.label_field,
                          overrides=list(args.overrides), checkpoint=args.checkpoint, name=args.name,
-                         progress=not args.no_progress, method=args.method)  # fmt: skip
+                         progress=not args.no_progress, method=args.method, resume=args.resume)  # fmt: skip
     print(run)
 
 

@@ -28,11 +28,13 @@ from slmkit.base.console import progress
 from slmkit.base.tokenizer import END_OF_TURN, Tokenizer, load_tokenizer
 from slmkit.data.chat import ensure_chat_tokens, render
 from slmkit.engine.evaluate.scoring import Scorer
+from slmkit.engine.train import train as train_run
 from slmkit.model.gpt import GPT
 from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.parents import parent_config
 from slmkit.ship import classify_lm
 from slmkit.ship.classify_data import (
+    RESUME_HINT,
     ClassifyError,
     Example,
     classification_metrics,
@@ -40,6 +42,7 @@ from slmkit.ship.classify_data import (
     plot_confusion,
     read_examples,
     read_inputs,
+    require_finished,
 )
 from slmkit.ship.finetune import sft
 
@@ -102,12 +105,14 @@ def _check_overrides(overrides: list[str]) -> None:
 
 def train(parent: str | Path, data: str | Path, *, text_field: str = "text", label_field: str = "label",
           overrides: Iterable[str] = (), checkpoint: str = "best", name: str | None = None,
-          progress: bool = True, method: str = "tail") -> Path:  # fmt: skip
+          progress: bool = True, method: str = "tail", resume: bool = False) -> Path:  # fmt: skip
     """Fine-tune `parent` to classify the records of `data` (.jsonl, `text_field` and `label_field`); returns the
     classifier's dir, which holds `classify.json`. Method "tail": one child run that answers "<text>\nLabel:" with
     the label (labels, template, text budget and tokenizer fingerprint in classify.json; the prompt/completion file
     it trains on is written beside the child run as <child>.classify.jsonl, its config's data.source, so the run
-    can be resumed). Method "lm": one child run per label on that label's texts (`ship.classify_lm`)."""
+    can be resumed). Method "lm": one child run per label on that label's texts (`ship.classify_lm`). A training
+    stopped part-way leaves the classifier unfinished (no classify.json); `resume` continues it from the same data
+    and parent (`name` defaults to the first default name)."""
     if method not in METHODS:
         raise ClassifyError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     overrides = list(overrides)
@@ -116,7 +121,7 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
     run = ckpt_io.check_run_dir(parent)
     if method == "lm":
         return _train_lms(run, data, examples, labels, overrides, checkpoint, name, progress,
-                          {"text_field": text_field, "label_field": label_field})  # fmt: skip
+                          {"text_field": text_field, "label_field": label_field}, resume)  # fmt: skip
     _check_overrides(overrides)
     ckpt = ckpt_io.resolve_checkpoint(run, checkpoint)
     pcfg = parent_config(ckpt)
@@ -125,20 +130,29 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
     tokenizer = ensure_chat_tokens(load_tokenizer(ckpt / ckpt_io.TOKENIZER_DIR), add_chat)
     budget = text_budget(tokenizer, pcfg.model.block_size, labels)
     out_dir = Path(override_value(overrides, "train.out_dir") or run.parent)
-    name = name or override_value(overrides, "train.name") or _free(out_dir, f"{run.name}-classify")
-    if (out_dir / name).exists():
-        raise ClassifyError(f"run {out_dir / name} already exists; pick another --name")
+    base = f"{run.name}-classify"
+    name = name or override_value(overrides, "train.name") or (base if resume else _free(out_dir, base))
     pairs = out_dir / f"{name}.classify.jsonl"
-    if pairs.exists():
-        raise ClassifyError(f"{pairs} exists (left by an earlier classify run of that name); remove it or pick "
-                            "another --name")  # fmt: skip
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(pairs) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for ex in examples:
-            rec = {"prompt": prompt(fit_text(tokenizer, ex.text, budget)), "completion": _completion(ex.label)}
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    child = sft(run, pairs, [*CLASSIFY_DEFAULTS, "data.format=prompt_completion", f"train.out_dir={out_dir}",
-                             *overrides, f"train.name={name}"], checkpoint=checkpoint, progress=progress)  # fmt: skip
+    recs = ({"prompt": prompt(fit_text(tokenizer, ex.text, budget)), "completion": _completion(ex.label)}
+            for ex in examples)  # fmt: skip
+    lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in recs)
+    ov = [*CLASSIFY_DEFAULTS, "data.format=prompt_completion", f"train.out_dir={out_dir}", *overrides,
+          f"train.name={name}"]  # fmt: skip
+    if resume:
+        child = _resume_tail(out_dir / name, pairs, lines, ov, progress)
+    else:
+        if (out_dir / name).exists():
+            hint = RESUME_HINT if (out_dir / name / ckpt_io.RUN_FILE).is_file() and pairs.is_file() else ""
+            raise ClassifyError(f"run {out_dir / name} already exists; pick another --name"
+                                + (f", or if its training was stopped, {hint}" if hint else ""))  # fmt: skip
+        if pairs.exists():
+            raise ClassifyError(f"{pairs} exists (left by an earlier classify run of that name); remove it or pick "
+                                "another --name")  # fmt: skip
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(pairs) as tmp:
+            Path(tmp).write_text(lines, encoding="utf-8")
+        child = sft(run, pairs, ov, checkpoint=checkpoint, progress=progress)
+    require_finished(child, f"classifier {child.name}")
     counts = {lab: sum(ex.label == lab for ex in examples) for lab in labels}
     atomic_write_json(child / META_FILE, {
         "format": FORMAT, "version": VERSION, "method": "label-likelihood", "labels": labels, "template": TEMPLATE,
@@ -149,18 +163,39 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
     return child
 
 
+def _resume_tail(child: Path, pairs: Path, lines: str, overrides: list[str], progress: bool) -> Path:
+    """Continue the stopped training of a tail classifier made from the same prompt/completion pairs."""
+    if (child / META_FILE).is_file():
+        raise ClassifyError(f"{child} is a finished classifier; nothing to resume (use another --name for a new one)")
+    if not (child / ckpt_io.RUN_FILE).is_file() or not pairs.is_file():
+        raise ClassifyError(f"nothing to resume: no unfinished classifier {child} (with {pairs.name} beside it); "
+                            "drop --resume to start one")  # fmt: skip
+    if pairs.read_text(encoding="utf-8") != lines:
+        raise ClassifyError(f"cannot resume {child}: its pairs ({pairs}) differ from those of this data and parent; "
+                            "train a new classifier with another --name")  # fmt: skip
+    if ckpt_io.read_run_info(child).get("status") != "finished":
+        train_run(overrides=overrides, resume=child, progress=progress)
+    return child
+
+
 def _train_lms(run: Path, data, examples: list[Example], labels: list[str], overrides: list[str], checkpoint: str,
-               name: str | None, progress: bool, fields: dict) -> Path:  # fmt: skip
+               name: str | None, progress: bool, fields: dict, resume: bool) -> Path:  # fmt: skip
     out_dir = Path(override_value(overrides, "train.out_dir") or run.parent)
-    name = name or override_value(overrides, "train.name") or _free(out_dir, f"{run.name}-classify-lm")
+    base = f"{run.name}-classify-lm"
+    name = name or override_value(overrides, "train.name") or (base if resume else _free(out_dir, base))
     overrides = [o for o in overrides if override_key(o) not in ("train.out_dir", "train.name")]
-    if (out_dir / name).exists():
-        raise ClassifyError(f"{out_dir / name} already exists; pick another --name")
+    if (out_dir / name).exists() and not resume:
+        folder = out_dir / name
+        unfinished = (folder / classify_lm.JOB_FILE).is_file() and not (folder / META_FILE).is_file()
+        raise ClassifyError(
+            f"{folder} already exists; pick another --name"
+            + (f", or, since its training was stopped, {RESUME_HINT}" if unfinished else "")
+        )
     counts = {lab: sum(ex.label == lab for ex in examples) for lab in labels}
     meta = {"format": FORMAT, "version": VERSION, "labels": labels, **fields, "data": str(Path(data).resolve()),
             "examples": len(examples), "label_counts": counts, "parent": str(run.resolve())}  # fmt: skip
     return classify_lm.train(run, examples, labels, out_dir / name, overrides=overrides, checkpoint=checkpoint,
-                             progress=progress, meta=meta)  # fmt: skip
+                             progress=progress, meta=meta, resume=resume)  # fmt: skip
 
 
 def _free(out_dir: Path, base: str) -> str:
@@ -178,8 +213,11 @@ def _free(out_dir: Path, base: str) -> str:
 def read_meta(run: str | Path) -> dict:
     """The classify.json of a classifier (a run, or the folder of a label-lms classifier); ClassifyError when the
     folder is not one."""
-    path = Path(run) / META_FILE
+    folder = Path(run)
+    path = folder / META_FILE
     if not path.is_file():
+        if (folder / classify_lm.JOB_FILE).is_file() or (folder.parent / f"{folder.name}.classify.jsonl").is_file():
+            raise ClassifyError(f"{run} is an unfinished classifier (its training stopped); {RESUME_HINT}")
         path = Path(ckpt_io.check_run_dir(run)) / META_FILE
     if not path.is_file():
         raise ClassifyError(f"{run} is not a classifier run ({META_FILE} missing); make one with "

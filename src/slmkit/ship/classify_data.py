@@ -20,8 +20,10 @@ import numpy as np
 from slmkit.base.atomic import atomic_path
 from slmkit.base.checks import text_file_problem
 from slmkit.base.errors import SlmError
+from slmkit.runs import checkpoint as ckpt_io
 
 ECE_BINS = 10
+RESUME_HINT = "run the same `slm classify train` command again with --resume to continue it"
 
 
 class ClassifyError(SlmError):
@@ -35,6 +37,15 @@ class Example:
     line: int
     text: str
     label: str | None
+
+
+def require_finished(run: Path, what: str) -> None:
+    """Refuse to go on from a training run that stopped before its last step (Ctrl-C or SIGTERM save a checkpoint
+    and return): the classifier is left unfinished, to be resumed."""
+    status = ckpt_io.read_run_info(run).get("status")
+    if status != "finished":
+        raise ClassifyError(f"training of {what} stopped ({status}) before its last step; {run} keeps what it "
+                            f"learned: {RESUME_HINT}")  # fmt: skip
 
 
 def _check_file(path: Path, hint: str, what: str = "JSONL file") -> None:

@@ -16,11 +16,17 @@ The classifier is a directory, not a run: classify.json (method "label-lms": lab
 temperature, the tokenizer fingerprint) and `labels/label-NN/`, each an ordinary child run (its parent recorded;
 `slm runs`, `slm eval` and `slm sample` read it). Each label's training text is one file, `data/label-NN.txt` (its
 records joined by blank lines; its last share, 1.5 blocks and the longest record, is the run's val split).
+`classify.job.json` records what the classifier is being made from (parent, data and its digest, labels, the
+calibration split), so a training stopped part-way (Ctrl-C, SIGTERM, a crash) is continued with `--resume`: finished
+label runs are kept, an unfinished one resumes from its last checkpoint (exactly, as `slm train --resume`), and
+nothing changed since the start is allowed. classify.json is written last: a folder without it is no classifier.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import random
 import shutil
@@ -35,7 +41,7 @@ from slmkit.base.console import progress, say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train as train_run
 from slmkit.runs import checkpoint as ckpt_io
-from slmkit.ship.classify_data import ClassifyError, Example
+from slmkit.ship.classify_data import ClassifyError, Example, require_finished
 from slmkit.ship.finetune import init_from_config
 from slmkit.ship.score import score_units
 
@@ -50,6 +56,7 @@ _OWNED = ("data.source", "data.dir", "data.format", "train.name", "train.out_dir
 MIN_WINDOWS = 5  # a label's text must fill this many blocks (and twice its val split)
 SEPARATOR = "\n\n"  # between a label's records in its training text
 PREDICT_CHUNK = 1024  # texts every label's model reads before their predictions are yielded
+JOB_FILE = "classify.job.json"
 
 
 def calibration_split(examples: list[Example], labels: list[str], share: float, seed: int) -> tuple[list, list]:
@@ -75,9 +82,10 @@ def default_steps(n_tokens: int, tokens_per_step: int) -> int:
 
 def train(parent: str | Path, examples: list[Example], labels: list[str], out: Path, *,
           overrides: list[str], checkpoint: str, calibration: float = CALIBRATION_SHARE, seed: int = 1337,
-          progress: bool = True, meta: dict) -> Path:  # fmt: skip
+          progress: bool = True, meta: dict, resume: bool = False) -> Path:  # fmt: skip
     """Train one child run of `parent` per label under `out`, fit the temperature on the held-out records, write
-    out/classify.json (`meta`, which holds label_counts, plus this method's fields); returns `out`."""
+    out/classify.json (`meta`, which holds label_counts, plus this method's fields); returns `out`. `resume`
+    continues an unfinished `out` made from the same job (see the module docstring)."""
     key = owned_override(overrides, _OWNED)
     if key:
         raise ClassifyError(f"{key} is set by `slm classify train --method lm` (one run per label, under the "
@@ -100,7 +108,13 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
                                 f"model per label and needs at least {need} per label here ({MIN_WINDOWS} blocks, and "
                                 "a val split of 1.5 blocks beside the longest record); add records or use --method "
                                 "tail")  # fmt: skip
-    out.mkdir(parents=True)
+    job = {**meta, "checkpoint": str(ckpt.resolve()), "calibration": calibration, "seed": seed,
+           "examples_sha256": _digest(examples)}  # fmt: skip
+    if resume:
+        _check_job(out, job)
+    else:
+        out.mkdir(parents=True)
+        atomic_write_json(out / JOB_FILE, job)
     try:
         runs = {lab: _train_label(ckpt, out, k, lab, texts[lab], n_tokens[lab], val_tokens[lab], tokens_per_step,
                                   overrides, len(labels), progress) for k, lab in enumerate(labels)}  # fmt: skip
@@ -117,9 +131,34 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
             "tokenizer_fingerprint": tokenizer.fingerprint,
         })  # fmt: skip
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a classifier is whole or absent
+        if not (out / "labels").exists():  # nothing trained yet: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return out
+
+
+def _digest(examples: list[Example]) -> str:
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.text, ex.label], ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _check_job(out: Path, job: dict) -> None:
+    """Refuse --resume of a folder that is not an unfinished classifier made from this same job."""
+    if (out / "classify.json").is_file():
+        raise ClassifyError(f"{out} is a finished classifier; nothing to resume (use another --name for a new one)")
+    path = out / JOB_FILE
+    if not path.is_file():
+        raise ClassifyError(f"nothing to resume: {path} does not exist; drop --resume to start the classifier")
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ClassifyError(f"{path} is damaged ({e}); remove {out} and train the classifier again") from None
+    changed = sorted(k for k in set(job) | set(old) if json.dumps(job.get(k)) != json.dumps(old.get(k)))
+    if changed:
+        raise ClassifyError(f"cannot resume {out}: {', '.join(changed)} changed since it started; train a new "
+                            "classifier with another --name")  # fmt: skip
 
 
 def _train_label(ckpt: Path, out: Path, k: int, label: str, texts: list[str], n_tokens: int, val_tokens: int,
@@ -137,8 +176,17 @@ def _train_label(ckpt: Path, out: Path, k: int, label: str, texts: list[str], n_
           f"optim.warmup={max(1, min(steps // 10, 100))}", *overrides, f"data.source={src}",
           f"data.dir={out / 'data' / f'label-{k:02d}'}", f"train.out_dir={out / 'labels'}",
           f"train.name=label-{k:02d}"]  # fmt: skip
-    say(f"classify: label {k + 1}/{n_labels} {label!r}: {len(texts)} records, {n_tokens:,} tokens, {steps} steps")
-    return str(train_run(init_from_config(ckpt, overrides=ov), overrides=ov, progress=show_progress).relative_to(out))
+    run = out / "labels" / f"label-{k:02d}"
+    if run.is_dir() and ckpt_io.read_run_info(run).get("status") == "finished":
+        say(f"classify: label {k + 1}/{n_labels} {label!r}: trained already ({run})")
+    elif run.is_dir():  # left unfinished by an earlier attempt: continue it from its last checkpoint
+        say(f"classify: label {k + 1}/{n_labels} {label!r}: resuming {run}")
+        train_run(overrides=ov, resume=run, progress=show_progress)
+    else:
+        say(f"classify: label {k + 1}/{n_labels} {label!r}: {len(texts)} records, {n_tokens:,} tokens, {steps} steps")
+        run = train_run(init_from_config(ckpt, overrides=ov), overrides=ov, progress=show_progress)
+    require_finished(run, f"label {label!r}")
+    return str(run.relative_to(out))
 
 
 def label_nlls(root: Path, runs: dict[str, str], labels: list[str], texts: list[str], checkpoint: str,
