@@ -292,6 +292,8 @@ def main() -> None:
                       "kinds": {k: metrics(nor, fn(v), thr) for k, v in kinds.items()}}  # fmt: skip
         times[name] = time.time() - t1
     targets = list(kinds)[:2]
+    by_length = {k: length_bands(normal, kinds[k], {n: detectors[n] for n in ("slm", "slm ratio", "zlib")})
+                 for k in targets}  # fmt: skip
     verdict = {k: {"slm_roc_auc": rows["slm"]["kinds"][k]["roc_auc"],
                    "above_zlib": rows["slm"]["kinds"][k]["roc_auc"] > rows["zlib"]["kinds"][k]["roc_auc"],
                    "above_zlib+dict": rows["slm"]["kinds"][k]["roc_auc"] > rows["zlib+dict"]["kinds"][k]["roc_auc"],
@@ -304,7 +306,7 @@ def main() -> None:
         "track": args.track, "run": str(run), "checkpoint": str(ckpt), "step": state.get("step"),
         "val_loss": state.get("val_loss"), "model": f"{cfg.model.n_layer}x{cfg.model.n_embd}, block "
         f"{cfg.model.block_size}, {tok.name}", "params": model.num_params(), "fpr": args.fpr,
-        "n_calib": len(calib), "n_normal": len(normal), "detectors": rows, "verdict": verdict,
+        "n_calib": len(calib), "n_normal": len(normal), "detectors": rows, "verdict": verdict, "by_length": by_length,
         "unigram_reference": {k: v for k, v in ref.items() if k != "counts"},
         "slm_tokens_per_s": n_tokens / max(times["slm"], 1e-9), "seconds": times, "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
@@ -314,6 +316,27 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown(result, kinds, targets))
     print(markdown(result, kinds, targets))
+
+
+BANDS = ((200, 500), (500, 1000), (1000, 2001))  # unit lengths in characters (MIN_CHARS..MAX_CHARS)
+
+
+def length_bands(normal: list[str], anomalous: list[str], detectors: dict) -> list[dict]:
+    """ROC-AUC of each detector on the units of each length band, normal and anomalous alike: how the separation
+    depends on how much text a unit gives the scorer."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = {n: (fn(normal), fn(anomalous)) for n, fn in detectors.items()}  # the whole lists: scored once
+    len_n, len_a = np.array([len(t) for t in normal]), np.array([len(t) for t in anomalous])
+    out = []
+    for lo, hi in BANDS:
+        nor, ano = (len_n >= lo) & (len_n < hi), (len_a >= lo) & (len_a < hi)
+        row = {"chars": [lo, hi - 1], "n_normal": int(nor.sum()), "n_anomalous": int(ano.sum())}
+        if nor.any() and ano.any():
+            y = np.r_[np.zeros(nor.sum()), np.ones(ano.sum())]
+            row.update({n: float(roc_auc_score(y, np.r_[sn[nor], sa[ano]])) for n, (sn, sa) in scores.items()})
+        out.append(row)
+    return out
 
 
 def markdown(r: dict, kinds: dict, targets: list[str]) -> str:
@@ -340,6 +363,14 @@ def markdown(r: dict, kinds: dict, targets: list[str]) -> str:
               "(`--score loss`) and slm ratio: loss minus the loss of a unigram model of the run's training tokens "
               f"(`--score ratio`, {r['unigram_reference']['tokens']:,} tokens counted), all three from the same "
               "scoring pass; the target column reads slm, then slm ratio.", ""]  # fmt: skip
+    for kind, bands in r.get("by_length", {}).items():
+        lines += [f"ROC-AUC of {kind} against normal units of the same length:", "",
+                  f"| unit length (chars) | normal | {kind} | slm | slm ratio | zlib |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        lines += [f"| {b['chars'][0]}-{b['chars'][1]} | {b['n_normal']} | {b['n_anomalous']} | "
+                  + " | ".join(f"{b[n]:.4f}" if n in b else "n/a" for n in ("slm", "slm ratio", "zlib")) + " |"
+                  for b in bands]  # fmt: skip
+        lines.append("")
     return "\n".join(lines)
 
 
