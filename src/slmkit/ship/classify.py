@@ -142,9 +142,10 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
         child = _resume_tail(out_dir / name, pairs, lines, ov, progress)
     else:
         if (out_dir / name).exists():
-            hint = RESUME_HINT if (out_dir / name / ckpt_io.RUN_FILE).is_file() and pairs.is_file() else ""
-            raise ClassifyError(f"run {out_dir / name} already exists; pick another --name"
-                                + (f", or if its training was stopped, {hint}" if hint else ""))  # fmt: skip
+            child = out_dir / name
+            stopped = (child / ckpt_io.RUN_FILE).is_file() and pairs.is_file() and not (child / META_FILE).is_file()
+            hint = f", or, since its training was stopped, {RESUME_HINT}" if stopped else ""
+            raise ClassifyError(f"run {child} already exists; pick another --name{hint}")
         if pairs.exists():
             raise ClassifyError(f"{pairs} exists (left by an earlier classify run of that name); remove it or pick "
                                 "another --name")  # fmt: skip
