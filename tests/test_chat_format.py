@@ -9,7 +9,9 @@ import torch
 from slmkit.base.config import ModelConfig
 from slmkit.base.tokenizer import CHAT_TOKENS, END_OF_TURN, EOT, CharTokenizer, build_tokenizer, train_bpe
 from slmkit.data.chat import ChatLoader, load_conversations, pack_rows, parse_text, render, render_text, to_example
+from slmkit.data.pairs import PairLoader
 from slmkit.data.sources import DataError
+from slmkit.engine.trainer import eval_batches
 from slmkit.model.gpt import GPT
 from slmkit.model.linear_ce import IGNORE_INDEX
 
@@ -223,3 +225,16 @@ def test_chat_template_choice_follows_the_tokenizer(bpe, tmp_path):
     assert forced.template == "slm" and forced.tokenizer.chat_template is None and forced.tokenizer.has_chat_tokens
     with pytest.raises(DataError, match="data.chat_template=model needs a parent with its own chat template"):
         chat_template_for("model", bpe)
+
+
+def test_an_eval_reads_a_small_val_split_once():
+    """`trainer.eval_batches`: train.eval_batches, but no more batches than one pass over examples or pairs (the same
+    count on every rank); a token loader, which draws windows, keeps the configured number."""
+    exs = examples(10, np.random.default_rng(2))
+    chat = ChatLoader(exs, 4, 64, packing=False)  # 10 rows: 3 batches read them all
+    assert chat.batches_per_pass == 3 and eval_batches(chat, 20) == 3 and eval_batches(chat, 2) == 2
+    ranks = [ChatLoader(exs, 4, 64, packing=False, rank=r, world_size=3) for r in range(3)]  # 4, 3 and 3 rows
+    assert [r.batches_per_pass for r in ranks] == [1, 1, 1]
+    pairs = PairLoader([([i], [i + 1], [], float("nan")) for i in range(9)], 4)
+    assert eval_batches(pairs, 20) == 3
+    assert eval_batches(object(), 20) == 20

@@ -311,7 +311,8 @@ class TrainConfig:
     eval_every: int = 100
     """Evaluate val loss every this many steps (and at the end); 0 evaluates only at the end."""
     eval_batches: int = 20
-    """Number of val batches per evaluation."""
+    """Number of val batches per evaluation, at most: a val split of fine-tuning examples or pairs smaller than that
+    is read once (more batches would only read the same examples again)."""
     log_every: int = 10
     """Print a console line every this many steps (metrics.jsonl gets every step)."""
     ckpt_every: int = 0

@@ -25,6 +25,7 @@ block_size + 1 tokens is cut to its first block_size + 1 tokens; one left with n
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,7 +355,13 @@ class ChatLoader:
         n = len(self.examples)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         x, y = pack_rows(self.examples, order, self.block_size, self.packing, self.pad_id)
+        self._all_rows = len(x)
         return x[self.rank :: self.world_size], y[self.rank :: self.world_size]
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches that read every row of this epoch's layout once (the same on every rank)."""
+        return math.ceil(math.ceil(self._all_rows / self.world_size) / self.batch_size)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: int64 tensors (B, T); y = -100 on masked positions (prompts, padding)."""

@@ -24,6 +24,7 @@ right-padded; scores NaN for unscored pairs.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -281,6 +282,11 @@ class PairLoader:
         n = len(self.examples)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         return order[self.rank :: self.world_size]
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Batches that read every pair once (the same on every rank)."""
+        return math.ceil(math.ceil(len(self.examples) / self.world_size) / self.batch_size)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(ids (R, T), lengths (R,), n_pairs (1,), scores (B,) float32, NaN where a pair has none): rows are B

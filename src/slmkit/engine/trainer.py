@@ -100,6 +100,13 @@ def train_step(model, optimizer, batches: Callable[[], tuple], accum: int, runti
     return loss, as_float(norm)
 
 
+def eval_batches(loader, configured: int) -> int:
+    """Val batches an evaluation reads: train.eval_batches, but at most one pass over a loader that knows its
+    size (fine-tuning examples, pairs); a token loader draws windows from a split far larger than an eval."""
+    per_pass = getattr(loader, "batches_per_pass", None)
+    return configured if per_pass is None else max(1, min(configured, per_pass))
+
+
 @torch.no_grad()  # not inference_mode: FSDP2 would keep its all-gather buffers as inference tensors for training
 def evaluate_loss(model, loader, n_batches: int, runtime: Runtime, objective: Objective = lm_loss) -> float:
     """Mean loss over `n_batches` batches of `loader` (model put back in train mode afterwards)."""
@@ -236,7 +243,7 @@ class Trainer:
     def evaluate(self) -> float:
         val = self.make_loader("val", VAL_SEED)
         objective = getattr(self.objective, "val_objective", self.objective)  # distillation validates on plain CE
-        return evaluate_loss(self.compiled, val, self.cfg.train.eval_batches, self.rt, objective)
+        return evaluate_loss(self.compiled, val, eval_batches(val, self.cfg.train.eval_batches), self.rt, objective)
 
     def save(self, val_loss: float | None = None) -> Path | None:
         model_state = optim_state = None
