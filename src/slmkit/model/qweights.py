@@ -85,7 +85,8 @@ class DynamicInt8Linear(nn.Module):
     Several rows (prefill, scoring) go through `int8mm.int8_rows` instead: fbgemm scales a whole call's activations
     by one number, and models with outlier channels (SmolLM2's down projections: one token's activations are
     hundreds of times the rest) lose every other row's precision to it (WikiText-2 loss +12.5% against +0.6% with
-    a scale per row); `torch._int_mm` also runs prefill faster where the CPU has int8 matrix units."""
+    a scale per row). Its integer product (`int8mm.int_mm`) is `torch._int_mm` where the CPU has int8 units, and
+    exact fp32 matmuls elsewhere, where `torch._int_mm` is 10-20x slower than fp32."""
 
     FAST = _vnni_fbgemm() and hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
 
