@@ -244,6 +244,10 @@ def latency(work: Path, data: Path, repeats: int, threads: int) -> dict:
     return out
 
 
+def _trained(r: dict) -> str:
+    return "reused from --work" if r["train_seconds"] is None else f"trained in {r['train_seconds']:.0f} s"
+
+
 def markdown(res: dict) -> str:
     def load(part: dict) -> str:
         if "load_avg_start" not in part:
@@ -260,11 +264,7 @@ def markdown(res: dict) -> str:
             f"- FIM for free ({size}, {q['tokens_per_model']:,} tokens each, {a['items']} fim-line items; "
             + (f"both with {' '.join(q['overrides'])}; " if q.get("overrides") else "")
             + (f"the FIM model with {' '.join(q['fim_overrides'])}; " if q.get("fim_overrides") else "")
-            + (
-                "runs reused from --work"
-                if a["train_seconds"] is None
-                else f"trained in {a['train_seconds']:.0f} s and {b['train_seconds'] or 0:.0f} s"
-            )
+            + ", ".join(f"{who} {_trained(r)}" for who, r in (("no-FIM run", a), ("FIM run", b)))
             + f", {load(q)}):",
             f"  - fim-line exact match {b['fim-line/exact_match']:.3f} (FIM, {b['fim_line_mode']}) vs "
             f"{a['fim-line/exact_match']:.3f} (no FIM, left to right): {ratio} (target >= 2x: "
