@@ -34,6 +34,7 @@ from slmkit.runs import checkpoint as ckpt_io
 from slmkit.runs.parents import parent_config
 from slmkit.ship import classify_lm
 from slmkit.ship.classify_data import (
+    META_FILE,
     RESUME_HINT,
     ClassifyError,
     Example,
@@ -42,12 +43,12 @@ from slmkit.ship.classify_data import (
     plot_confusion,
     read_examples,
     read_inputs,
+    refuse_finished,
     require_finished,
 )
 from slmkit.ship.finetune import sft
 
 TEMPLATE = "{text}\nLabel:"  # the user turn; the assistant turn is " " + label
-META_FILE = "classify.json"
 FORMAT = "slm-classifier"
 VERSION = 1
 BUDGET_MARGIN = 2  # tokens kept free: re-encoding a cut text can merge differently at the cut
@@ -166,8 +167,7 @@ def train(parent: str | Path, data: str | Path, *, text_field: str = "text", lab
 
 def _resume_tail(child: Path, pairs: Path, lines: str, overrides: list[str], progress: bool) -> Path:
     """Continue the stopped training of a tail classifier made from the same prompt/completion pairs."""
-    if (child / META_FILE).is_file():
-        raise ClassifyError(f"{child} is a finished classifier; nothing to resume (use another --name for a new one)")
+    refuse_finished(child)
     if not (child / ckpt_io.RUN_FILE).is_file() or not pairs.is_file():
         raise ClassifyError(f"nothing to resume: no unfinished classifier {child} (with {pairs.name} beside it); "
                             "drop --resume to start one")  # fmt: skip

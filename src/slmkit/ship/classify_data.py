@@ -23,6 +23,7 @@ from slmkit.base.errors import SlmError
 from slmkit.runs import checkpoint as ckpt_io
 
 ECE_BINS = 10
+META_FILE = "classify.json"  # what makes a folder a classifier; written last
 RESUME_HINT = "run the same `slm classify train` command again with --resume to continue it"
 
 
@@ -46,6 +47,12 @@ def require_finished(run: Path, what: str) -> None:
     if status != "finished":
         raise ClassifyError(f"training of {what} stopped ({status}) before its last step; {run} keeps what it "
                             f"learned: {RESUME_HINT}")  # fmt: skip
+
+
+def refuse_finished(folder: Path) -> None:
+    """--resume of a classifier that is already whole is refused."""
+    if (folder / META_FILE).is_file():
+        raise ClassifyError(f"{folder} is a finished classifier; nothing to resume (use another --name for a new one)")
 
 
 def _check_file(path: Path, hint: str, what: str = "JSONL file") -> None:

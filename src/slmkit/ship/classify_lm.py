@@ -41,7 +41,7 @@ from slmkit.base.console import progress, say
 from slmkit.base.errors import SlmError
 from slmkit.engine.train import train as train_run
 from slmkit.runs import checkpoint as ckpt_io
-from slmkit.ship.classify_data import ClassifyError, Example, require_finished
+from slmkit.ship.classify_data import META_FILE, ClassifyError, Example, refuse_finished, require_finished
 from slmkit.ship.finetune import init_from_config
 from slmkit.ship.score import score_units
 
@@ -124,7 +124,7 @@ def train(parent: str | Path, examples: list[Example], labels: list[str], out: P
             nll = label_nlls(out, runs, labels, [ex.text for ex in held], "best", show_progress=progress)
             y = np.array([labels.index(ex.label) for ex in held])
             temperature, cal_nll = fit_temperature(nll, np.log([priors[lab] for lab in labels]), y)
-        atomic_write_json(out / "classify.json", {
+        atomic_write_json(out / META_FILE, {
             **meta, "method": METHOD, "runs": runs, "checkpoint": "best", "priors": priors,
             "temperature": temperature, "calibration": {"records": len(held), "share": calibration, "seed": seed,
                                                         "nll": cal_nll},
@@ -146,8 +146,7 @@ def _digest(examples: list[Example]) -> str:
 
 def _check_job(out: Path, job: dict) -> None:
     """Refuse --resume of a folder that is not an unfinished classifier made from this same job."""
-    if (out / "classify.json").is_file():
-        raise ClassifyError(f"{out} is a finished classifier; nothing to resume (use another --name for a new one)")
+    refuse_finished(out)
     path = out / JOB_FILE
     if not path.is_file():
         raise ClassifyError(f"nothing to resume: {path} does not exist; drop --resume to start the classifier")
